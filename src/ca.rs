@@ -1,0 +1,315 @@
+//! A small local CA with rcgen, so a user needs no openssl recipe: a CA, client
+//! and server leaves with SPIFFE/DNS names, random serials, keys written 0600.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber, SignatureAlgorithm,
+};
+use rustls::pki_types::CertificateDer;
+use time::OffsetDateTime;
+
+/// Default lifetimes: short for clients (revocation matters less when certs die
+/// daily), longer for servers and the CA.
+pub const CLIENT_TTL: Duration = Duration::from_secs(24 * 3600);
+pub const SERVER_TTL: Duration = Duration::from_secs(90 * 86_400);
+pub const CA_TTL: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// Backdating of `not_before`, so a peer whose clock is slightly behind still
+/// accepts a fresh certificate.
+const BACKDATE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} exists already (pass --force to overwrite it)")]
+    Exists { path: PathBuf },
+    #[error("{path}: {msg}")]
+    BadFile { path: PathBuf, msg: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("certificate generation failed: {0}")]
+    Rcgen(#[from] rcgen::Error),
+}
+
+/// Key algorithm for new keys.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyType {
+    /// ECDSA on P-256 with SHA-256: supported by every TLS stack.
+    #[default]
+    EcdsaP256,
+    Ed25519,
+}
+
+impl KeyType {
+    fn alg(self) -> &'static SignatureAlgorithm {
+        match self {
+            KeyType::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            KeyType::Ed25519 => &rcgen::PKCS_ED25519,
+        }
+    }
+
+    /// Generates a fresh key of this type.
+    ///
+    /// # Errors
+    /// Only if the crypto provider fails.
+    pub fn generate(self) -> Result<KeyPair, CaError> {
+        Ok(KeyPair::generate_for(self.alg())?)
+    }
+}
+
+/// A loaded or freshly made CA.
+pub struct Ca {
+    cert_der: CertificateDer<'static>,
+    cert_pem: String,
+    key: KeyPair,
+}
+
+/// What to put in a leaf certificate.
+#[derive(Debug, Clone, Default)]
+pub struct LeafSpec {
+    pub spiffe: Vec<String>,
+    pub dns: Vec<String>,
+    pub cn: Option<String>,
+    /// clientAuth EKU.
+    pub client: bool,
+    /// serverAuth EKU.
+    pub server: bool,
+    /// Lifetime from now; `None` takes the default for the kind.
+    pub ttl: Option<Duration>,
+    /// Explicit validity, overriding `ttl` (tests make expired certs with it).
+    pub validity: Option<(OffsetDateTime, OffsetDateTime)>,
+    pub key_type: KeyType,
+}
+
+/// A certificate and its private key, PEM encoded.
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub cert_der: CertificateDer<'static>,
+}
+
+impl Ca {
+    /// Makes a new self-signed CA in memory.
+    ///
+    /// # Errors
+    /// Only if the crypto provider fails.
+    pub fn generate(cn: &str, ttl: Duration, key_type: KeyType) -> Result<Ca, CaError> {
+        let key = key_type.generate()?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn(cn);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.serial_number = Some(random_serial()?);
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - BACKDATE;
+        params.not_after = now + ttl;
+        let cert = params.self_signed(&key)?;
+        Ok(Ca {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().clone(),
+            key,
+        })
+    }
+
+    /// Loads `ca.pem` and `ca.key` from a CA directory.
+    ///
+    /// # Errors
+    /// Missing or unreadable files, with the path and what to run.
+    pub fn load(dir: &Path) -> Result<Ca, CaError> {
+        let (cert_path, key_path) = (dir.join("ca.pem"), dir.join("ca.key"));
+        let hint = |path: &Path, e: std::io::Error| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                CaError::BadFile {
+                    path: path.to_owned(),
+                    msg: format!(
+                        "not found (run `ipcgate ca init --dir {}` first)",
+                        dir.display()
+                    ),
+                }
+            } else {
+                CaError::Io { path: path.to_owned(), source: e }
+            }
+        };
+        let cert_pem = std::fs::read_to_string(&cert_path).map_err(|e| hint(&cert_path, e))?;
+        let key_pem = std::fs::read_to_string(&key_path).map_err(|e| hint(&key_path, e))?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| CaError::BadFile {
+            path: key_path.clone(),
+            msg: format!("not a usable private key: {e}"),
+        })?;
+        use rustls::pki_types::pem::PemObject;
+        let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| {
+            CaError::BadFile { path: cert_path.clone(), msg: format!("no PEM certificate: {e}") }
+        })?;
+        Ok(Ca { cert_der, cert_pem, key })
+    }
+
+    /// Writes `ca.pem` (0644) and `ca.key` (0600) into `dir`.
+    ///
+    /// # Errors
+    /// Existing files without `force`, or I/O errors, with the path.
+    pub fn save(&self, dir: &Path, force: bool) -> Result<(PathBuf, PathBuf), CaError> {
+        std::fs::create_dir_all(dir).map_err(|e| CaError::Io { path: dir.to_owned(), source: e })?;
+        let (c, k) = (dir.join("ca.pem"), dir.join("ca.key"));
+        write_file(&k, self.key.serialize_pem().as_bytes(), 0o600, force)?;
+        write_file(&c, self.cert_pem.as_bytes(), 0o644, force)?;
+        Ok((c, k))
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    pub fn cert_der(&self) -> &CertificateDer<'static> {
+        &self.cert_der
+    }
+
+    fn issuer(&self) -> Result<Issuer<'static, &KeyPair>, CaError> {
+        Ok(Issuer::from_ca_cert_der(&self.cert_der, &self.key)?)
+    }
+
+    /// Issues a leaf certificate with a fresh key.
+    ///
+    /// # Errors
+    /// Invalid names (a SPIFFE ID that is not `spiffe://…`, a bad DNS name), or
+    /// no name at all.
+    pub fn issue(&self, spec: &LeafSpec) -> Result<Issued, CaError> {
+        let key = spec.key_type.generate()?;
+        let mut params = CertificateParams::default();
+        for id in &spec.spiffe {
+            if !id.starts_with("spiffe://") || id.len() <= "spiffe://".len() {
+                return Err(CaError::Invalid(format!(
+                    "--spiffe {id:?} is not a SPIFFE ID (write spiffe://trust-domain/path)"
+                )));
+            }
+            let uri = id
+                .clone()
+                .try_into()
+                .map_err(|_| CaError::Invalid(format!("--spiffe {id:?} is not ASCII")))?;
+            params.subject_alt_names.push(SanType::URI(uri));
+        }
+        for name in &spec.dns {
+            let dns = name
+                .clone()
+                .try_into()
+                .map_err(|_| CaError::Invalid(format!("--dns {name:?} is not a DNS name")))?;
+            params.subject_alt_names.push(SanType::DnsName(dns));
+        }
+        let cn = spec
+            .cn
+            .clone()
+            .or_else(|| spec.dns.first().cloned())
+            .or_else(|| spec.spiffe.first().and_then(|s| s.rsplit('/').next().map(str::to_owned)));
+        let Some(cn) = cn else {
+            return Err(CaError::Invalid(
+                "a certificate needs a name: give --spiffe, --dns or --cn".into(),
+            ));
+        };
+        params.distinguished_name = dn(&cn);
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        if spec.client {
+            params.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
+        }
+        if spec.server {
+            params.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
+        }
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(random_serial()?);
+        let (nb, na) = match spec.validity {
+            Some(v) => v,
+            None => {
+                let ttl = spec.ttl.unwrap_or(if spec.server { SERVER_TTL } else { CLIENT_TTL });
+                let now = OffsetDateTime::now_utc();
+                (now - BACKDATE, now + ttl)
+            }
+        };
+        params.not_before = nb;
+        params.not_after = na;
+        let cert = params.signed_by(&key, &self.issuer()?)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            cert_der: cert.der().clone(),
+        })
+    }
+}
+
+impl Issued {
+    /// Writes `<out>.pem` (0644) and `<out>.key` (0600).
+    ///
+    /// # Errors
+    /// Existing files without `force`, or I/O errors, with the path.
+    pub fn save(&self, out: &Path, force: bool) -> Result<(PathBuf, PathBuf), CaError> {
+        let c = with_ext(out, "pem");
+        let k = with_ext(out, "key");
+        if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| CaError::Io { path: parent.to_owned(), source: e })?;
+        }
+        write_file(&k, self.key_pem.as_bytes(), 0o600, force)?;
+        write_file(&c, self.cert_pem.as_bytes(), 0o644, force)?;
+        Ok((c, k))
+    }
+}
+
+fn with_ext(out: &Path, ext: &str) -> PathBuf {
+    let mut s = out.as_os_str().to_owned();
+    s.push(".");
+    s.push(ext);
+    PathBuf::from(s)
+}
+
+fn dn(cn: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    dn
+}
+
+/// 127 random bits, positive and never zero. rcgen's default serial is derived from
+/// the key, which would make revocation by serial ambiguous after a re-issue.
+fn random_serial() -> Result<SerialNumber, CaError> {
+    let mut b = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut b).map_err(|_| CaError::Invalid("no randomness".into()))?;
+    b[0] = (b[0] & 0x7f) | 0x40;
+    Ok(SerialNumber::from_slice(&b))
+}
+
+/// Creates a file with `mode`; refuses to replace one unless `force`. Key files are
+/// created 0600 from the first byte, never chmod-ed after being written.
+fn write_file(path: &Path, data: &[u8], mode: u32, force: bool) -> Result<(), CaError> {
+    let mut opts = OpenOptions::new();
+    opts.write(true).mode(mode);
+    if force {
+        opts.create(true).truncate(true);
+    } else {
+        opts.create_new(true);
+    }
+    let mut f = opts.open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            CaError::Exists { path: path.to_owned() }
+        } else {
+            CaError::Io { path: path.to_owned(), source: e }
+        }
+    })?;
+    if force {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| CaError::Io { path: path.to_owned(), source: e })?;
+    }
+    f.write_all(data)
+        .map_err(|e| CaError::Io { path: path.to_owned(), source: e })
+}

@@ -1,0 +1,140 @@
+//! The response body the gateway serves, and the gRPC errors it makes itself.
+//!
+//! Every refusal is a trailers-only gRPC response (HTTP 200, `grpc-status` in the one
+//! HEADERS frame): a plain HTTP 4xx reaches gRPC clients as INTERNAL, hiding the
+//! real reason.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderValue, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+
+/// gRPC status codes the gateway itself answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Code {
+    Cancelled = 1,
+    Unknown = 2,
+    PermissionDenied = 7,
+    Unimplemented = 12,
+    Internal = 13,
+    Unavailable = 14,
+}
+
+impl Code {
+    fn header(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Code::Cancelled => "1",
+            Code::Unknown => "2",
+            Code::PermissionDenied => "7",
+            Code::Unimplemented => "12",
+            Code::Internal => "13",
+            Code::Unavailable => "14",
+        })
+    }
+}
+
+/// Body of every response the gateway sends: the backend's body passed through
+/// untouched, or nothing (trailers-only answers).
+pub enum Body {
+    Upstream {
+        body: Incoming,
+        _in_flight: Option<InFlight>,
+    },
+    Empty,
+}
+
+impl HttpBody for Body {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Body::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
+            Body::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Upstream { body, .. } => body.is_end_stream(),
+            Body::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Upstream { body, .. } => body.size_hint(),
+            Body::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// Counts a call as in flight on a backend connection until its response body is
+/// dropped, which is how the pool knows when to open another connection.
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    pub(crate) fn new(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        InFlight(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A trailers-only gRPC error response. `message` must be printable ASCII (it is
+/// our own text, never the client's); anything else is dropped rather than sent
+/// as an invalid header.
+pub fn status(code: Code, message: &str) -> Response<Body> {
+    let mut resp = Response::new(Body::Empty);
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", code.header());
+    if let Ok(v) = HeaderValue::from_str(&percent_encode(message)) {
+        h.insert("grpc-message", v);
+    }
+    resp
+}
+
+/// grpc-message is percent-encoded per the gRPC HTTP/2 spec.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_is_trailers_only() {
+        let r = status(Code::PermissionDenied, "denied: 50% of \"x\"\n");
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["grpc-status"], "7");
+        assert_eq!(r.headers()["grpc-message"], "denied: 50%25 of \"x\"%0A");
+        assert!(r.body().is_end_stream());
+    }
+}

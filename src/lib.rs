@@ -1,0 +1,41 @@
+//! ipcgate: mutual-TLS authentication and per-method gRPC authorization in front of
+//! local services listening on Unix domain sockets.
+//!
+//! Data flows one way: [`listen`] accepts a socket and reads the peer's credentials,
+//! [`tls`] completes the mTLS handshake, [`identity`] turns the verified chain into a
+//! [`identity::Peer`] once per connection, then per request the tower stack in
+//! [`server`] checks the path ([`path`]), asks the [`policy`], picks a [`route`] and
+//! hands the call to [`proxy`], which forwards HTTP/2 frames to the backend without
+//! decoding them.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = ipcgate::config::Config::load("gateway.toml".as_ref())?;
+//! let gateway = ipcgate::Gateway::bind(config).await?;
+//! gateway.run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod ca;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod duration;
+pub mod grpc;
+pub mod identity;
+pub mod listen;
+pub mod path;
+pub mod policy;
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod tls;
+
+/// Code generated from `proto/demo/v1/echo.proto`: the example service used by the
+/// demo, the tests and the benchmarks.
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("demo.v1");
+}
+
+pub use server::Gateway;

@@ -1,0 +1,239 @@
+//! Forwarding to backends: pooled HTTP/2 (h2c) connections over Unix sockets or
+//! TCP, bodies and trailers moved frame by frame, never decoded.
+//!
+//! Cancellation needs no code here: when the client resets its stream, hyper drops
+//! the response future and body, and dropping them resets the backend stream with
+//! CANCEL. `grpc-timeout` is an ordinary header and passes through unchanged.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tower::Service;
+use tracing::{debug, warn};
+
+use crate::config;
+use crate::grpc::{self, Code, InFlight};
+use crate::identity::Peer;
+use crate::route::Router;
+
+/// The identity headers the gateway owns. Whatever a client sends under these
+/// names is removed before the gateway's own values are set (Envoy's
+/// SANITIZE_SET), so a backend can trust them.
+pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+pub const PEER_CRED: HeaderName = HeaderName::from_static("x-ipcgate-peer");
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+struct Conn {
+    tx: SendRequest<Incoming>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// One backend and its connection pool.
+pub struct Backend {
+    addr: config::Backend,
+    authority: Authority,
+    max_in_flight: usize,
+    conns: Mutex<Vec<Conn>>,
+    /// Serializes dialing so a burst of calls on a cold pool opens one connection,
+    /// not one per call.
+    dialing: tokio::sync::Mutex<()>,
+}
+
+impl Backend {
+    pub fn new(addr: config::Backend, max_in_flight: usize) -> Backend {
+        let authority = match &addr {
+            config::Backend::Tcp(a) => a.parse().unwrap_or_else(|_| Authority::from_static("localhost")),
+            config::Backend::Unix(_) => Authority::from_static("localhost"),
+        };
+        Backend {
+            addr,
+            authority,
+            max_in_flight,
+            conns: Mutex::new(Vec::new()),
+            dialing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn addr(&self) -> &config::Backend {
+        &self.addr
+    }
+
+    /// The least busy live connection with room for another call.
+    fn pick_ready(&self) -> Option<Conn> {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns.retain(|c| !c.tx.is_closed());
+        conns
+            .iter()
+            .filter(|c| c.in_flight.load(Ordering::Relaxed) < self.max_in_flight)
+            .min_by_key(|c| c.in_flight.load(Ordering::Relaxed))
+            .cloned()
+    }
+
+    async fn pick(&self) -> io::Result<Conn> {
+        if let Some(c) = self.pick_ready() {
+            return Ok(c);
+        }
+        let _dialing = self.dialing.lock().await;
+        if let Some(c) = self.pick_ready() {
+            return Ok(c);
+        }
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, self.dial())
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn.clone());
+        Ok(conn)
+    }
+
+    async fn dial(&self) -> io::Result<Conn> {
+        let tx = match &self.addr {
+            config::Backend::Unix(path) => {
+                let s = tokio::net::UnixStream::connect(path).await?;
+                handshake(s).await?
+            }
+            config::Backend::Tcp(a) => {
+                let s = tokio::net::TcpStream::connect(a.as_str()).await?;
+                s.set_nodelay(true)?;
+                handshake(s).await?
+            }
+        };
+        debug!(backend = %self.addr, "backend connection opened");
+        Ok(Conn { tx, in_flight: Arc::new(AtomicUsize::new(0)) })
+    }
+
+    /// Sends one call to the backend and returns its response, or the gRPC error
+    /// that says why it could not be delivered.
+    pub async fn forward(&self, mut req: Request<Incoming>) -> Response<grpc::Body> {
+        let uri = {
+            let parts = req.uri().clone().into_parts();
+            let mut p = http::uri::Parts::default();
+            p.scheme = Some(Scheme::HTTP);
+            p.authority = Some(parts.authority.unwrap_or_else(|| self.authority.clone()));
+            p.path_and_query = parts.path_and_query;
+            Uri::from_parts(p)
+        };
+        match uri {
+            Ok(u) => *req.uri_mut() = u,
+            Err(_) => return grpc::status(Code::Internal, "cannot build the backend URI"),
+        }
+        // A call is retried only when hyper hands it back unsent (the pooled
+        // connection closed under us); once sent, it belongs to the backend.
+        for _ in 0..3 {
+            let conn = match self.pick().await {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(backend = %self.addr, error = %e, "backend unavailable");
+                    return grpc::status(Code::Unavailable, &format!("backend {} unavailable: {e}", self.addr));
+                }
+            };
+            let guard = InFlight::new(&conn.in_flight);
+            let mut tx = conn.tx.clone();
+            match tx.try_send_request(req).await {
+                Ok(resp) => {
+                    return resp.map(|body| grpc::Body::Upstream { body, _in_flight: Some(guard) })
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(r) => {
+                        req = r;
+                        continue;
+                    }
+                    None => return upstream_error(&self.addr, &e.into_error()),
+                },
+            }
+        }
+        grpc::status(Code::Unavailable, &format!("backend {} keeps closing connections", self.addr))
+    }
+}
+
+async fn handshake<T>(io: T) -> io::Result<SendRequest<Incoming>>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (tx, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(io::Error::other)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(error = %e, "backend connection closed");
+        }
+    });
+    Ok(tx)
+}
+
+/// gRPC's mapping of HTTP/2 reset codes (doc/PROTOCOL-HTTP2.md); a connection that
+/// failed without a reset is UNAVAILABLE.
+fn upstream_error(addr: &config::Backend, e: &hyper::Error) -> Response<grpc::Body> {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut reason = None;
+    while let Some(s) = src {
+        if let Some(h) = s.downcast_ref::<h2::Error>() {
+            reason = h.reason();
+            break;
+        }
+        src = s.source();
+    }
+    let code = match reason {
+        Some(h2::Reason::CANCEL) => Code::Cancelled,
+        Some(h2::Reason::REFUSED_STREAM) | None => Code::Unavailable,
+        Some(_) => Code::Internal,
+    };
+    debug!(backend = %addr, error = %e, "backend call failed");
+    grpc::status(code, &format!("backend {addr}: {e}"))
+}
+
+/// The innermost service: identity headers, route, forward.
+#[derive(Clone)]
+pub struct Proxy {
+    router: Arc<Router>,
+    peer: Arc<Peer>,
+}
+
+impl Proxy {
+    pub fn new(router: Arc<Router>, peer: Arc<Peer>) -> Proxy {
+        Proxy { router, peer }
+    }
+}
+
+impl Service<Request<Incoming>> for Proxy {
+    type Response = Response<grpc::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<grpc::Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        let service = crate::path::split(req.uri().path()).map(|(s, _)| s).unwrap_or("");
+        let Some(backend) = self.router.route(service).cloned() else {
+            let resp = grpc::status(Code::Unimplemented, &format!("no route for service {service:?}"));
+            return Box::pin(async move { Ok(resp) });
+        };
+        let h = req.headers_mut();
+        h.remove(&XFCC);
+        h.remove(&PEER_CRED);
+        h.insert(XFCC, self.peer.xfcc().clone());
+        if let Some(v) = self.peer.cred_header() {
+            h.insert(PEER_CRED, v.clone());
+        }
+        Box::pin(async move { Ok(backend.forward(req).await) })
+    }
+}

@@ -1,0 +1,68 @@
+//! Service name → backend. Exact names first, then the `*` default.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config;
+use crate::proxy::Backend;
+
+/// Routes compiled once per config; a lookup is one hash of the service name.
+pub struct Router {
+    exact: HashMap<String, Arc<Backend>>,
+    default: Option<Arc<Backend>>,
+}
+
+impl Router {
+    /// Builds one backend pool per distinct backend address, shared by all routes
+    /// that name it.
+    pub fn new(routes: &[config::Route], limits: &config::Limits) -> Router {
+        let mut pools: Vec<Arc<Backend>> = Vec::new();
+        let mut exact = HashMap::new();
+        let mut default = None;
+        for r in routes {
+            let backend = match pools.iter().find(|b| *b.addr() == r.backend) {
+                Some(b) => b.clone(),
+                None => {
+                    let b = Arc::new(Backend::new(
+                        r.backend.clone(),
+                        limits.backend_streams_per_connection,
+                    ));
+                    pools.push(b.clone());
+                    b
+                }
+            };
+            if r.service == "*" {
+                default = Some(backend);
+            } else {
+                exact.insert(r.service.clone(), backend);
+            }
+        }
+        Router { exact, default }
+    }
+
+    pub fn route(&self, service: &str) -> Option<&Arc<Backend>> {
+        self.exact.get(service).or(self.default.as_ref())
+    }
+}
+
+/// A route's `service` must be `*` or a full gRPC service name.
+///
+/// # Errors
+/// Says what a service name looks like.
+pub fn validate_service(s: &str) -> Result<(), String> {
+    if s == "*" {
+        return Ok(());
+    }
+    let ok = !s.is_empty()
+        && !s.starts_with('.')
+        && !s.ends_with('.')
+        && !s.contains("..")
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not a gRPC service name (write the full name, e.g. \"demo.v1.Echo\", or \"*\" for the default route)"
+        ))
+    }
+}
