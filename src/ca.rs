@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber, SignatureAlgorithm,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber, SignatureAlgorithm,
 };
 use rustls::pki_types::CertificateDer;
 use time::OffsetDateTime;
@@ -141,7 +141,10 @@ impl Ca {
                     ),
                 }
             } else {
-                CaError::Io { path: path.to_owned(), source: e }
+                CaError::Io {
+                    path: path.to_owned(),
+                    source: e,
+                }
             }
         };
         let cert_pem = std::fs::read_to_string(&cert_path).map_err(|e| hint(&cert_path, e))?;
@@ -151,10 +154,16 @@ impl Ca {
             msg: format!("not a usable private key: {e}"),
         })?;
         use rustls::pki_types::pem::PemObject;
-        let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| {
-            CaError::BadFile { path: cert_path.clone(), msg: format!("no PEM certificate: {e}") }
-        })?;
-        Ok(Ca { cert_der, cert_pem, key })
+        let cert_der =
+            CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| CaError::BadFile {
+                path: cert_path.clone(),
+                msg: format!("no PEM certificate: {e}"),
+            })?;
+        Ok(Ca {
+            cert_der,
+            cert_pem,
+            key,
+        })
     }
 
     /// Writes `ca.pem` (0644) and `ca.key` (0600) into `dir`.
@@ -162,7 +171,10 @@ impl Ca {
     /// # Errors
     /// Existing files without `force`, or I/O errors, with the path.
     pub fn save(&self, dir: &Path, force: bool) -> Result<(PathBuf, PathBuf), CaError> {
-        std::fs::create_dir_all(dir).map_err(|e| CaError::Io { path: dir.to_owned(), source: e })?;
+        std::fs::create_dir_all(dir).map_err(|e| CaError::Io {
+            path: dir.to_owned(),
+            source: e,
+        })?;
         let (c, k) = (dir.join("ca.pem"), dir.join("ca.key"));
         write_file(&k, self.key.serialize_pem().as_bytes(), 0o600, force)?;
         write_file(&c, self.cert_pem.as_bytes(), 0o644, force)?;
@@ -212,7 +224,11 @@ impl Ca {
             .cn
             .clone()
             .or_else(|| spec.dns.first().cloned())
-            .or_else(|| spec.spiffe.first().and_then(|s| s.rsplit('/').next().map(str::to_owned)));
+            .or_else(|| {
+                spec.spiffe
+                    .first()
+                    .and_then(|s| s.rsplit('/').next().map(str::to_owned))
+            });
         let Some(cn) = cn else {
             return Err(CaError::Invalid(
                 "a certificate needs a name: give --spiffe, --dns or --cn".into(),
@@ -222,17 +238,23 @@ impl Ca {
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         if spec.client {
-            params.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ClientAuth);
         }
         if spec.server {
-            params.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ServerAuth);
         }
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(random_serial()?);
         let (nb, na) = match spec.validity {
             Some(v) => v,
             None => {
-                let ttl = spec.ttl.unwrap_or(if spec.server { SERVER_TTL } else { CLIENT_TTL });
+                let ttl = spec
+                    .ttl
+                    .unwrap_or(if spec.server { SERVER_TTL } else { CLIENT_TTL });
                 let now = OffsetDateTime::now_utc();
                 (now - BACKDATE, now + ttl)
             }
@@ -257,8 +279,10 @@ impl Issued {
         let c = with_ext(out, "pem");
         let k = with_ext(out, "key");
         if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| CaError::Io { path: parent.to_owned(), source: e })?;
+            std::fs::create_dir_all(parent).map_err(|e| CaError::Io {
+                path: parent.to_owned(),
+                source: e,
+            })?;
         }
         write_file(&k, self.key_pem.as_bytes(), 0o600, force)?;
         write_file(&c, self.cert_pem.as_bytes(), 0o644, force)?;
@@ -300,16 +324,27 @@ fn write_file(path: &Path, data: &[u8], mode: u32, force: bool) -> Result<(), Ca
     }
     let mut f = opts.open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
-            CaError::Exists { path: path.to_owned() }
+            CaError::Exists {
+                path: path.to_owned(),
+            }
         } else {
-            CaError::Io { path: path.to_owned(), source: e }
+            CaError::Io {
+                path: path.to_owned(),
+                source: e,
+            }
         }
     })?;
     if force {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| CaError::Io { path: path.to_owned(), source: e })?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
+            CaError::Io {
+                path: path.to_owned(),
+                source: e,
+            }
+        })?;
     }
-    f.write_all(data)
-        .map_err(|e| CaError::Io { path: path.to_owned(), source: e })
+    f.write_all(data).map_err(|e| CaError::Io {
+        path: path.to_owned(),
+        source: e,
+    })
 }

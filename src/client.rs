@@ -37,7 +37,11 @@ pub fn config(
 ///
 /// # Errors
 /// [`TlsError`] naming the file at fault.
-pub fn config_from_files(cert: &Path, key: &Path, ca: &Path) -> Result<Arc<ClientConfig>, TlsError> {
+pub fn config_from_files(
+    cert: &Path,
+    key: &Path,
+    ca: &Path,
+) -> Result<Arc<ClientConfig>, TlsError> {
     let roots = tls::load_roots(ca)?;
     config(tls::load_certs(cert)?, tls::load_key(key)?, roots).map_err(|e| TlsError {
         path: key.to_owned(),
@@ -69,4 +73,23 @@ pub fn channel(socket: PathBuf, server_name: String, config: Arc<ClientConfig>) 
         async move { connect(&socket, &name, config).await.map(TokioIo::new) }
     });
     Endpoint::from_static("http://localhost").connect_with_connector_lazy(connector)
+}
+
+/// Connects, completes the TLS handshake and waits for the gateway's first HTTP/2
+/// frame. In TLS 1.3 the server judges the client certificate after the client
+/// considers the handshake done, so a refusal shows up as an alert on the first
+/// read; this surfaces it as an error (e.g. "received fatal alert: UnknownCA").
+///
+/// # Errors
+/// The connect, handshake or alert error; `UnexpectedEof` if the gateway closed
+/// without a word.
+pub async fn probe(socket: &Path, server_name: &str, config: Arc<ClientConfig>) -> io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = connect(socket, server_name, config).await?;
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await?;
+    s.flush().await?;
+    let mut b = [0u8; 9];
+    s.read_exact(&mut b).await?;
+    Ok(())
 }

@@ -80,7 +80,9 @@ impl Backend {
         if let Some(rest) = s.strip_prefix("unix:") {
             let path = rest.strip_prefix("//").unwrap_or(rest);
             if path.is_empty() {
-                return Err(format!("{s:?} has no socket path (write \"unix:/run/app/echo.sock\")"));
+                return Err(format!(
+                    "{s:?} has no socket path (write \"unix:/run/app/echo.sock\")"
+                ));
             }
             return Ok(Backend::Unix(base.join(path)));
         }
@@ -237,7 +239,8 @@ impl Config {
         if raw.listen.uds.get_ref().is_empty() {
             return Err(err(
                 Some(raw.listen.uds.span()),
-                "listen.uds is empty (write the socket path, e.g. \"/run/app/gateway.sock\")".into(),
+                "listen.uds is empty (write the socket path, e.g. \"/run/app/gateway.sock\")"
+                    .into(),
             ));
         }
 
@@ -245,7 +248,10 @@ impl Config {
         for (i, r) in raw.route.iter().enumerate() {
             let service = r.service.get_ref();
             if let Err(msg) = crate::route::validate_service(service) {
-                return Err(err(Some(r.service.span()), format!("route[{i}].service: {msg}")));
+                return Err(err(
+                    Some(r.service.span()),
+                    format!("route[{i}].service: {msg}"),
+                ));
             }
             if routes.iter().any(|x| x.service == *service) {
                 return Err(err(
@@ -255,7 +261,10 @@ impl Config {
             }
             let backend = Backend::parse(r.backend.get_ref(), base)
                 .map_err(|msg| err(Some(r.backend.span()), format!("route[{i}].backend: {msg}")))?;
-            routes.push(Route { service: service.clone(), backend });
+            routes.push(Route {
+                service: service.clone(),
+                backend,
+            });
         }
         if routes.is_empty() {
             return Err(err(
@@ -272,7 +281,10 @@ impl Config {
                 let d = duration::parse(s.get_ref())
                     .map_err(|m| err(Some(s.span()), format!("limits.{key}: {m}")))?;
                 if d < min {
-                    return Err(err(Some(s.span()), format!("limits.{key} must be at least {min:?}")));
+                    return Err(err(
+                        Some(s.span()),
+                        format!("limits.{key} must be at least {min:?}"),
+                    ));
                 }
                 Ok(d)
             }
@@ -283,17 +295,27 @@ impl Config {
             Duration::from_millis(100),
             limits.handshake_timeout,
         )?;
-        limits.drain_timeout =
-            dur(&l.drain_timeout, "drain_timeout", Duration::ZERO, limits.drain_timeout)?;
+        limits.drain_timeout = dur(
+            &l.drain_timeout,
+            "drain_timeout",
+            Duration::ZERO,
+            limits.drain_timeout,
+        )?;
         if let Some(v) = &l.max_concurrent_streams {
             if *v.get_ref() == 0 {
-                return Err(err(Some(v.span()), "limits.max_concurrent_streams must be at least 1".into()));
+                return Err(err(
+                    Some(v.span()),
+                    "limits.max_concurrent_streams must be at least 1".into(),
+                ));
             }
             limits.max_concurrent_streams = *v.get_ref();
         }
         if let Some(v) = &l.max_header_list_size {
             if *v.get_ref() < 1024 {
-                return Err(err(Some(v.span()), "limits.max_header_list_size must be at least 1024".into()));
+                return Err(err(
+                    Some(v.span()),
+                    "limits.max_header_list_size must be at least 1024".into(),
+                ));
             }
             limits.max_header_list_size = *v.get_ref();
         }
@@ -319,7 +341,9 @@ impl Config {
                 key: resolve(&raw.tls.key),
                 client_ca: resolve(&raw.tls.client_ca),
             },
-            policy: Policy { file: resolve(&raw.policy.file) },
+            policy: Policy {
+                file: resolve(&raw.policy.file),
+            },
             routes,
             limits,
         })
@@ -331,24 +355,34 @@ fn parse_mode(s: &str) -> Result<u32, String> {
     let mode = u32::from_str_radix(digits, 8)
         .ok()
         .filter(|m| *m <= 0o777)
-        .ok_or_else(|| format!("{s:?} is not an octal permission mode (write e.g. \"0600\" or \"0660\")"))?;
+        .ok_or_else(|| {
+            format!("{s:?} is not an octal permission mode (write e.g. \"0600\" or \"0660\")")
+        })?;
     if mode & 0o002 != 0 {
         return Err(format!(
             "{s:?} lets every local account connect; the gateway refuses world-writable sockets (use \"0660\" with listen.group to share)"
         ));
     }
     if mode & 0o200 == 0 {
-        return Err(format!("{s:?} leaves the owner without write permission, so nobody could connect"));
+        return Err(format!(
+            "{s:?} leaves the owner without write permission, so nobody could connect"
+        ));
     }
     Ok(mode)
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
 }
 
 fn excerpt(text: &str, span: Option<std::ops::Range<usize>>) -> String {
-    let Some(span) = span else { return String::new() };
+    let Some(span) = span else {
+        return String::new();
+    };
     let line = line_of(text, span.start);
     text.lines()
         .nth(line - 1)

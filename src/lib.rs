@@ -12,7 +12,7 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = ipcgate::config::Config::load("gateway.toml".as_ref())?;
 //! let gateway = ipcgate::Gateway::bind(config).await?;
-//! gateway.run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! gateway.run(async { let _ = tokio::signal::ctrl_c().await; }).await;
 //! # Ok(()) }
 //! ```
 

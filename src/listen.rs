@@ -24,7 +24,10 @@ pub enum ListenError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ListenError + '_ {
-    move |source| ListenError::Io { path: path.to_owned(), source }
+    move |source| ListenError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// A bound Unix socket that removes its file on drop if the file is still the one
@@ -50,7 +53,10 @@ impl Uds {
         };
         let dmeta = std::fs::metadata(&dir).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => ListenError::NoDir(dir.clone()),
-            _ => ListenError::Io { path: dir.clone(), source: e },
+            _ => ListenError::Io {
+                path: dir.clone(),
+                source: e,
+            },
         })?;
         // Anyone who can write the directory can swap the socket for their own.
         if dmeta.mode() & 0o002 != 0 && dmeta.mode() & 0o1000 == 0 {
@@ -71,14 +77,21 @@ impl Uds {
         }
         std::fs::hard_link(&tmp, path).map_err(|e| match e.kind() {
             io::ErrorKind::AlreadyExists => ListenError::InUse(path.to_owned()),
-            _ => ListenError::Io { path: path.to_owned(), source: e },
+            _ => ListenError::Io {
+                path: path.to_owned(),
+                source: e,
+            },
         })?;
         drop(private);
         let meta = std::fs::symlink_metadata(path).map_err(io_err(path))?;
         std_listener.set_nonblocking(true).map_err(io_err(path))?;
         let listener = UnixListener::from_std(std_listener).map_err(io_err(path))?;
         info!(path = %path.display(), mode = format!("{mode:04o}"), "listening");
-        Ok(Uds { listener, path: path.to_owned(), id: (meta.dev(), meta.ino()) })
+        Ok(Uds {
+            listener,
+            path: path.to_owned(),
+            id: (meta.dev(), meta.ino()),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -115,7 +128,12 @@ fn remove_stale(path: &Path) -> Result<(), ListenError> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(ListenError::Io { path: path.to_owned(), source: e }),
+        Err(e) => {
+            return Err(ListenError::Io {
+                path: path.to_owned(),
+                source: e,
+            })
+        }
     };
     if !meta.file_type().is_socket() {
         return Err(ListenError::NotSocket(path.to_owned()));
@@ -126,6 +144,9 @@ fn remove_stale(path: &Path) -> Result<(), ListenError> {
             info!(path = %path.display(), "replacing stale socket");
             std::fs::remove_file(path).map_err(io_err(path))
         }
-        Err(e) => Err(ListenError::Io { path: path.to_owned(), source: e }),
+        Err(e) => Err(ListenError::Io {
+            path: path.to_owned(),
+            source: e,
+        }),
     }
 }

@@ -9,7 +9,11 @@ use clap::{Args, Parser, Subcommand};
 use ipcgate::ca::{Ca, KeyType, LeafSpec};
 
 #[derive(Parser)]
-#[command(name = "ipcgate", version, about = "mTLS and per-method gRPC authorization in front of local services")]
+#[command(
+    name = "ipcgate",
+    version,
+    about = "mTLS and per-method gRPC authorization in front of local services"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -132,7 +136,9 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -149,13 +155,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Demo { keep_running, dir } => {
             init_tracing("warn");
-            let ok = runtime()?.block_on(ipcgate::demo::run(ipcgate::demo::DemoOptions { keep_running, dir }))?;
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            let ok = runtime()?.block_on(ipcgate::demo::run(ipcgate::demo::DemoOptions {
+                keep_running,
+                dir,
+            }))?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
-        Cmd::Ca(CaCmd::Init { dir, cn, key_type, ttl, force }) => {
+        Cmd::Ca(CaCmd::Init {
+            dir,
+            cn,
+            key_type,
+            ttl,
+            force,
+        }) => {
             let ca = Ca::generate(&cn, ttl, key_type)?;
             let (c, k) = ca.save(&dir, force)?;
-            println!("CA certificate: {}\nCA key (0600): {}", c.display(), k.display());
+            println!(
+                "CA certificate: {}\nCA key (0600): {}",
+                c.display(),
+                k.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Cert(CertCmd::Issue(a)) => {
@@ -186,7 +209,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 match ipcgate::policy::Policy::load(f) {
                     Ok(p) => {
                         let (d, a) = p.rule_counts();
-                        println!("{}: ok: policy {:?} version {}, {d} deny rules, {a} allow rules", f.display(), p.name, p.version);
+                        println!(
+                            "{}: ok: policy {:?} version {}, {d} deny rules, {a} allow rules",
+                            f.display(),
+                            p.name,
+                            p.version
+                        );
                     }
                     Err(e) => {
                         eprintln!("{e}");
@@ -194,7 +222,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

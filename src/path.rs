@@ -11,9 +11,7 @@
 /// A short reason, safe to send back to the client.
 pub fn split(path: &str) -> Result<(&str, &str), &'static str> {
     let rest = path.strip_prefix('/').ok_or("path must start with '/'")?;
-    let (service, method) = rest
-        .split_once('/')
-        .ok_or("path must be /Service/Method")?;
+    let (service, method) = rest.split_once('/').ok_or("path must be /Service/Method")?;
     if service.is_empty() || method.is_empty() {
         return Err("path must be /Service/Method with both parts non-empty");
     }
@@ -25,7 +23,10 @@ pub fn split(path: &str) -> Result<(&str, &str), &'static str> {
     }
     // '%' escapes, a query or fragment, and anything outside visible ASCII would let
     // two spellings name one method.
-    if !path.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b'%' | b'?' | b'#')) {
+    if !path
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && !matches!(b, b'%' | b'?' | b'#'))
+    {
         return Err("path must be plain visible ASCII without '%', '?' or '#'");
     }
     Ok((service, method))
@@ -106,7 +107,9 @@ where
         let refusal = if req.method() != http::Method::POST {
             Some("gRPC calls are POST requests")
         } else {
-            split(req.uri().path()).err()
+            // `path()` drops the query, so check the whole request target.
+            let target = req.uri().path_and_query().map_or("", |pq| pq.as_str());
+            split(target).err()
         };
         match refusal {
             None => Either::Right(self.inner.call(req)),

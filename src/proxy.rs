@@ -36,7 +36,6 @@ pub const PEER_CRED: HeaderName = HeaderName::from_static("x-ipcgate-peer");
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-#[derive(Clone)]
 struct Conn {
     tx: SendRequest<Incoming>,
     in_flight: Arc<AtomicUsize>,
@@ -56,7 +55,9 @@ pub struct Backend {
 impl Backend {
     pub fn new(addr: config::Backend, max_in_flight: usize) -> Backend {
         let authority = match &addr {
-            config::Backend::Tcp(a) => a.parse().unwrap_or_else(|_| Authority::from_static("localhost")),
+            config::Backend::Tcp(a) => a
+                .parse()
+                .unwrap_or_else(|_| Authority::from_static("localhost")),
             config::Backend::Unix(_) => Authority::from_static("localhost"),
         };
         Backend {
@@ -72,18 +73,19 @@ impl Backend {
         &self.addr
     }
 
-    /// The least busy live connection with room for another call.
-    fn pick_ready(&self) -> Option<Conn> {
+    /// The least busy live connection with room for another call, counted as busy
+    /// with this call before the lock is released.
+    fn pick_ready(&self) -> Option<(SendRequest<Incoming>, InFlight)> {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         conns.retain(|c| !c.tx.is_closed());
         conns
             .iter()
             .filter(|c| c.in_flight.load(Ordering::Relaxed) < self.max_in_flight)
             .min_by_key(|c| c.in_flight.load(Ordering::Relaxed))
-            .cloned()
+            .map(|c| (c.tx.clone(), InFlight::new(&c.in_flight)))
     }
 
-    async fn pick(&self) -> io::Result<Conn> {
+    async fn pick(&self) -> io::Result<(SendRequest<Incoming>, InFlight)> {
         if let Some(c) = self.pick_ready() {
             return Ok(c);
         }
@@ -94,11 +96,12 @@ impl Backend {
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, self.dial())
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        let picked = (conn.tx.clone(), InFlight::new(&conn.in_flight));
         self.conns
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(conn.clone());
-        Ok(conn)
+            .push(conn);
+        Ok(picked)
     }
 
     async fn dial(&self) -> io::Result<Conn> {
@@ -114,7 +117,10 @@ impl Backend {
             }
         };
         debug!(backend = %self.addr, "backend connection opened");
-        Ok(Conn { tx, in_flight: Arc::new(AtomicUsize::new(0)) })
+        Ok(Conn {
+            tx,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+        })
     }
 
     /// Sends one call to the backend and returns its response, or the gRPC error
@@ -135,18 +141,22 @@ impl Backend {
         // A call is retried only when hyper hands it back unsent (the pooled
         // connection closed under us); once sent, it belongs to the backend.
         for _ in 0..3 {
-            let conn = match self.pick().await {
+            let (mut tx, guard) = match self.pick().await {
                 Ok(c) => c,
                 Err(e) => {
                     warn!(backend = %self.addr, error = %e, "backend unavailable");
-                    return grpc::status(Code::Unavailable, &format!("backend {} unavailable: {e}", self.addr));
+                    return grpc::status(
+                        Code::Unavailable,
+                        &format!("backend {} unavailable: {e}", self.addr),
+                    );
                 }
             };
-            let guard = InFlight::new(&conn.in_flight);
-            let mut tx = conn.tx.clone();
             match tx.try_send_request(req).await {
                 Ok(resp) => {
-                    return resp.map(|body| grpc::Body::Upstream { body, _in_flight: Some(guard) })
+                    return resp.map(|body| grpc::Body::Upstream {
+                        body,
+                        _in_flight: Some(guard),
+                    })
                 }
                 Err(mut e) => match e.take_message() {
                     Some(r) => {
@@ -157,7 +167,10 @@ impl Backend {
                 },
             }
         }
-        grpc::status(Code::Unavailable, &format!("backend {} keeps closing connections", self.addr))
+        grpc::status(
+            Code::Unavailable,
+            &format!("backend {} keeps closing connections", self.addr),
+        )
     }
 }
 
@@ -222,9 +235,14 @@ impl Service<Request<Incoming>> for Proxy {
     }
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
-        let service = crate::path::split(req.uri().path()).map(|(s, _)| s).unwrap_or("");
+        let service = crate::path::split(req.uri().path())
+            .map(|(s, _)| s)
+            .unwrap_or("");
         let Some(backend) = self.router.route(service).cloned() else {
-            let resp = grpc::status(Code::Unimplemented, &format!("no route for service {service:?}"));
+            let resp = grpc::status(
+                Code::Unimplemented,
+                &format!("no route for service {service:?}"),
+            );
             return Box::pin(async move { Ok(resp) });
         };
         let h = req.headers_mut();

@@ -57,7 +57,8 @@ pub fn validate_service(s: &str) -> Result<(), String> {
         && !s.starts_with('.')
         && !s.ends_with('.')
         && !s.contains("..")
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
     if ok {
         Ok(())
     } else {

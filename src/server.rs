@@ -59,7 +59,10 @@ impl Gateway {
     /// # Errors
     /// [`GatewayError`] naming the file and what to fix.
     pub async fn bind(config: Config) -> Result<Gateway, GatewayError> {
-        let ServerTls { config: tls_config, by } = tls::server(&config.tls)?;
+        let ServerTls {
+            config: tls_config,
+            by,
+        } = tls::server(&config.tls)?;
         let policy = Policy::load(&config.policy.file)?;
         let (deny, allow) = policy.rule_counts();
         info!(policy.name = %policy.name, policy.version = %policy.version, deny, allow, "policy loaded");
@@ -114,8 +117,14 @@ impl Gateway {
         info!("shutting down: no new connections, draining calls in flight");
         drop(self.listener);
         let drain = self.shared.limits.drain_timeout;
-        if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-            warn!(?drain, "drain timeout passed with calls still in flight; closing them");
+        if tokio::time::timeout(drain, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            warn!(
+                ?drain,
+                "drain timeout passed with calls still in flight; closing them"
+            );
         }
     }
 }
@@ -149,14 +158,23 @@ async fn serve_connection(
         warn!(target: "ipcgate::tls", reason = "client did not negotiate ALPN h2", peer.uid = uid, peer.pid = pid, "handshake failed");
         return;
     }
-    let peer = match Peer::new(conn.peer_certificates().unwrap_or(&[]), cred, shared.by.as_deref()) {
+    let peer = match Peer::new(
+        conn.peer_certificates().unwrap_or(&[]),
+        cred,
+        shared.by.as_deref(),
+    ) {
         Ok(p) => Arc::new(p),
         Err(e) => {
             warn!(target: "ipcgate::tls", reason = %e, peer.uid = uid, peer.pid = pid, "handshake failed");
             return;
         }
     };
-    debug!(client.id = peer.principal(), peer.uid = uid, peer.pid = pid, "connection established");
+    debug!(
+        client.id = peer.principal(),
+        peer.uid = uid,
+        peer.pid = pid,
+        "connection established"
+    );
 
     let svc = ServiceBuilder::new()
         .layer(PathCheckLayer)

@@ -22,7 +22,10 @@ pub struct TlsError {
 }
 
 fn err(path: &Path, msg: impl Into<String>) -> TlsError {
-    TlsError { path: path.to_owned(), msg: msg.into() }
+    TlsError {
+        path: path.to_owned(),
+        msg: msg.into(),
+    }
 }
 
 /// The one crypto provider used everywhere (rustls and rcgen share aws-lc-rs).
@@ -68,9 +71,12 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for (i, cert) in load_certs(path)?.into_iter().enumerate() {
-        roots
-            .add(cert)
-            .map_err(|e| err(path, format!("certificate #{} is not a usable CA: {e}", i + 1)))?;
+        roots.add(cert).map_err(|e| {
+            err(
+                path,
+                format!("certificate #{} is not a usable CA: {e}", i + 1),
+            )
+        })?;
     }
     Ok(roots)
 }
@@ -95,7 +101,12 @@ pub fn server(cfg: &config::Tls) -> Result<ServerTls, TlsError> {
     let roots = Arc::new(load_roots(&cfg.client_ca)?);
     let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
         .build()
-        .map_err(|e| err(&cfg.client_ca, format!("cannot verify clients with this bundle: {e}")))?;
+        .map_err(|e| {
+            err(
+                &cfg.client_ca,
+                format!("cannot verify clients with this bundle: {e}"),
+            )
+        })?;
     let chain = load_certs(&cfg.cert)?;
     let by = first_uri_san(&chain[0]);
     let key = load_key(&cfg.key)?;
@@ -107,14 +118,20 @@ pub fn server(cfg: &config::Tls) -> Result<ServerTls, TlsError> {
         .map_err(|e| {
             err(
                 &cfg.key,
-                format!("does not fit the certificate in {}: {e}", cfg.cert.display()),
+                format!(
+                    "does not fit the certificate in {}: {e}",
+                    cfg.cert.display()
+                ),
             )
         })?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
     config.max_early_data_size = 0;
-    Ok(ServerTls { config: Arc::new(config), by })
+    Ok(ServerTls {
+        config: Arc::new(config),
+        by,
+    })
 }
 
 fn first_uri_san(cert: &CertificateDer<'_>) -> Option<String> {

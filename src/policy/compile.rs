@@ -67,7 +67,9 @@ impl Rule {
     /// A43: a principal matches a URI SAN, a DNS SAN or the subject. The empty
     /// principal stands for "no client certificate", which never holds here.
     fn source_matches(&self, peer: &Peer) -> bool {
-        let Some(principals) = &self.principals else { return true };
+        let Some(principals) = &self.principals else {
+            return true;
+        };
         principals.iter().any(|p| {
             if matches!(p, Pattern::Exact(e) if e.is_empty()) {
                 return false;
@@ -83,7 +85,9 @@ impl HeaderMatch {
     /// A43: a multi-valued header is matched as its values joined with `,`.
     fn matches(&self, headers: &HeaderMap) -> bool {
         let mut all = headers.get_all(&self.name).iter();
-        let Some(first) = all.next() else { return false };
+        let Some(first) = all.next() else {
+            return false;
+        };
         match all.next() {
             None => self.values.iter().any(|p| p.matches(first.as_bytes())),
             Some(second) => {
@@ -183,9 +187,13 @@ impl RuleSet {
 /// What the policy decided for one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision<'a> {
-    Allow { rule: &'a str },
+    Allow {
+        rule: &'a str,
+    },
     /// `rule` is the deny rule that matched, or `None` when no allow rule did.
-    Deny { rule: Option<&'a str> },
+    Deny {
+        rule: Option<&'a str>,
+    },
 }
 
 /// A compiled, immutable policy.
@@ -226,7 +234,10 @@ impl Policy {
             message,
         };
         if raw.name.is_empty() {
-            return Err(err("name".into(), "must not be empty (name the policy; logs and audit events carry it)".into()));
+            return Err(err(
+                "name".into(),
+                "must not be empty (name the policy; logs and audit events carry it)".into(),
+            ));
         }
         let mut deny = RuleSet::default();
         let mut allow = RuleSet::default();
@@ -235,7 +246,8 @@ impl Policy {
             ("allow_rules", &raw.allow_rules, &mut allow),
         ] {
             for (i, r) in rules.iter().enumerate() {
-                let (rule, paths) = compile_rule(r, &format!("{kind}[{i}]")).map_err(|(f, m)| err(f, m))?;
+                let (rule, paths) =
+                    compile_rule(r, &format!("{kind}[{i}]")).map_err(|(f, m)| err(f, m))?;
                 set.push(rule, paths);
             }
         }
@@ -251,7 +263,9 @@ impl Policy {
     /// Deny rules first, then allow rules; no match is a denial (gRFC A43).
     pub fn evaluate(&self, path: &str, headers: &HeaderMap, peer: &Peer) -> Decision<'_> {
         if let Some(r) = self.deny.first_match(path, headers, peer) {
-            return Decision::Deny { rule: Some(&r.name) };
+            return Decision::Deny {
+                rule: Some(&r.name),
+            };
         }
         match self.allow.first_match(path, headers, peer) {
             Some(r) => Decision::Allow { rule: &r.name },
@@ -282,7 +296,10 @@ const FORBIDDEN_HEADERS: &[&str] = &[
 
 fn compile_rule<'a>(r: &'a RawRule, at: &str) -> Result<(Rule, &'a [String]), (String, String)> {
     if r.name.is_empty() {
-        return Err((format!("{at}.name"), "must not be empty (every rule needs a name; denials report it)".into()));
+        return Err((
+            format!("{at}.name"),
+            "must not be empty (every rule needs a name; denials report it)".into(),
+        ));
     }
     let principals = r
         .source
@@ -307,21 +324,56 @@ fn compile_rule<'a>(r: &'a RawRule, at: &str) -> Result<(Rule, &'a [String]), (S
         let field = format!("{at}.request.headers[{i}]");
         let key = h.key.to_ascii_lowercase();
         if key.starts_with(':') {
-            return Err((format!("{field}.key"), format!("{:?} is not allowed (pseudo-headers cannot be matched; use request.paths)", h.key)));
+            return Err((
+                format!("{field}.key"),
+                format!(
+                    "{:?} is not allowed (pseudo-headers cannot be matched; use request.paths)",
+                    h.key
+                ),
+            ));
         }
         if key.starts_with("grpc-") {
-            return Err((format!("{field}.key"), format!("{:?} is not allowed (grpc-* headers belong to the transport)", h.key)));
+            return Err((
+                format!("{field}.key"),
+                format!(
+                    "{:?} is not allowed (grpc-* headers belong to the transport)",
+                    h.key
+                ),
+            ));
         }
         if FORBIDDEN_HEADERS.contains(&key.as_str()) {
-            return Err((format!("{field}.key"), format!("{:?} is not allowed (host and hop-by-hop headers do not reach the service)", h.key)));
+            return Err((
+                format!("{field}.key"),
+                format!(
+                    "{:?} is not allowed (host and hop-by-hop headers do not reach the service)",
+                    h.key
+                ),
+            ));
         }
         let name = HeaderName::from_bytes(key.as_bytes()).map_err(|_| {
-            (format!("{field}.key"), format!("{:?} is not a valid header name", h.key))
+            (
+                format!("{field}.key"),
+                format!("{:?} is not a valid header name", h.key),
+            )
         })?;
         if h.values.is_empty() {
-            return Err((format!("{field}.values"), "must list at least one value (use [\"*\"] to require the header with any value)".into()));
+            return Err((
+                format!("{field}.values"),
+                "must list at least one value (use [\"*\"] to require the header with any value)"
+                    .into(),
+            ));
         }
-        headers.push(HeaderMatch { name, values: h.values.iter().map(|v| Pattern::parse(v)).collect() });
+        headers.push(HeaderMatch {
+            name,
+            values: h.values.iter().map(|v| Pattern::parse(v)).collect(),
+        });
     }
-    Ok((Rule { name: r.name.clone(), principals, headers }, paths))
+    Ok((
+        Rule {
+            name: r.name.clone(),
+            principals,
+            headers,
+        },
+        paths,
+    ))
 }

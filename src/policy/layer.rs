@@ -32,7 +32,11 @@ impl<S> Layer<S> for AuthzLayer {
     type Service = Authz<S>;
 
     fn layer(&self, inner: S) -> Authz<S> {
-        Authz { inner, policy: self.policy.clone(), peer: self.peer.clone() }
+        Authz {
+            inner,
+            policy: self.policy.clone(),
+            peer: self.peer.clone(),
+        }
     }
 }
 

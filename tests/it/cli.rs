@@ -1,0 +1,276 @@
+//! The `ipcgate` binary: CA commands, `serve` as a real process (logs, SIGTERM),
+//! `policy check` and `demo`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tonic::Code;
+
+use crate::common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ipcgate");
+
+fn ipcgate(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = ipcgate(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+fn make_pki(d: &Path) {
+    let s = |p: &str| d.join(p).display().to_string();
+    ok(&["ca", "init", "--dir", &s("")]);
+    ok(&[
+        "cert",
+        "issue",
+        "--ca-dir",
+        &s(""),
+        "--out",
+        &s("gateway"),
+        "--dns",
+        "localhost",
+        "--server",
+    ]);
+    ok(&[
+        "cert",
+        "issue",
+        "--ca-dir",
+        &s(""),
+        "--out",
+        &s("alice"),
+        "--spiffe",
+        "spiffe://test.local/alice",
+        "--client",
+        "--ttl",
+        "1h",
+    ]);
+}
+
+#[test]
+fn ca_and_cert_commands_write_keys_0600_and_never_overwrite() {
+    let d = tempfile::tempdir().unwrap();
+    make_pki(d.path());
+    assert_eq!(mode(&d.path().join("ca.key")), 0o600);
+    assert_eq!(mode(&d.path().join("alice.key")), 0o600);
+    assert_eq!(mode(&d.path().join("gateway.key")), 0o600);
+    let ca_key = std::fs::read(d.path().join("ca.key")).unwrap();
+
+    // Existing files are refused without --force and left as they were.
+    let out = ipcgate(&["ca", "init", "--dir", d.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    assert_eq!(std::fs::read(d.path().join("ca.key")).unwrap(), ca_key);
+
+    // The CA key never appears on the terminal.
+    let out = ok(&[
+        "ca",
+        "init",
+        "--dir",
+        d.path().join("ca2").to_str().unwrap(),
+    ]);
+    assert!(!out.contains("PRIVATE KEY"), "{out}");
+
+    // Purpose is required; a bad SPIFFE ID is explained.
+    let dir = d.path().to_str().unwrap();
+    let out = ipcgate(&[
+        "cert", "issue", "--ca-dir", dir, "--out", "/tmp/x", "--dns", "a",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--client"));
+    let out = ipcgate(&[
+        "cert", "issue", "--ca-dir", dir, "--out", "/tmp/x", "--spiffe", "http://x", "--client",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SPIFFE"));
+    // A missing CA names the command that makes one.
+    let out = ipcgate(&[
+        "cert",
+        "issue",
+        "--ca-dir",
+        "/nonexistent",
+        "--out",
+        "/tmp/x",
+        "--dns",
+        "a",
+        "--client",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ipcgate ca init"));
+}
+
+#[test]
+fn policy_check_reports_errors_with_file_and_field() {
+    let d = tempfile::tempdir().unwrap();
+    let good = d.path().join("good.json");
+    std::fs::write(&good, POLICY).unwrap();
+    let bad = d.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        "{\"name\":\"x\",\"allow_rules\":[{\"name\":\"r\",\"source\":{\"principal\":[\"a\"]}}]}",
+    )
+    .unwrap();
+    let out = ok(&["policy", "check", good.to_str().unwrap()]);
+    assert!(out.contains("4 allow rules"), "{out}");
+    let out = ipcgate(&[
+        "policy",
+        "check",
+        good.to_str().unwrap(),
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.json: allow_rules[0].source")
+            && err.contains("unknown field `principal`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn demo_exits_zero() {
+    let out = ipcgate(&["demo"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("every call behaved as the policy says"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+}
+
+#[tokio::test]
+async fn serve_logs_denials_and_handshake_failures_and_stops_on_sigterm() {
+    let d = tempfile::tempdir().unwrap();
+    make_pki(d.path());
+    let backend_sock = d.path().join("echo.sock");
+    let echo = ipcgate::demo::EchoService::default();
+    let _backend = ipcgate::demo::spawn_backend(&backend_sock, echo, None).unwrap();
+    std::fs::write(d.path().join("policy.json"), POLICY).unwrap();
+    let cfg = d.path().join("gw.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[listen]\nuds = \"gw.sock\"\nmode = \"0660\"\n[tls]\ncert = \"gateway.pem\"\nkey = \"gateway.key\"\nclient_ca = \"ca.pem\"\n[policy]\nfile = \"policy.json\"\n[[route]]\nservice = \"demo.v1.Echo\"\nbackend = \"unix:{}\"\n",
+            backend_sock.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sock = d.path().join("gw.sock");
+    within("gateway start", async {
+        while !sock.exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(mode(&sock), 0o660);
+
+    let alice_cfg = ipcgate::client::config_from_files(
+        &d.path().join("alice.pem"),
+        &d.path().join("alice.key"),
+        &d.path().join("ca.pem"),
+    )
+    .unwrap();
+    let mut alice = ipcgate::pb::echo_client::EchoClient::new(ipcgate::client::channel(
+        sock.clone(),
+        "localhost".into(),
+        alice_cfg,
+    ));
+    for _ in 0..3 {
+        alice.unary(req(b"allowed")).await.unwrap();
+    }
+    let secret = tonic::client::Grpc::new(ipcgate::client::channel(
+        sock.clone(),
+        "localhost".into(),
+        ipcgate::client::config_from_files(
+            &d.path().join("alice.pem"),
+            &d.path().join("alice.key"),
+            &d.path().join("ca.pem"),
+        )
+        .unwrap(),
+    ));
+    let e = call_secret(secret).await;
+    assert_eq!(e, Code::PermissionDenied);
+    // A client from another CA fails the handshake.
+    let other = Pki::new();
+    let bad = other.spiffe("spiffe://test.local/alice");
+    assert!(ipcgate::client::probe(&sock, "localhost", bad)
+        .await
+        .is_err());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = tokio::task::spawn_blocking(move || {
+        let _ = &mut child;
+        child.wait_with_output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(out.status.success(), "exit status {:?}", out.status);
+    assert!(!sock.exists(), "socket left behind after SIGTERM");
+    let log = String::from_utf8_lossy(&out.stderr);
+    let denied: Vec<_> = log
+        .lines()
+        .filter(|l| l.contains("request denied"))
+        .collect();
+    assert_eq!(denied.len(), 1, "{log}");
+    for field in [
+        "method=\"/demo.v1.Echo/Secret\"",
+        "client.id=\"spiffe://test.local/alice\"",
+        "authz.rule=\"deny-secret\"",
+        "policy.name=test-policy",
+    ] {
+        assert!(denied[0].contains(field), "missing {field}: {}", denied[0]);
+    }
+    let hs: Vec<_> = log
+        .lines()
+        .filter(|l| l.contains("handshake failed"))
+        .collect();
+    assert_eq!(hs.len(), 1, "{log}");
+    assert!(
+        hs[0].contains("UnknownIssuer") || hs[0].contains("reason="),
+        "{}",
+        hs[0]
+    );
+    // Allowed calls print nothing at the default level.
+    assert!(!log.contains("/demo.v1.Echo/Unary"), "{log}");
+}
+
+async fn call_secret(mut grpc: tonic::client::Grpc<tonic::transport::Channel>) -> Code {
+    grpc.ready().await.unwrap();
+    let codec =
+        tonic_prost::ProstCodec::<ipcgate::pb::EchoRequest, ipcgate::pb::EchoReply>::default();
+    let path = http::uri::PathAndQuery::from_static("/demo.v1.Echo/Secret");
+    match grpc
+        .unary(tonic::Request::new(req(b"x")), path, codec)
+        .await
+    {
+        Ok(_) => Code::Ok,
+        Err(s) => s.code(),
+    }
+}

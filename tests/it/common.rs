@@ -1,0 +1,341 @@
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use ipcgate::ca::{Ca, KeyType, LeafSpec};
+use ipcgate::demo::EchoService;
+use ipcgate::pb::echo_client::EchoClient;
+use ipcgate::policy::PolicyHandle;
+use rustls::ClientConfig;
+use tempfile::TempDir;
+use tonic::transport::Channel;
+
+/// The policy most tests run under.
+pub const POLICY: &str = r#"{
+  "name": "test-policy",
+  "deny_rules": [
+    { "name": "deny-secret", "request": { "paths": ["*/Secret"] } },
+    { "name": "deny-banned-role",
+      "request": { "paths": ["/demo.v1.Echo/Unary"],
+                   "headers": [ { "key": "X-Role", "values": ["banned*"] } ] } }
+  ],
+  "allow_rules": [
+    { "name": "alice-echo",
+      "source": { "principals": ["spiffe://test.local/alice"] },
+      "request": { "paths": ["/demo.v1.Echo/*", "/other.v1.Svc/*"] } },
+    { "name": "svc-dns-unary",
+      "source": { "principals": ["*.svc.test"] },
+      "request": { "paths": ["/demo.v1.Echo/Unary"] } },
+    { "name": "carol-by-subject",
+      "source": { "principals": ["CN=carol,O=Example"] },
+      "request": { "paths": ["/demo.v1.Echo/Unary"] } },
+    { "name": "admin-header",
+      "request": { "paths": ["/demo.v1.Echo/ServerStream"],
+                   "headers": [ { "key": "x-role", "values": ["admin", "*-ops"] } ] } }
+  ]
+}"#;
+
+/// A CA and the gateway's server certificate in a temp dir.
+pub struct Pki {
+    pub dir: TempDir,
+    pub ca: Ca,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let dir = tempfile::Builder::new()
+            .prefix("ipcgate-it-")
+            .tempdir()
+            .unwrap();
+        let ca = Ca::generate("test CA", Duration::from_secs(86_400), KeyType::EcdsaP256).unwrap();
+        ca.save(dir.path(), false).unwrap();
+        ca.issue(&LeafSpec {
+            dns: vec!["localhost".into()],
+            server: true,
+            ..Default::default()
+        })
+        .unwrap()
+        .save(&dir.path().join("gateway"), false)
+        .unwrap();
+        Pki { dir, ca }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Issues a client certificate from this CA and returns a client config.
+    pub fn client(&self, spec: LeafSpec) -> Arc<ClientConfig> {
+        let issued = self.ca.issue(&spec).unwrap();
+        client_config(&issued.cert_pem, &issued.key_pem, self.ca.cert_pem())
+    }
+
+    pub fn spiffe(&self, id: &str) -> Arc<ClientConfig> {
+        self.client(LeafSpec {
+            spiffe: vec![id.into()],
+            client: true,
+            ..Default::default()
+        })
+    }
+}
+
+pub fn client_config(cert_pem: &str, key_pem: &str, ca_pem: &str) -> Arc<ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    ipcgate::client::config(chain, key, roots).unwrap()
+}
+
+/// Options for [`Harness::start_with`].
+#[derive(Default)]
+pub struct Opts {
+    pub policy: Option<String>,
+    /// Extra TOML appended to the generated config (e.g. a `[limits]` table).
+    pub extra: String,
+    pub backend_max_streams: Option<u32>,
+}
+
+/// A backend and a gateway in front of it, both in this process.
+pub struct Harness {
+    pub pki: Pki,
+    pub gw_sock: PathBuf,
+    pub backend_sock: PathBuf,
+    pub echo: EchoService,
+    pub policy: PolicyHandle,
+    backend_max_streams: Option<u32>,
+    backend: Option<Backend>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    gateway: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub fn config_text(pki: &Pki, backend_sock: &Path, extra: &str) -> String {
+    format!(
+        r#"
+[listen]
+uds = "gateway.sock"
+
+[tls]
+cert = "gateway.pem"
+key = "gateway.key"
+client_ca = "ca.pem"
+
+[policy]
+file = "policy.json"
+
+[[route]]
+service = "demo.v1.Echo"
+backend = "unix:{}"
+{extra}
+"#,
+        backend_sock.display()
+    )
+    .replace("{dir}", &pki.dir.path().display().to_string())
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        Self::start_with(Opts::default()).await
+    }
+
+    pub async fn start_with(opts: Opts) -> Harness {
+        let pki = Pki::new();
+        let backend_sock = pki.path("echo.sock");
+        let echo = EchoService::default();
+        let backend = Backend::start(&backend_sock, echo.clone(), opts.backend_max_streams);
+        std::fs::write(
+            pki.path("policy.json"),
+            opts.policy.as_deref().unwrap_or(POLICY),
+        )
+        .unwrap();
+        let cfg_path = pki.path("gateway.toml");
+        std::fs::write(&cfg_path, config_text(&pki, &backend_sock, &opts.extra)).unwrap();
+        let config = ipcgate::config::Config::load(&cfg_path).unwrap();
+        let gateway = ipcgate::Gateway::bind(config).await.unwrap();
+        let policy = gateway.policy();
+        let gw_sock = gateway.socket_path().to_owned();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(gateway.run(async {
+            let _ = rx.await;
+        }));
+        Harness {
+            pki,
+            gw_sock,
+            backend_sock,
+            echo,
+            policy,
+            backend_max_streams: opts.backend_max_streams,
+            backend: Some(backend),
+            stop: Some(tx),
+            gateway: Some(task),
+        }
+    }
+
+    pub fn client(&self, cfg: Arc<ClientConfig>) -> EchoClient<Channel> {
+        EchoClient::new(ipcgate::client::channel(
+            self.gw_sock.clone(),
+            "localhost".into(),
+            cfg,
+        ))
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+    }
+
+    pub fn alice(&self) -> EchoClient<Channel> {
+        self.client(self.pki.spiffe("spiffe://test.local/alice"))
+    }
+
+    /// Kills the backend: listener and every connection close at once.
+    pub fn stop_backend(&mut self) {
+        self.backend.take();
+    }
+
+    pub fn start_backend(&mut self) {
+        self.backend = Some(Backend::start(
+            &self.backend_sock,
+            self.echo.clone(),
+            self.backend_max_streams,
+        ));
+    }
+
+    /// Stops the gateway and waits for it to drain.
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(g) = self.gateway.take() {
+            g.await.unwrap();
+        }
+    }
+
+    /// Sends one raw HTTP/2 request over mTLS and returns (HTTP status, grpc-status).
+    pub async fn raw(&self, method: http::Method, path: &str) -> (u16, Option<String>) {
+        let tls = ipcgate::client::connect(
+            &self.gw_sock,
+            "localhost",
+            self.pki.spiffe("spiffe://test.local/alice"),
+        )
+        .await
+        .unwrap();
+        let (mut tx, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let uri = http::Uri::builder()
+            .scheme("http")
+            .authority("localhost")
+            .path_and_query(path)
+            .build()
+            .unwrap();
+        // One length-prefixed empty message: a valid EchoRequest.
+        let req = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
+            .unwrap();
+        let resp = tx.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let mut grpc = resp
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let collected = resp.into_body().collect().await.unwrap();
+        if grpc.is_none() {
+            grpc = collected
+                .trailers()
+                .and_then(|t| t.get("grpc-status"))
+                .map(|v| v.to_str().unwrap().to_owned());
+        }
+        (status, grpc)
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.backend.take();
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+pub fn req(payload: &[u8]) -> ipcgate::pb::EchoRequest {
+    ipcgate::pb::EchoRequest {
+        payload: payload.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// The metadata entries the backend reported seeing under `key`.
+pub fn seen<'a>(reply: &'a ipcgate::pb::EchoReply, key: &str) -> Vec<&'a str> {
+    let prefix = format!("{key}=");
+    reply
+        .metadata
+        .iter()
+        .filter_map(|m| m.strip_prefix(&prefix))
+        .collect()
+}
+
+/// Guards against a hang, not a performance assertion: generous by design.
+pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer within 20 s (hung)"))
+}
+
+/// The tonic backend on a runtime of its own, so that stopping it closes its
+/// listener and all its connections like a process exit would.
+pub struct Backend {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Backend {
+    pub fn start(path: &Path, echo: EchoService, max_streams: Option<u32>) -> Backend {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let path = path.to_owned();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let _server = ipcgate::demo::spawn_backend(&path, echo, max_streams).unwrap();
+                ready_tx.send(()).unwrap();
+                let _ = stopped.await;
+            });
+            rt.shutdown_background();
+            let _ = std::fs::remove_file(&path);
+        });
+        ready_rx.recv().unwrap();
+        Backend {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

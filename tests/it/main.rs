@@ -1,0 +1,14 @@
+//! Integration tests: real Unix sockets, real TLS handshakes with certificates made
+//! in the test, a real tonic backend, and the gateway in-process or as a process.
+
+mod cli;
+mod common;
+mod examples;
+mod identity;
+mod mtls;
+mod path;
+mod policy;
+mod proxy;
+mod python;
+mod robustness;
+mod socket;

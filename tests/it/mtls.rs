@@ -1,0 +1,230 @@
+//! The handshake refuses every client that is not verified by the configured CA.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipcgate::ca::{Ca, KeyType, LeafSpec};
+use rustls::ClientConfig;
+use time::OffsetDateTime;
+
+use crate::common::*;
+
+async fn probe(h: &Harness, cfg: Arc<ClientConfig>) -> Result<(), String> {
+    ipcgate::client::probe(&h.gw_sock, "localhost", cfg)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn alice_spec() -> LeafSpec {
+    LeafSpec {
+        spiffe: vec!["spiffe://test.local/alice".into()],
+        client: true,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn verified_client_is_served() {
+    let h = Harness::start().await;
+    probe(&h, h.pki.spiffe("spiffe://test.local/alice"))
+        .await
+        .unwrap();
+    let r = h.alice().unary(req(b"hi")).await.unwrap();
+    assert_eq!(r.get_ref().payload, b"hi");
+}
+
+#[tokio::test]
+async fn client_without_certificate_is_refused() {
+    let h = Harness::start().await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(h.pki.ca.cert_der().clone()).unwrap();
+    let mut cfg = ClientConfig::builder_with_provider(ipcgate::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let e = probe(&h, Arc::new(cfg)).await.unwrap_err();
+    assert!(
+        e.contains("CertificateRequired") || e.contains("alert"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn certificate_from_another_ca_is_refused() {
+    let h = Harness::start().await;
+    let other = Ca::generate("other CA", Duration::from_secs(3600), KeyType::EcdsaP256).unwrap();
+    let issued = other.issue(&alice_spec()).unwrap();
+    let cfg = client_config(&issued.cert_pem, &issued.key_pem, h.pki.ca.cert_pem());
+    let e = probe(&h, cfg).await.unwrap_err();
+    assert!(e.contains("UnknownCA"), "{e}");
+}
+
+#[tokio::test]
+async fn expired_and_not_yet_valid_certificates_are_refused() {
+    let h = Harness::start().await;
+    let now = OffsetDateTime::now_utc();
+    for (nb, na) in [
+        (now - time::Duration::days(2), now - time::Duration::days(1)),
+        (now + time::Duration::days(1), now + time::Duration::days(2)),
+    ] {
+        let cfg = h.pki.client(LeafSpec {
+            validity: Some((nb, na)),
+            ..alice_spec()
+        });
+        let e = probe(&h, cfg).await.unwrap_err();
+        assert!(
+            e.contains("CertificateExpired") || e.contains("alert"),
+            "{e}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn certificate_for_servers_only_is_refused() {
+    let h = Harness::start().await;
+    let cfg = h.pki.client(LeafSpec {
+        client: false,
+        server: true,
+        ..alice_spec()
+    });
+    let e = probe(&h, cfg).await.unwrap_err();
+    assert!(e.contains("alert"), "{e}");
+}
+
+#[tokio::test]
+async fn certificate_without_eku_is_accepted() {
+    // RFC 5280: no EKU extension means no restriction on use.
+    let h = Harness::start().await;
+    let cfg = h.pki.client(LeafSpec {
+        client: false,
+        server: false,
+        ..alice_spec()
+    });
+    probe(&h, cfg.clone()).await.unwrap();
+    h.client(cfg).unary(req(b"x")).await.unwrap();
+}
+
+#[tokio::test]
+async fn tls12_client_is_refused() {
+    let h = Harness::start().await;
+    let issued = h.pki.ca.issue(&alice_spec()).unwrap();
+    use rustls::pki_types::pem::PemObject;
+    let chain = vec![issued.cert_der.clone()];
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(h.pki.ca.cert_der().clone()).unwrap();
+    let mut cfg = ClientConfig::builder_with_provider(ipcgate::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let e = probe(&h, Arc::new(cfg)).await.unwrap_err();
+    assert!(
+        e.contains("ProtocolVersion") || e.contains("alert") || e.contains("version"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn client_without_h2_alpn_is_refused() {
+    let h = Harness::start().await;
+    for alpn in [vec![], vec![b"http/1.1".to_vec()]] {
+        let mut cfg = (*h.pki.spiffe("spiffe://test.local/alice")).clone();
+        cfg.alpn_protocols = alpn.clone();
+        let r = probe(&h, Arc::new(cfg)).await;
+        assert!(r.is_err(), "ALPN {alpn:?} was served");
+    }
+}
+
+#[tokio::test]
+async fn gateway_presents_a_certificate_the_client_can_verify() {
+    // A client trusting another CA must refuse the gateway: the server side is
+    // verified too.
+    let h = Harness::start().await;
+    let other = Ca::generate("other CA", Duration::from_secs(3600), KeyType::EcdsaP256).unwrap();
+    let issued = h.pki.ca.issue(&alice_spec()).unwrap();
+    let cfg = client_config(&issued.cert_pem, &issued.key_pem, other.cert_pem());
+    let e = probe(&h, cfg).await.unwrap_err();
+    assert!(e.contains("UnknownIssuer"), "{e}");
+}
+
+/// Certificates from openssl (RSA CA, SEC1 EC server key, PKCS#8 client key, a
+/// subject with several attributes) work, and the subject is matched in RFC 4514
+/// form.
+#[tokio::test]
+async fn openssl_made_certificates_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sh = |script: &str| {
+        let out = std::process::Command::new("sh")
+            .arg("-ec")
+            .arg(script)
+            .current_dir(d)
+            .output()
+            .expect("openssl is needed for this test (.ci/run installs it)");
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj '/O=Example/CN=openssl CA' \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null");
+    sh("openssl ecparam -name prime256v1 -genkey -noout -out gateway.key");
+    sh("openssl req -new -key gateway.key -out gw.csr -subj '/CN=localhost'");
+    sh("printf 'subjectAltName=DNS:localhost\\nextendedKeyUsage=serverAuth\\n' > gw.ext && \
+        openssl x509 -req -in gw.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out gateway.pem -days 1 -extfile gw.ext 2>/dev/null");
+    sh("openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out carol.key");
+    sh("openssl req -new -key carol.key -out carol.csr -subj '/O=Example/CN=carol'");
+    sh("printf 'extendedKeyUsage=clientAuth\\n' > c.ext && \
+        openssl x509 -req -in carol.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out carol.pem -days 1 -extfile c.ext 2>/dev/null");
+    assert!(std::fs::read_to_string(d.join("gateway.key"))
+        .unwrap()
+        .contains("BEGIN EC PRIVATE KEY"));
+
+    let backend_sock = d.join("echo.sock");
+    let echo = ipcgate::demo::EchoService::default();
+    let _backend = ipcgate::demo::spawn_backend(&backend_sock, echo, None).unwrap();
+    std::fs::write(d.join("policy.json"), POLICY).unwrap();
+    let cfg = format!(
+        "[listen]\nuds = \"gw.sock\"\n[tls]\ncert = \"gateway.pem\"\nkey = \"gateway.key\"\nclient_ca = \"ca.pem\"\n[policy]\nfile = \"policy.json\"\n[[route]]\nservice = \"*\"\nbackend = \"unix:{}\"\n",
+        backend_sock.display()
+    );
+    std::fs::write(d.join("gw.toml"), cfg).unwrap();
+    let gw = ipcgate::Gateway::bind(ipcgate::config::Config::load(&d.join("gw.toml")).unwrap())
+        .await
+        .unwrap();
+    let sock = gw.socket_path().to_owned();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(gw.run(async {
+        let _ = rx.await;
+    }));
+
+    let cfg = ipcgate::client::config_from_files(
+        &d.join("carol.pem"),
+        &d.join("carol.key"),
+        &d.join("ca.pem"),
+    )
+    .unwrap();
+    let mut client = ipcgate::pb::echo_client::EchoClient::new(ipcgate::client::channel(
+        sock,
+        "localhost".into(),
+        cfg,
+    ));
+    // Allowed by principal "CN=carol,O=Example" (subject fall-through).
+    let r = client.unary(req(b"rsa")).await.unwrap();
+    let xfcc = seen(r.get_ref(), "x-forwarded-client-cert");
+    assert!(
+        xfcc[0].contains("Subject=\"CN=carol,O=Example\""),
+        "{xfcc:?}"
+    );
+    // ServerStream is not allowed for carol.
+    let e = client.server_stream(req(b"x")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    let _ = tx.send(());
+    task.await.unwrap();
+}

@@ -1,0 +1,336 @@
+//! Calls pass through unchanged: every call kind, metadata, trailers and status,
+//! deadlines, cancellation, large messages, backend outages and pooling.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ipcgate::pb::EchoRequest;
+use tokio_stream::StreamExt;
+use tonic::{Code, Request};
+
+use crate::common::*;
+
+#[tokio::test]
+async fn all_four_call_kinds_pass_through() {
+    let h = Harness::start().await;
+    let mut c = h.alice();
+
+    let r = c.unary(req(b"one")).await.unwrap();
+    assert_eq!(r.metadata().get("x-echo-header").unwrap(), "from-backend");
+    assert_eq!(r.get_ref().payload, b"one");
+
+    let mut s = c
+        .server_stream(EchoRequest {
+            count: 100,
+            ..req(b"s")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seqs = Vec::new();
+    while let Some(m) = s.next().await {
+        seqs.push(m.unwrap().seq);
+    }
+    assert_eq!(seqs, (0..100).collect::<Vec<_>>());
+
+    let msgs: Vec<_> = (0..50).map(|i| req(format!("m{i}").as_bytes())).collect();
+    let r = c
+        .client_stream(tokio_stream::iter(msgs))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.seq, r.payload.as_slice()), (50, &b"m49"[..]));
+
+    // Bidi ping-pong: each reply arrives before the next message is sent.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let resp = c
+        .bidi(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.metadata().get("x-echo-header").unwrap(),
+        "from-backend"
+    );
+    let mut replies = resp.into_inner();
+    for i in 0..20u32 {
+        tx.send(req(format!("p{i}").as_bytes())).await.unwrap();
+        let m = within("bidi reply", replies.next()).await.unwrap().unwrap();
+        assert_eq!((m.seq, m.payload), (i + 1, format!("p{i}").into_bytes()));
+    }
+    drop(tx);
+    assert!(replies.next().await.is_none());
+}
+
+#[tokio::test]
+async fn bidi_response_headers_arrive_before_the_first_message() {
+    // A client that waits for response headers before sending must not hang
+    // (nginx 1.22 holds them until the first request message).
+    let h = Harness::start().await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<EchoRequest>(1);
+    let resp = within(
+        "bidi headers",
+        h.alice()
+            .bidi(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        resp.metadata().get("x-echo-header").unwrap(),
+        "from-backend"
+    );
+    let mut replies = resp.into_inner();
+    tx.send(req(b"after-headers")).await.unwrap();
+    assert_eq!(
+        replies.next().await.unwrap().unwrap().payload,
+        b"after-headers"
+    );
+}
+
+#[tokio::test]
+async fn backend_status_message_details_and_trailers_pass_through() {
+    let h = Harness::start().await;
+    let mut c = h.alice();
+    for code in [
+        Code::NotFound,
+        Code::ResourceExhausted,
+        Code::Internal,
+        Code::Unavailable,
+        Code::DataLoss,
+    ] {
+        let e = c
+            .unary(EchoRequest {
+                fail_with: code as i32,
+                ..req(b"x")
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), code);
+        assert_eq!(e.message(), "backend failed as asked");
+        assert_eq!(e.details(), b"\x08\x01details");
+        assert_eq!(
+            e.metadata().get("x-echo-detail").unwrap(),
+            "backend-trailer"
+        );
+    }
+    // An error after streamed messages arrives in the trailers.
+    let mut s = c
+        .server_stream(EchoRequest {
+            count: 3,
+            fail_with: Code::Aborted as i32,
+            ..req(b"x")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut n = 0;
+    let err = loop {
+        match s.next().await {
+            Some(Ok(_)) => n += 1,
+            Some(Err(e)) => break e,
+            None => panic!("stream ended without the backend's status"),
+        }
+    };
+    assert_eq!(
+        (n, err.code(), err.message()),
+        (3, Code::Aborted, "backend failed as asked")
+    );
+}
+
+#[tokio::test]
+async fn request_metadata_and_grpc_timeout_reach_the_backend() {
+    let h = Harness::start().await;
+    let mut r = Request::new(req(b"x"));
+    r.metadata_mut()
+        .insert("x-custom", "value-1".parse().unwrap());
+    r.metadata_mut().insert_bin(
+        "x-blob-bin",
+        tonic::metadata::MetadataValue::from_bytes(b"\x00\xff"),
+    );
+    r.set_timeout(Duration::from_secs(30));
+    let reply = h.alice().unary(r).await.unwrap().into_inner();
+    assert_eq!(seen(&reply, "x-custom"), vec!["value-1"]);
+    assert_eq!(seen(&reply, "x-blob-bin"), vec!["AP8"]);
+    let t = seen(&reply, "grpc-timeout");
+    assert_eq!(t.len(), 1, "{:?}", reply.metadata);
+    assert!(
+        t[0].ends_with('m') || t[0].ends_with('u') || t[0].ends_with('S'),
+        "{t:?}"
+    );
+}
+
+#[tokio::test]
+async fn client_cancel_and_deadline_reset_the_backend_call() {
+    let h = Harness::start().await;
+    let mut c = h.alice();
+    // Cancel: drop the call while the backend is still working.
+    let call = c.unary(EchoRequest {
+        delay_ms: 10_000,
+        ..req(b"x")
+    });
+    assert!(tokio::time::timeout(Duration::from_millis(300), call)
+        .await
+        .is_err());
+    wait_for(
+        || h.echo.cancelled.load(Ordering::SeqCst) == 1,
+        "the backend saw the cancel",
+    )
+    .await;
+
+    // Deadline: the client gives up; the reset reaches the backend.
+    let mut r = Request::new(EchoRequest {
+        delay_ms: 10_000,
+        ..req(b"x")
+    });
+    r.set_timeout(Duration::from_millis(200));
+    let mut c2 = h.client(h.pki.spiffe("spiffe://test.local/alice"));
+    let e = tokio::time::timeout(Duration::from_millis(400), c2.unary(r)).await;
+    // Either tonic's deadline error or our own timeout: both drop the call.
+    if let Ok(res) = e {
+        assert!(matches!(
+            res.unwrap_err().code(),
+            Code::DeadlineExceeded | Code::Cancelled
+        ));
+    }
+    wait_for(
+        || h.echo.cancelled.load(Ordering::SeqCst) == 2,
+        "the backend saw the deadline",
+    )
+    .await;
+
+    // Cancel of a server stream mid-flight.
+    let mut s = c
+        .server_stream(EchoRequest {
+            count: 1000,
+            delay_ms: 20,
+            ..req(b"x")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    s.next().await.unwrap().unwrap();
+    drop(s);
+    wait_for(
+        || h.echo.cancelled.load(Ordering::SeqCst) == 3,
+        "the backend saw the stream cancel",
+    )
+    .await;
+    // The connection is still good.
+    c.unary(req(b"still-ok")).await.unwrap();
+}
+
+async fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
+    within(what, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sixteen_mib_messages_pass_both_ways() {
+    let h = Harness::start().await;
+    let big: Vec<u8> = (0..16 * 1024 * 1024 - 64)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let r = h.alice().unary(req(&big)).await.unwrap().into_inner();
+    assert!(r.payload == big, "payload changed in transit");
+}
+
+#[tokio::test]
+async fn backend_outage_is_unavailable_and_recovers_without_restart() {
+    let mut h = Harness::start().await;
+    let mut c = h.alice();
+    c.unary(req(b"before")).await.unwrap();
+    h.stop_backend();
+    for _ in 0..3 {
+        let e = c.unary(req(b"down")).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+        assert!(e.message().contains("unavailable"), "{}", e.message());
+    }
+    h.start_backend();
+    let r = c.unary(req(b"after")).await.unwrap();
+    assert_eq!(r.get_ref().payload, b"after");
+}
+
+#[tokio::test]
+async fn concurrent_calls_share_pooled_backend_connections() {
+    let h = Harness::start().await;
+    let c = h.alice();
+    let mut tasks = Vec::new();
+    for i in 0..300u32 {
+        let mut c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            c.unary(EchoRequest {
+                delay_ms: 50,
+                ..req(&i.to_be_bytes())
+            })
+            .await
+            .map(|r| r.into_inner().payload)
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        assert_eq!(t.await.unwrap().unwrap(), (i as u32).to_be_bytes());
+    }
+    let conns = h.echo.connections.load(Ordering::SeqCst);
+    // 300 calls at once with 100 per backend connection: a handful, not 300.
+    assert!(
+        (1..=6).contains(&conns),
+        "{conns} backend connections for 300 calls"
+    );
+}
+
+#[tokio::test]
+async fn long_streams_do_not_starve_unary_calls() {
+    // The backend allows 20 streams per connection, like many real servers; 40
+    // long streams are open; a unary call must still get through.
+    let h = Harness::start_with(Opts {
+        backend_max_streams: Some(20),
+        extra: "[limits]\nbackend_streams_per_connection = 20\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let c = h.alice();
+    let mut streams = Vec::new();
+    for _ in 0..40 {
+        let mut c = c.clone();
+        let mut s = c
+            .server_stream(EchoRequest {
+                count: 2,
+                delay_ms: 30_000,
+                ..req(b"long")
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        streams.push(tokio::spawn(async move { s.next().await }));
+    }
+    let mut c2 = c.clone();
+    let r = within("unary beside 40 long streams", c2.unary(req(b"quick")))
+        .await
+        .unwrap();
+    assert_eq!(r.get_ref().payload, b"quick");
+    for s in streams {
+        s.abort();
+    }
+}
+
+#[tokio::test]
+async fn shutdown_lets_calls_in_flight_finish_and_removes_the_socket() {
+    let h = Harness::start().await;
+    let mut c = h.alice();
+    c.unary(req(b"warm")).await.unwrap();
+    let call = tokio::spawn(async move {
+        c.unary(EchoRequest {
+            delay_ms: 500,
+            ..req(b"in-flight")
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let sock = h.gw_sock.clone();
+    within("drain", h.shutdown()).await;
+    let r = call.await.unwrap().unwrap();
+    assert_eq!(r.get_ref().payload, b"in-flight");
+    assert!(!sock.exists());
+}

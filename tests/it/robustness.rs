@@ -1,0 +1,118 @@
+//! Garbage, silence, HTTP/1 and half-open connections are dropped; honest clients
+//! keep being served meanwhile.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+use crate::common::*;
+
+/// Reads until the gateway closes the connection; true if it did.
+async fn closed_by_gateway(mut s: UnixStream) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return true,
+            Ok(_) => continue, // e.g. a TLS alert before the close
+        }
+    }
+}
+
+#[tokio::test]
+async fn bad_clients_are_dropped_and_others_unaffected() {
+    let h = Harness::start_with(Opts {
+        extra: "[limits]\nhandshake_timeout = \"500ms\"\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let mut alice = h.alice();
+    alice.unary(req(b"warm-up")).await.unwrap();
+
+    // Garbage bytes.
+    let mut garbage = UnixStream::connect(&h.gw_sock).await.unwrap();
+    garbage
+        .write_all(&[0xde, 0xad, 0xbe, 0xef].repeat(1000))
+        .await
+        .unwrap();
+    // A plaintext HTTP/1 request.
+    let mut http1 = UnixStream::connect(&h.gw_sock).await.unwrap();
+    http1
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    // An h2c preface without TLS.
+    let mut h2c = UnixStream::connect(&h.gw_sock).await.unwrap();
+    h2c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    // A client that connects and says nothing (stalled handshake).
+    let silent = UnixStream::connect(&h.gw_sock).await.unwrap();
+    // Half a ClientHello, then the write side closed (half-open).
+    let mut half = UnixStream::connect(&h.gw_sock).await.unwrap();
+    half.write_all(&[
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ])
+    .await
+    .unwrap();
+    half.shutdown().await.unwrap();
+    // Half a ClientHello, then silence.
+    let mut stalled = UnixStream::connect(&h.gw_sock).await.unwrap();
+    stalled
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00])
+        .await
+        .unwrap();
+
+    // While all of them hang around, an honest client is served.
+    for i in 0..20u8 {
+        alice.unary(req(&[i])).await.unwrap();
+    }
+
+    for (name, s) in [
+        ("garbage", garbage),
+        ("http1", http1),
+        ("h2c", h2c),
+        ("silent", silent),
+        ("half-open", half),
+        ("stalled", stalled),
+    ] {
+        assert!(within(name, closed_by_gateway(s)).await, "{name}");
+    }
+    alice.unary(req(b"after")).await.unwrap();
+}
+
+#[tokio::test]
+async fn http1_over_tls_is_dropped() {
+    let h = Harness::start().await;
+    let mut cfg = (*h.pki.spiffe("spiffe://test.local/alice")).clone();
+    cfg.alpn_protocols = vec![];
+    let mut tls = ipcgate::client::connect(&h.gw_sock, "localhost", std::sync::Arc::new(cfg))
+        .await
+        .unwrap();
+    let _ = tls
+        .write_all(b"GET /demo.v1.Echo/Unary HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await;
+    let mut buf = Vec::new();
+    let r = within("http1 over tls", tls.read_to_end(&mut buf)).await;
+    assert!(
+        r.is_err() || buf.is_empty(),
+        "got an answer: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+}
+
+#[tokio::test]
+async fn many_failed_handshakes_do_not_block_the_accept_loop() {
+    let h = Harness::start().await;
+    let mut socks = Vec::new();
+    for _ in 0..200 {
+        socks.push(UnixStream::connect(&h.gw_sock).await.unwrap());
+    }
+    let mut alice = h.alice();
+    within("call beside 200 idle sockets", alice.unary(req(b"x")))
+        .await
+        .unwrap();
+    drop(socks);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    alice.unary(req(b"y")).await.unwrap();
+}

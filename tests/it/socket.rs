@@ -1,0 +1,121 @@
+//! The listening socket: its mode, stale files, and paths it must never touch.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+
+use ipcgate::listen::{ListenError, Uds};
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("ipcgate-sock-")
+        .tempdir()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn socket_gets_the_configured_mode_and_is_removed_on_drop() {
+    let d = tmp();
+    for mode in [0o600, 0o660, 0o640] {
+        let p = d.path().join(format!("gw{mode:o}.sock"));
+        let uds = Uds::bind(&p, mode, None).unwrap();
+        let meta = std::fs::symlink_metadata(&p).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, mode);
+        drop(uds);
+        assert!(!p.exists(), "socket left behind");
+    }
+    // No private bind directory is left behind either.
+    assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn stale_socket_from_a_dead_gateway_is_replaced() {
+    let d = tmp();
+    let p = d.path().join("gw.sock");
+    drop(std::os::unix::net::UnixListener::bind(&p).unwrap()); // leaves the file, nobody listening
+    assert!(p.exists());
+    let uds = Uds::bind(&p, 0o600, None).unwrap();
+    tokio::net::UnixStream::connect(&p).await.unwrap();
+    drop(uds);
+}
+
+#[tokio::test]
+async fn live_socket_is_refused_and_left_alone() {
+    let d = tmp();
+    let p = d.path().join("gw.sock");
+    let other = std::os::unix::net::UnixListener::bind(&p).unwrap();
+    match Uds::bind(&p, 0o600, None) {
+        Err(ListenError::InUse(_)) => {}
+        other => panic!("expected InUse, got {:?}", other.map(|_| ())),
+    }
+    // The other listener still owns the path.
+    let _c = std::os::unix::net::UnixStream::connect(&p).unwrap();
+    other.accept().unwrap();
+}
+
+#[tokio::test]
+async fn regular_file_directory_and_symlink_are_never_deleted() {
+    let d = tmp();
+    let file = d.path().join("important.txt");
+    std::fs::write(&file, "data").unwrap();
+    let e = Uds::bind(&file, 0o600, None)
+        .err()
+        .expect("a regular file was replaced");
+    assert!(e.to_string().contains("is not a socket"), "{e}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "data");
+
+    let dir = d.path().join("adir");
+    std::fs::create_dir(&dir).unwrap();
+    assert!(matches!(
+        Uds::bind(&dir, 0o600, None),
+        Err(ListenError::NotSocket(_))
+    ));
+    assert!(dir.is_dir());
+
+    // A symlink to a stale socket elsewhere: refused, link and target kept.
+    let target = d.path().join("elsewhere.sock");
+    drop(std::os::unix::net::UnixListener::bind(&target).unwrap());
+    let link = d.path().join("link.sock");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    assert!(matches!(
+        Uds::bind(&link, 0o600, None),
+        Err(ListenError::NotSocket(_))
+    ));
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(target.exists());
+}
+
+#[tokio::test]
+async fn missing_directory_is_a_clear_error() {
+    let d = tmp();
+    let p = d.path().join("no/such/dir/gw.sock");
+    let e = Uds::bind(&p, 0o600, None).err().unwrap().to_string();
+    assert!(
+        e.contains("does not exist") && e.contains("no/such/dir"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn peer_credentials_are_read_at_accept() {
+    let d = tmp();
+    let p = d.path().join("gw.sock");
+    let uds = Uds::bind(&p, 0o600, None).unwrap();
+    let _c = tokio::net::UnixStream::connect(&p).await.unwrap();
+    let (_s, cred) = uds.accept().await.unwrap();
+    let cred = cred.unwrap();
+    assert_eq!(cred.pid, Some(std::process::id() as i32));
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let uid: u32 = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .unwrap()
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(cred.uid, uid);
+}
