@@ -1,1 +1,72 @@
+use rcgen::{CertificateParams, DnType, KeyPair};
 
+use super::*;
+
+fn cert_with_subject(attrs: &[(DnType, &str)]) -> CertificateDer<'static> {
+    let mut params = CertificateParams::new(vec!["a.test".to_owned()]).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    for (t, v) in attrs {
+        params.distinguished_name.push(t.clone(), *v);
+    }
+    let key = KeyPair::generate().unwrap();
+    params.self_signed(&key).unwrap().der().clone()
+}
+
+#[test]
+fn subject_is_rfc4514_most_specific_first() {
+    let der = cert_with_subject(&[
+        (DnType::CountryName, "DE"),
+        (DnType::OrganizationName, "Example"),
+        (DnType::CommonName, "carol"),
+    ]);
+    let p = Peer::new(&[der], None, None).unwrap();
+    assert_eq!(p.subject, "CN=carol,O=Example,C=DE");
+    assert_eq!(p.cn.as_deref(), Some("carol"));
+    assert_eq!(p.dns, vec!["a.test"]);
+    assert_eq!(p.principal(), "a.test");
+}
+
+#[test]
+fn special_characters_are_escaped_in_subject_and_xfcc() {
+    let der = cert_with_subject(&[(DnType::CommonName, "#evil, \"x\"+y;z\\ \n")]);
+    let p = Peer::new(&[der], None, Some("spiffe://t/gw")).unwrap();
+    assert_eq!(p.subject, "CN=\\#evil\\, \\\"x\\\"\\+y\\;z\\\\ \\0A");
+    let x = p.xfcc().to_str().unwrap();
+    assert!(x.starts_with("By=spiffe://t/gw;Hash="), "{x}");
+    // Inside the quoted Subject every quote and backslash is escaped, so the
+    // value cannot end early or smuggle a `;URI=` pair.
+    assert!(
+        x.contains(r#";Subject="CN=\\#evil\\, \\\"x\\\"\\+y\\;z\\\\ \\0A";DNS=a.test"#),
+        "{x}"
+    );
+    assert!(!x.contains('\n'));
+}
+
+#[test]
+fn peer_credentials_become_a_header() {
+    let der = cert_with_subject(&[(DnType::CommonName, "x")]);
+    let p = Peer::new(
+        &[der],
+        Some(PeerCred {
+            uid: 1000,
+            gid: 100,
+            pid: Some(42),
+        }),
+        None,
+    )
+    .unwrap();
+    assert_eq!(p.cred_header().unwrap(), "uid=1000;gid=100;pid=42");
+    assert_eq!(p.sha256_hex().len(), 64);
+}
+
+#[test]
+fn no_certificate_is_an_error() {
+    assert!(matches!(
+        Peer::new(&[], None, None),
+        Err(IdentityError::NoCertificate)
+    ));
+    assert!(matches!(
+        Peer::new(&[CertificateDer::from(vec![1, 2, 3])], None, None),
+        Err(IdentityError::Parse(_))
+    ));
+}

@@ -102,14 +102,17 @@ impl HeaderMatch {
     }
 }
 
+/// Rule indexes by affix, grouped by affix length: a lookup slices the path once
+/// per distinct length and does one hash probe.
+type ByLen = Vec<(usize, HashMap<Box<str>, Vec<u32>>)>;
+
 /// Rules of one kind (deny or allow) with their path index.
 #[derive(Debug, Default)]
 struct RuleSet {
     rules: Vec<Rule>,
     exact: HashMap<Box<str>, Vec<u32>>,
-    /// (prefix length, prefix → rules)
-    prefix: Vec<(usize, HashMap<Box<str>, Vec<u32>>)>,
-    suffix: Vec<(usize, HashMap<Box<str>, Vec<u32>>)>,
+    prefix: ByLen,
+    suffix: ByLen,
     any_path: Vec<u32>,
 }
 
@@ -119,7 +122,7 @@ fn add(list: &mut Vec<u32>, i: u32) {
     }
 }
 
-fn by_len(v: &mut Vec<(usize, HashMap<Box<str>, Vec<u32>>)>, key: &str, i: u32) {
+fn by_len(v: &mut ByLen, key: &str, i: u32) {
     let pos = match v.iter().position(|(l, _)| *l == key.len()) {
         Some(p) => p,
         None => {

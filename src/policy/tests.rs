@@ -1,1 +1,298 @@
+use std::path::Path;
 
+use http::HeaderMap;
+
+use super::compile::Pattern;
+use super::*;
+use crate::ca::{Ca, KeyType, LeafSpec};
+use crate::identity::Peer;
+
+fn peer(spiffe: &[&str], dns: &[&str], cn: Option<&str>) -> Peer {
+    let ca = Ca::generate(
+        "t",
+        std::time::Duration::from_secs(3600),
+        KeyType::EcdsaP256,
+    )
+    .unwrap();
+    let issued = ca
+        .issue(&LeafSpec {
+            spiffe: spiffe.iter().map(|s| s.to_string()).collect(),
+            dns: dns.iter().map(|s| s.to_string()).collect(),
+            cn: cn.map(str::to_owned),
+            client: true,
+            ..Default::default()
+        })
+        .unwrap();
+    Peer::new(&[issued.cert_der], None, None).unwrap()
+}
+
+fn policy(json: &str) -> Policy {
+    Policy::from_json(json, Path::new("p.json")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn error(json: &str) -> String {
+    Policy::from_json(json, Path::new("p.json"))
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn patterns() {
+    let cases = [
+        ("*", "x", true),
+        ("*", "", false),
+        ("abc*", "abc", true),
+        ("abc*", "abcd", true),
+        ("abc*", "xabc", false),
+        ("*abc", "xabc", true),
+        ("*abc", "abcx", false),
+        ("abc", "abc", true),
+        ("abc", "abcd", false),
+        ("abc", "ABC", false),
+    ];
+    for (p, v, want) in cases {
+        assert_eq!(
+            Pattern::parse(p).matches(v.as_bytes()),
+            want,
+            "{p:?} vs {v:?}"
+        );
+    }
+}
+
+#[test]
+fn deny_first_then_allow_then_deny_by_default() {
+    let p = policy(
+        r#"{"name":"p",
+        "deny_rules":[{"name":"no-delete","request":{"paths":["*/Delete"]}}],
+        "allow_rules":[{"name":"alice","source":{"principals":["spiffe://t/alice"]}}]}"#,
+    );
+    let alice = peer(&["spiffe://t/alice"], &[], None);
+    let bob = peer(&["spiffe://t/bob"], &[], None);
+    let h = HeaderMap::new();
+    assert_eq!(
+        p.evaluate("/a.B/Get", &h, &alice),
+        Decision::Allow { rule: "alice" }
+    );
+    assert_eq!(
+        p.evaluate("/a.B/Delete", &h, &alice),
+        Decision::Deny {
+            rule: Some("no-delete")
+        }
+    );
+    assert_eq!(
+        p.evaluate("/a.B/Get", &h, &bob),
+        Decision::Deny { rule: None }
+    );
+}
+
+#[test]
+fn the_first_matching_rule_in_file_order_is_reported() {
+    // Rules reach the decision through different indexes (any-path, suffix,
+    // exact, prefix); the reported rule must still be the first in the file.
+    let p = policy(
+        r#"{"name":"p","allow_rules":[
+          {"name":"r0-any-path-bob","source":{"principals":["spiffe://t/bob"]}},
+          {"name":"r1-suffix","source":{"principals":["spiffe://t/alice"]},"request":{"paths":["*/Get"]}},
+          {"name":"r2-exact","request":{"paths":["/a.B/Get"]}},
+          {"name":"r3-prefix","request":{"paths":["/a.B/*"]}},
+          {"name":"r4-any","request":{"paths":["*"]}}
+        ]}"#,
+    );
+    let h = HeaderMap::new();
+    let alice = peer(&["spiffe://t/alice"], &[], None);
+    let carol = peer(&["spiffe://t/carol"], &[], None);
+    let bob = peer(&["spiffe://t/bob"], &[], None);
+    assert_eq!(
+        p.evaluate("/a.B/Get", &h, &alice),
+        Decision::Allow { rule: "r1-suffix" }
+    );
+    assert_eq!(
+        p.evaluate("/a.B/Get", &h, &carol),
+        Decision::Allow { rule: "r2-exact" }
+    );
+    assert_eq!(
+        p.evaluate("/a.B/Put", &h, &carol),
+        Decision::Allow { rule: "r3-prefix" }
+    );
+    assert_eq!(
+        p.evaluate("/x.Y/Put", &h, &carol),
+        Decision::Allow { rule: "r4-any" }
+    );
+    assert_eq!(
+        p.evaluate("/x.Y/Put", &h, &bob),
+        Decision::Allow {
+            rule: "r0-any-path-bob"
+        }
+    );
+}
+
+#[test]
+fn principals_match_uri_dns_and_subject_but_never_the_empty_principal() {
+    let p = policy(
+        r#"{"name":"p","allow_rules":[
+          {"name":"uri","source":{"principals":["spiffe://t/ns/*"]},"request":{"paths":["/a.B/Uri"]}},
+          {"name":"dns","source":{"principals":["*.svc"]},"request":{"paths":["/a.B/Dns"]}},
+          {"name":"subject","source":{"principals":["CN=dave"]},"request":{"paths":["/a.B/Subj"]}},
+          {"name":"nocert","source":{"principals":[""]},"request":{"paths":["/a.B/NoCert"]}}
+        ]}"#,
+    );
+    let h = HeaderMap::new();
+    let p1 = peer(&["spiffe://t/ns/x"], &["db.svc"], Some("dave"));
+    for m in ["Uri", "Dns", "Subj"] {
+        assert!(
+            matches!(
+                p.evaluate(&format!("/a.B/{m}"), &h, &p1),
+                Decision::Allow { .. }
+            ),
+            "{m}"
+        );
+    }
+    assert_eq!(
+        p.evaluate("/a.B/NoCert", &h, &p1),
+        Decision::Deny { rule: None }
+    );
+    let p2 = peer(&["spiffe://t/other/x"], &["db.svc.evil"], Some("dave2"));
+    for m in ["Uri", "Dns", "Subj"] {
+        assert_eq!(
+            p.evaluate(&format!("/a.B/{m}"), &h, &p2),
+            Decision::Deny { rule: None },
+            "{m}"
+        );
+    }
+}
+
+#[test]
+fn header_keys_are_lowercased_and_values_joined() {
+    let p = policy(
+        r#"{"name":"p","allow_rules":[{"name":"r","request":{"headers":[
+           {"key":"X-Tenant","values":["a,b"]},{"key":"x-env","values":["*"]}]}}]}"#,
+    );
+    let who = peer(&["spiffe://t/x"], &[], None);
+    let mut h = HeaderMap::new();
+    h.append("x-tenant", "a".parse().unwrap());
+    h.append("x-tenant", "b".parse().unwrap());
+    assert_eq!(
+        p.evaluate("/a.B/C", &h, &who),
+        Decision::Deny { rule: None },
+        "x-env missing"
+    );
+    h.insert("x-env", "".parse().unwrap());
+    assert_eq!(
+        p.evaluate("/a.B/C", &h, &who),
+        Decision::Deny { rule: None },
+        "empty is not present"
+    );
+    h.insert("x-env", "prod".parse().unwrap());
+    assert_eq!(
+        p.evaluate("/a.B/C", &h, &who),
+        Decision::Allow { rule: "r" }
+    );
+}
+
+#[test]
+fn invalid_policies_name_the_field_and_the_fix() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            r#"{"allow_rules":[]}"#,
+            &["(top level)", "missing field `name`"],
+        ),
+        (r#"{"name":"p"}"#, &["missing field `allow_rules`"]),
+        (
+            r#"{"name":"","allow_rules":[]}"#,
+            &["p.json: name: must not be empty"],
+        ),
+        (
+            r#"{"name":"p","allow_rules":[{"source":{}}]}"#,
+            &["allow_rules[0]", "missing field `name`"],
+        ),
+        (
+            r#"{"name":"p","allow_rules":[{"name":""}]}"#,
+            &["allow_rules[0].name"],
+        ),
+        (
+            r#"{"name":"p","allow_rules":[],"deny_rule":[]}"#,
+            &["unknown field `deny_rule`", "line 1"],
+        ),
+        (
+            r#"{"name":"p","allow_rules":[{"name":"r","request":{"path":["/a.B/C"]}}]}"#,
+            &["allow_rules[0].request", "unknown field `path`"],
+        ),
+        (
+            r#"{"name":"p","allow_rules":[{"name":"r","request":{"headers":[{"key":":authority","values":["x"]}]}}]}"#,
+            &["allow_rules[0].request.headers[0].key", "pseudo-headers"],
+        ),
+        (
+            r#"{"name":"p","allow_rules":[{"name":"r","request":{"headers":[{"key":"Grpc-Timeout","values":["x"]}]}}]}"#,
+            &["grpc-*"],
+        ),
+        (
+            r#"{"name":"p","allow_rules":[{"name":"r","request":{"headers":[{"key":"Host","values":["x"]}]}}]}"#,
+            &["hop-by-hop"],
+        ),
+        (
+            r#"{"name":"p","allow_rules":[{"name":"r","request":{"headers":[{"key":"te","values":["x"]}]}}]}"#,
+            &["hop-by-hop"],
+        ),
+        (
+            r#"{"name":"p","allow_rules":[{"name":"r","request":{"headers":[{"key":"x-a","values":[]}]}}]}"#,
+            &["headers[0].values", "at least one"],
+        ),
+        (
+            r#"{"name":"p","allow_rules":[{"name":"r","request":{"headers":[{"key":"x-a"}]}}]}"#,
+            &["missing field `values`"],
+        ),
+        (
+            r#"{"name":"p","deny_rules":[{"name":"r","request":{"paths":["/pkg.*/Get"]}}],"allow_rules":[]}"#,
+            &["deny_rules[0].request.paths[0]", "'*' inside"],
+        ),
+        (
+            r#"{"name":"p","deny_rules":[{"name":"r","request":{"paths":["*Admin*"]}}],"allow_rules":[]}"#,
+            &["'*' inside"],
+        ),
+        (r#"{"name":"p","allow_rules":[] "#, &["line 1"]),
+    ];
+    for (json, wants) in cases {
+        let e = error(json);
+        assert!(e.starts_with("p.json: "), "{e}");
+        for w in *wants {
+            assert!(e.contains(w), "{json}\n  -> {e}\n  missing {w:?}");
+        }
+    }
+}
+
+#[test]
+fn a_large_policy_indexes_by_path() {
+    // 10,000 rules, one per method; each method is allowed for its own caller.
+    let mut rules = Vec::new();
+    for i in 0..10_000 {
+        rules.push(format!(
+            r#"{{"name":"r{i}","source":{{"principals":["spiffe://t/c{}"]}},"request":{{"paths":["/svc.S{}/M{i}"]}}}}"#,
+            i % 7,
+            i % 13
+        ));
+    }
+    let json = format!(r#"{{"name":"big","allow_rules":[{}]}}"#, rules.join(","));
+    let p = policy(&json);
+    assert_eq!(p.rule_counts(), (0, 10_000));
+    let h = HeaderMap::new();
+    let i = 9998;
+    let caller = peer(&[&format!("spiffe://t/c{}", i % 7)], &[], None);
+    let path = format!("/svc.S{}/M{i}", i % 13);
+    assert_eq!(
+        p.evaluate(&path, &h, &caller),
+        Decision::Allow { rule: "r9998" }
+    );
+    // Same method, another caller; and the caller on a neighbour's method.
+    let other = peer(&[&format!("spiffe://t/c{}", (i + 1) % 7)], &[], None);
+    assert_eq!(p.evaluate(&path, &h, &other), Decision::Deny { rule: None });
+    let same_caller = format!("/svc.S{}/M{}", (i - 7) % 13, i - 7);
+    assert_eq!(
+        p.evaluate(&same_caller, &h, &caller),
+        Decision::Allow { rule: "r9991" }
+    );
+    let next = format!("/svc.S{}/M{}", (i + 1) % 13, i + 1);
+    assert_eq!(
+        p.evaluate(&next, &h, &caller),
+        Decision::Deny { rule: None }
+    );
+}
