@@ -48,15 +48,21 @@ async fn main() -> anyhow::Result<()> {
         let _ = std::fs::remove_file(tls_uds);
         let listener = tokio::net::UnixListener::bind(tls_uds)?;
         let routes = tonic::service::Routes::new(
-            EchoServer::new(svc).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20),
+            EchoServer::new(svc)
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20),
         )
         .prepare();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let (acceptor, routes) = (acceptor.clone(), routes.clone());
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(stream).await else { return };
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
                     let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
                     http.timer(TokioTimer::new());
                     let _ = http

@@ -98,7 +98,10 @@ async fn main() -> anyhow::Result<()> {
         (Some(c), Some(k), Some(ca)) => Some(ipcgate::client::config_from_files(c, k, ca)?),
         _ => None,
     };
-    let dialer = Dialer { socket: a.socket.clone(), tls };
+    let dialer = Dialer {
+        socket: a.socket.clone(),
+        tls,
+    };
     let mut channels = Vec::new();
     if a.mode != Mode::Handshake {
         for _ in 0..a.conns {
@@ -126,7 +129,12 @@ async fn main() -> anyhow::Result<()> {
                         if t >= end {
                             break;
                         }
-                        let r = c.unary(EchoRequest { payload: payload.clone(), ..Default::default() }).await;
+                        let r = c
+                            .unary(EchoRequest {
+                                payload: payload.clone(),
+                                ..Default::default()
+                            })
+                            .await;
                         if t >= measure_from {
                             match r {
                                 Ok(_) => hist.saturating_record(t.elapsed().as_micros() as u64),
@@ -139,7 +147,11 @@ async fn main() -> anyhow::Result<()> {
                     let mut c = client(ch.expect("channel"));
                     let msg = vec![0x5a; 64 * 1024];
                     while Instant::now() < end {
-                        let req = EchoRequest { payload: msg.clone(), count: 256, ..Default::default() };
+                        let req = EchoRequest {
+                            payload: msg.clone(),
+                            count: 256,
+                            ..Default::default()
+                        };
                         let Ok(r) = c.server_stream(req).await else {
                             errors += 1;
                             continue;
@@ -169,9 +181,16 @@ async fn main() -> anyhow::Result<()> {
                         if t >= end {
                             break;
                         }
-                        tx.send(EchoRequest { payload: payload.clone(), ..Default::default() }).await.expect("send");
+                        tx.send(EchoRequest {
+                            payload: payload.clone(),
+                            ..Default::default()
+                        })
+                        .await
+                        .expect("send");
                         match replies.next().await {
-                            Some(Ok(_)) if t >= measure_from => hist.saturating_record(t.elapsed().as_micros() as u64),
+                            Some(Ok(_)) if t >= measure_from => {
+                                hist.saturating_record(t.elapsed().as_micros() as u64)
+                            }
                             Some(Ok(_)) => {}
                             _ => {
                                 errors += 1;
@@ -187,7 +206,11 @@ async fn main() -> anyhow::Result<()> {
                     }
                     let r = async {
                         let mut c = client(dialer.channel().await?);
-                        c.unary(EchoRequest { payload: payload.clone(), ..Default::default() }).await?;
+                        c.unary(EchoRequest {
+                            payload: payload.clone(),
+                            ..Default::default()
+                        })
+                        .await?;
                         anyhow::Ok(())
                     }
                     .await;
