@@ -220,21 +220,23 @@ impl Ca {
                 .map_err(|_| CaError::Invalid(format!("--dns {name:?} is not a DNS name")))?;
             params.subject_alt_names.push(SanType::DnsName(dns));
         }
-        let cn = spec
-            .cn
-            .clone()
-            .or_else(|| spec.dns.first().cloned())
-            .or_else(|| {
-                spec.spiffe
-                    .first()
-                    .and_then(|s| s.rsplit('/').next().map(str::to_owned))
-            });
-        let Some(cn) = cn else {
+        if spec.spiffe.is_empty() && spec.dns.is_empty() && spec.cn.is_none() {
             return Err(CaError::Invalid(
                 "a certificate needs a name: give --spiffe, --dns or --cn".into(),
             ));
+        }
+        if !spec.client && !spec.server {
+            return Err(CaError::Invalid(
+                "say what the certificate is for: --client, --server, or both".into(),
+            ));
+        }
+        // The CN is what the user asked for, or the first DNS name. It is never
+        // derived from a SPIFFE ID: `spiffe://td/ns/x/admin` must not come out as
+        // `CN=admin` and satisfy a policy principal meant for someone else.
+        params.distinguished_name = match spec.cn.clone().or_else(|| spec.dns.first().cloned()) {
+            Some(cn) => dn(&cn),
+            None => DistinguishedName::new(),
         };
-        params.distinguished_name = dn(&cn);
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         if spec.client {

@@ -125,6 +125,9 @@ pub struct Limits {
     pub backend_streams_per_connection: usize,
     /// Time for in-flight calls to finish after shutdown starts.
     pub drain_timeout: Duration,
+    /// Client connections served at once; past this the gateway stops accepting
+    /// until one closes (the kernel's backlog holds the rest).
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -135,6 +138,7 @@ impl Default for Limits {
             max_header_list_size: 16 * 1024,
             backend_streams_per_connection: 100,
             drain_timeout: Duration::from_secs(15),
+            max_connections: 10_000,
         }
     }
 }
@@ -197,6 +201,7 @@ struct RawLimits {
     max_header_list_size: Option<Spanned<u32>>,
     backend_streams_per_connection: Option<Spanned<usize>>,
     drain_timeout: Option<Spanned<String>>,
+    max_connections: Option<Spanned<usize>>,
 }
 
 impl Config {
@@ -318,6 +323,15 @@ impl Config {
                 ));
             }
             limits.max_header_list_size = *v.get_ref();
+        }
+        if let Some(v) = &l.max_connections {
+            if *v.get_ref() == 0 {
+                return Err(err(
+                    Some(v.span()),
+                    "limits.max_connections must be at least 1".into(),
+                ));
+            }
+            limits.max_connections = *v.get_ref();
         }
         if let Some(v) = &l.backend_streams_per_connection {
             if *v.get_ref() == 0 {

@@ -61,11 +61,29 @@ impl Peer {
             .map_err(|e| IdentityError::Parse(e.to_string()))?;
         let mut uris = Vec::new();
         let mut dns = Vec::new();
-        if let Ok(Some(san)) = cert.subject_alternative_name() {
+        // An unreadable SAN extension is refused, not skipped: skipping would
+        // present a certificate with names as one without, and a deny rule on
+        // those names would then not match.
+        let san = cert
+            .subject_alternative_name()
+            .map_err(|e| IdentityError::Parse(format!("subjectAltName: {e}")))?;
+        if let Some(san) = san {
+            // x509-parser stops at the first entry it cannot read and returns the
+            // ones before it, so count the raw entries too.
+            if Some(san.value.general_names.len()) != raw_san_entries(&cert) {
+                return Err(IdentityError::Parse(
+                    "subjectAltName has entries that cannot be read".into(),
+                ));
+            }
             for name in &san.value.general_names {
                 match name {
                     GeneralName::URI(u) => uris.push((*u).to_owned()),
                     GeneralName::DNSName(d) => dns.push((*d).to_owned()),
+                    GeneralName::Invalid(tag, _) => {
+                        return Err(IdentityError::Parse(format!(
+                            "subjectAltName entry with tag {tag} cannot be read"
+                        )))
+                    }
                     _ => {}
                 }
             }
@@ -151,6 +169,20 @@ impl Peer {
     }
 }
 
+/// The number of GeneralName entries in the SAN extension's DER.
+fn raw_san_entries(cert: &X509Certificate<'_>) -> Option<usize> {
+    use x509_parser::der_parser::ber::BerObjectContent;
+    let ext = cert
+        .extensions()
+        .iter()
+        .find(|e| e.oid == x509_parser::oid_registry::OID_X509_EXT_SUBJECT_ALT_NAME)?;
+    let (rest, obj) = x509_parser::der_parser::der::parse_der(ext.value).ok()?;
+    match obj.content {
+        BerObjectContent::Sequence(items) if rest.is_empty() => Some(items.len()),
+        _ => None,
+    }
+}
+
 fn push_pair(out: &mut String, key: &str, value: &str) {
     if !out.is_empty() {
         out.push(';');
@@ -196,9 +228,9 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// RFC 4514 string form of a name: RDNs in reverse order, `+` within an RDN, the
-/// special characters escaped. Principals in policies are matched against this, the
-/// form Go's `pkix.Name.String()` and Envoy print.
+/// RFC 4514 string form of a name as Go's `pkix.Name.String()` prints it (what
+/// grpc-go matches A43 principals against): RDNs in reverse order, `+` within an
+/// RDN, Go's attribute names, any other attribute as `OID=#<DER hex>`.
 pub fn rfc4514(name: &x509_parser::x509::X509Name<'_>) -> String {
     let mut out = String::new();
     let rdns: Vec<_> = name.iter_rdn().collect();
@@ -213,14 +245,14 @@ pub fn rfc4514(name: &x509_parser::x509::X509Name<'_>) -> String {
             let oid = atv.attr_type().to_id_string();
             let short = match oid.as_str() {
                 "2.5.4.3" => Some("CN"),
+                "2.5.4.5" => Some("SERIALNUMBER"),
                 "2.5.4.6" => Some("C"),
                 "2.5.4.7" => Some("L"),
                 "2.5.4.8" => Some("ST"),
                 "2.5.4.9" => Some("STREET"),
                 "2.5.4.10" => Some("O"),
                 "2.5.4.11" => Some("OU"),
-                "0.9.2342.19200300.100.1.25" => Some("DC"),
-                "0.9.2342.19200300.100.1.1" => Some("UID"),
+                "2.5.4.17" => Some("POSTALCODE"),
                 _ => None,
             };
             match (short, atv.as_str()) {
@@ -229,19 +261,28 @@ pub fn rfc4514(name: &x509_parser::x509::X509Name<'_>) -> String {
                     out.push('=');
                     escape_value(&mut out, v);
                 }
-                (_, Ok(v)) => {
+                _ => {
                     out.push_str(&oid);
-                    out.push('=');
-                    escape_value(&mut out, v);
-                }
-                (k, Err(_)) => {
-                    out.push_str(k.unwrap_or(&oid));
                     out.push_str("=#");
-                    out.push_str(&hex(atv.as_slice()));
+                    out.push_str(&hex(&der_of(atv.attr_value())));
                 }
             }
         }
     }
+    out
+}
+
+/// The DER encoding (tag, length, content) of a primitive attribute value.
+fn der_of(v: &x509_parser::der_parser::asn1_rs::Any<'_>) -> Vec<u8> {
+    let data = v.data;
+    let mut out = Vec::with_capacity(data.len() + 4);
+    out.push(v.tag().0 as u8);
+    match data.len() {
+        n if n < 0x80 => out.push(n as u8),
+        n if n <= 0xff => out.extend_from_slice(&[0x81, n as u8]),
+        n => out.extend_from_slice(&[0x82, (n >> 8) as u8, n as u8]),
+    }
+    out.extend_from_slice(data);
     out
 }
 

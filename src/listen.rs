@@ -3,11 +3,11 @@
 //! linked into place (link(2) never replaces an existing path).
 
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use tokio::net::{UnixListener, UnixStream};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::identity::PeerCred;
 
@@ -19,6 +19,8 @@ pub enum ListenError {
     InUse(PathBuf),
     #[error("{}: the directory does not exist (create it, owned by the gateway's account, mode 0750 or stricter)", .0.display())]
     NoDir(PathBuf),
+    #[error("{}: {why}; another account could replace the socket (use a directory only the gateway's account can write, e.g. systemd RuntimeDirectory=)", .dir.display())]
+    UnsafeDir { dir: PathBuf, why: String },
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
 }
@@ -36,6 +38,10 @@ pub struct Uds {
     listener: UnixListener,
     path: PathBuf,
     id: (u64, u64),
+    /// `<socket>.lock`, locked for the gateway's lifetime so two gateways
+    /// starting at once cannot both take the path (or remove each other's
+    /// socket as stale).
+    _lock: std::fs::File,
 }
 
 impl Uds {
@@ -58,16 +64,55 @@ impl Uds {
                 source: e,
             },
         })?;
-        // Anyone who can write the directory can swap the socket for their own.
-        if dmeta.mode() & 0o002 != 0 && dmeta.mode() & 0o1000 == 0 {
-            warn!(dir = %dir.display(), "socket directory is world-writable without the sticky bit; another account could replace the socket");
-        }
-        remove_stale(path)?;
-
         let private = tempfile::Builder::new()
             .prefix(".ipcgate-")
             .tempdir_in(&dir)
             .map_err(io_err(&dir))?;
+        // Whoever can write the directory can swap the socket for their own. The
+        // sticky bit (as on /tmp) stops that for files others do not own.
+        let me = std::fs::metadata(private.path())
+            .map_err(io_err(private.path()))?
+            .uid();
+        if dmeta.mode() & 0o022 != 0 && dmeta.mode() & 0o1000 == 0 {
+            return Err(ListenError::UnsafeDir {
+                dir,
+                why: format!(
+                    "mode {:04o} is writable by group or others without the sticky bit",
+                    dmeta.mode() & 0o7777
+                ),
+            });
+        }
+        if dmeta.uid() != me && dmeta.uid() != 0 {
+            return Err(ListenError::UnsafeDir {
+                dir,
+                why: format!(
+                    "owned by uid {}, not by the gateway's uid {me} or root",
+                    dmeta.uid()
+                ),
+            });
+        }
+        let lock_path = lock_path(path);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(ListenError::InUse(path.to_owned()))
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(ListenError::Io {
+                    path: lock_path,
+                    source: e,
+                })
+            }
+        }
+        remove_stale(path)?;
+
         let tmp = private.path().join("s");
         let std_listener = std::os::unix::net::UnixListener::bind(&tmp).map_err(io_err(&tmp))?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
@@ -91,6 +136,7 @@ impl Uds {
             listener,
             path: path.to_owned(),
             id: (meta.dev(), meta.ino()),
+            _lock: lock,
         })
     }
 
@@ -115,12 +161,20 @@ impl Uds {
 
 impl Drop for Uds {
     fn drop(&mut self) {
+        // Unlinked while still locked, so no other gateway can hold it now.
+        let _ = std::fs::remove_file(lock_path(&self.path));
         if let Ok(m) = std::fs::symlink_metadata(&self.path) {
             if (m.dev(), m.ino()) == self.id {
                 let _ = std::fs::remove_file(&self.path);
             }
         }
     }
+}
+
+fn lock_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".lock");
+    PathBuf::from(s)
 }
 
 /// Removes `path` only if it is a socket nobody listens on.

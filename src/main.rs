@@ -182,9 +182,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Cert(CertCmd::Issue(a)) => {
-            if !a.client && !a.server {
-                anyhow::bail!("say what the certificate is for: --client, --server, or both");
-            }
             let ca = Ca::load(&a.ca_dir)?;
             let issued = ca.issue(&LeafSpec {
                 spiffe: a.spiffe,

@@ -35,9 +35,16 @@ pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 pub const PEER_CRED: HeaderName = HeaderName::from_static("x-ipcgate-peer");
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Per-stream receive window on backend connections: what one call may have
+/// buffered in the gateway while its client is not reading.
+const STREAM_WINDOW: u32 = 1 << 20;
+/// Connections one backend pool may hold.
+const MAX_CONNS_PER_BACKEND: usize = 64;
+/// HTTP/2's largest window (2^31 - 1).
+const MAX_WINDOW: u32 = (1 << 31) - 1;
 
 struct Conn {
-    tx: SendRequest<Incoming>,
+    tx: SendRequest<RequestBody>,
     in_flight: Arc<AtomicUsize>,
 }
 
@@ -75,17 +82,20 @@ impl Backend {
 
     /// The least busy live connection with room for another call, counted as busy
     /// with this call before the lock is released.
-    fn pick_ready(&self) -> Option<(SendRequest<Incoming>, InFlight)> {
+    fn pick_ready(&self) -> Option<(SendRequest<RequestBody>, InFlight)> {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         conns.retain(|c| !c.tx.is_closed());
+        // At the connection cap, the least busy connection takes the call even
+        // when full (HTTP/2 queues it) rather than the pool growing without bound.
+        let at_cap = conns.len() >= MAX_CONNS_PER_BACKEND;
         conns
             .iter()
-            .filter(|c| c.in_flight.load(Ordering::Relaxed) < self.max_in_flight)
+            .filter(|c| at_cap || c.in_flight.load(Ordering::Relaxed) < self.max_in_flight)
             .min_by_key(|c| c.in_flight.load(Ordering::Relaxed))
             .map(|c| (c.tx.clone(), InFlight::new(&c.in_flight)))
     }
 
-    async fn pick(&self) -> io::Result<(SendRequest<Incoming>, InFlight)> {
+    async fn pick(&self) -> io::Result<(SendRequest<RequestBody>, InFlight)> {
         if let Some(c) = self.pick_ready() {
             return Ok(c);
         }
@@ -108,12 +118,12 @@ impl Backend {
         let tx = match &self.addr {
             config::Backend::Unix(path) => {
                 let s = tokio::net::UnixStream::connect(path).await?;
-                handshake(s).await?
+                handshake(s, STREAM_WINDOW, self.max_in_flight).await?
             }
             config::Backend::Tcp(a) => {
                 let s = tokio::net::TcpStream::connect(a.as_str()).await?;
                 s.set_nodelay(true)?;
-                handshake(s).await?
+                handshake(s, STREAM_WINDOW, self.max_in_flight).await?
             }
         };
         debug!(backend = %self.addr, "backend connection opened");
@@ -125,7 +135,8 @@ impl Backend {
 
     /// Sends one call to the backend and returns its response, or the gRPC error
     /// that says why it could not be delivered.
-    pub async fn forward(&self, mut req: Request<Incoming>) -> Response<grpc::Body> {
+    pub async fn forward(&self, req: Request<Incoming>) -> Response<grpc::Body> {
+        let mut req = req.map(RequestBody);
         let uri = {
             let parts = req.uri().clone().into_parts();
             let mut p = http::uri::Parts::default();
@@ -174,12 +185,18 @@ impl Backend {
     }
 }
 
-async fn handshake<T>(io: T) -> io::Result<SendRequest<Incoming>>
+async fn handshake<T>(io: T, window: u32, streams: usize) -> io::Result<SendRequest<RequestBody>>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
+    // The connection window covers every stream's window: a client that stops
+    // reading its responses can only fill its own streams' windows, never stall
+    // the other calls sharing this connection.
+    let conn_window = window.saturating_mul(u32::try_from(streams).unwrap_or(u32::MAX));
     let (tx, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
+        .initial_stream_window_size(window)
+        .initial_connection_window_size(conn_window.min(MAX_WINDOW))
         .handshake(TokioIo::new(io))
         .await
         .map_err(io::Error::other)?;
@@ -253,5 +270,37 @@ impl Service<Request<Incoming>> for Proxy {
             h.insert(PEER_CRED, v.clone());
         }
         Box::pin(async move { Ok(backend.forward(req).await) })
+    }
+}
+
+/// The client's request body on its way to the backend, minus any trailers.
+///
+/// gRPC clients never send request trailers, and some servers (grpc-go) answer a
+/// second HEADERS frame on a stream by closing the whole connection with
+/// PROTOCOL_ERROR, which would cut every other client's calls sharing it.
+pub struct RequestBody(Incoming);
+
+impl http_body::Body for RequestBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        loop {
+            match Pin::new(&mut self.0).poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) if f.is_trailers() => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.0.size_hint()
     }
 }

@@ -94,8 +94,18 @@ impl Gateway {
     /// calls finish within the drain timeout, and removes the socket.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let graceful = GracefulShutdown::new();
+        let slots = Arc::new(tokio::sync::Semaphore::new(
+            self.shared.limits.max_connections,
+        ));
         tokio::pin!(shutdown);
         loop {
+            let slot = tokio::select! {
+                () = &mut shutdown => break,
+                slot = slots.clone().acquire_owned() => match slot {
+                    Ok(s) => s,
+                    Err(_) => break,
+                },
+            };
             tokio::select! {
                 () = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
@@ -104,6 +114,7 @@ impl Gateway {
                         let watcher = graceful.watcher();
                         tokio::spawn(async move {
                             serve_connection(shared, stream, cred, watcher).await;
+                            drop(slot);
                         });
                     }
                     Err(e) => {

@@ -66,11 +66,17 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 
 /// Reads a trust bundle; every certificate in it becomes a trust anchor.
 ///
+/// Each one must be a CA certificate (basicConstraints CA:TRUE, and keyCertSign
+/// if it has a key usage). rustls would take any certificate as an anchor, so a
+/// leaf pasted into the bundle by mistake (`cat ca.pem alice.pem`) would let
+/// alice's key sign certificates for any identity.
+///
 /// # Errors
 /// Unreadable file, no certificate, or a certificate that cannot be an anchor.
 pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for (i, cert) in load_certs(path)?.into_iter().enumerate() {
+        check_ca(&cert).map_err(|m| err(path, format!("certificate #{} {m}", i + 1)))?;
         roots.add(cert).map_err(|e| {
             err(
                 path,
@@ -141,4 +147,27 @@ fn first_uri_san(cert: &CertificateDer<'_>) -> Option<String> {
         GeneralName::URI(u) => Some((*u).to_owned()),
         _ => None,
     })
+}
+
+fn check_ca(cert: &CertificateDer<'_>) -> Result<(), String> {
+    let (_, c) =
+        X509Certificate::from_der(cert.as_ref()).map_err(|e| format!("cannot be parsed: {e}"))?;
+    let subject = crate::identity::rfc4514(c.subject());
+    let is_ca = c
+        .basic_constraints()
+        .map_err(|e| format!("({subject}) has a bad basicConstraints: {e}"))?
+        .is_some_and(|bc| bc.value.ca);
+    if !is_ca {
+        return Err(format!(
+            "({subject}) is not a CA certificate (no basicConstraints CA:TRUE); a trust bundle holds only CA certificates — remove it, or use the CA that issued it"
+        ));
+    }
+    if let Ok(Some(ku)) = c.key_usage() {
+        if !ku.value.key_cert_sign() {
+            return Err(format!(
+                "({subject}) is a CA certificate without the keyCertSign key usage"
+            ));
+        }
+    }
+    Ok(())
 }

@@ -314,12 +314,13 @@ fn compile_rule<'a>(r: &'a RawRule, at: &str) -> Result<(Rule, &'a [String]), (S
         None => (&[], &[]),
     };
     for (i, p) in paths.iter().enumerate() {
-        let stars = p.matches('*').count();
-        if stars > 1 || (stars == 1 && !p.starts_with('*') && !p.ends_with('*')) {
-            return Err((
-                format!("{at}.request.paths[{i}]"),
-                format!("{p:?} has '*' inside; A43 wildcards are only a leading '*' (suffix match) or a trailing '*' (prefix match), so this would match a literal '*' and never a method (write e.g. \"/pkg.Service/*\")"),
-            ));
+        let field = format!("{at}.request.paths[{i}]");
+        check_stars(p).map_err(|m| (field.clone(), m))?;
+        check_path(p).map_err(|m| (field, m))?;
+    }
+    if let Some(src) = &r.source {
+        for (i, p) in src.principals.iter().enumerate() {
+            check_stars(p).map_err(|m| (format!("{at}.source.principals[{i}]"), m))?;
         }
     }
     let mut headers = Vec::with_capacity(raw_headers.len());
@@ -344,6 +345,9 @@ fn compile_rule<'a>(r: &'a RawRule, at: &str) -> Result<(Rule, &'a [String]), (S
                 ),
             ));
         }
+        if key == crate::proxy::XFCC.as_str() || key == crate::proxy::PEER_CRED.as_str() {
+            return Err((format!("{field}.key"), format!("{:?} is not allowed (the gateway sets it after authorization; match the client with source.principals)", h.key)));
+        }
         if FORBIDDEN_HEADERS.contains(&key.as_str()) {
             return Err((
                 format!("{field}.key"),
@@ -366,6 +370,9 @@ fn compile_rule<'a>(r: &'a RawRule, at: &str) -> Result<(Rule, &'a [String]), (S
                     .into(),
             ));
         }
+        for (j, v) in h.values.iter().enumerate() {
+            check_stars(v).map_err(|m| (format!("{field}.values[{j}]"), m))?;
+        }
         headers.push(HeaderMatch {
             name,
             values: h.values.iter().map(|v| Pattern::parse(v)).collect(),
@@ -379,4 +386,29 @@ fn compile_rule<'a>(r: &'a RawRule, at: &str) -> Result<(Rule, &'a [String]), (S
         },
         paths,
     ))
+}
+
+/// A43 wildcards are one leading `*` (suffix match) or one trailing `*` (prefix
+/// match). gRPC's translators read any other `*` as a literal character, so such
+/// a pattern almost never matches — and in a deny rule that fails open.
+fn check_stars(p: &str) -> Result<(), String> {
+    let stars = p.matches('*').count();
+    if stars > 1 || (stars == 1 && !p.starts_with('*') && !p.ends_with('*')) {
+        return Err(format!(
+            "{p:?} has '*' inside; A43 wildcards are only a leading '*' (suffix match) or a trailing '*' (prefix match), so this would match a literal '*' and almost certainly never match (write e.g. \"/pkg.Service/*\" or \"*.example.org\")"
+        ));
+    }
+    Ok(())
+}
+
+/// A path pattern must be able to match a canonical `/Service/Method` path.
+fn check_path(p: &str) -> Result<(), String> {
+    match Pattern::parse(p) {
+        Pattern::Present | Pattern::Suffix(_) => Ok(()),
+        Pattern::Prefix(_) if p.starts_with('/') => Ok(()),
+        Pattern::Exact(_) if crate::path::split(p).is_ok() => Ok(()),
+        _ => Err(format!(
+            "{p:?} can never match: request paths are \"/package.Service/Method\" (write the full method, \"/package.Service/*\" for a service, or \"*/Method\")"
+        )),
+    }
 }

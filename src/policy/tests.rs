@@ -250,6 +250,38 @@ fn invalid_policies_name_the_field_and_the_fix() {
             &["'*' inside"],
         ),
         (r#"{"name":"p","allow_rules":[] "#, &["line 1"]),
+        (
+            r#"{"name":"p","allow_rules":[{"name":"r","request":{"headers":[{"key":"X-Forwarded-Client-Cert","values":["*"]}]}}]}"#,
+            &["sets it after authorization"],
+        ),
+        (
+            r#"{"name":"p","allow_rules":[{"name":"r","request":{"headers":[{"key":"x-ipcgate-peer","values":["uid=0;*"]}]}}]}"#,
+            &["sets it after authorization"],
+        ),
+        (
+            r#"{"name":"p","deny_rules":[{"name":"r","source":{"principals":["spiffe://td/*/admin"]}}],"allow_rules":[]}"#,
+            &["deny_rules[0].source.principals[0]", "'*' inside"],
+        ),
+        (
+            r#"{"name":"p","allow_rules":[{"name":"r","request":{"headers":[{"key":"x-a","values":["ok","a*b"]}]}}]}"#,
+            &["headers[0].values[1]", "'*' inside"],
+        ),
+        (
+            r#"{"name":"p","deny_rules":[{"name":"r","request":{"paths":["demo.v1.Echo/Admin"]}}],"allow_rules":[]}"#,
+            &["paths[0]", "can never match"],
+        ),
+        (
+            r#"{"name":"p","deny_rules":[{"name":"r","request":{"paths":["demo.v1.Echo/*"]}}],"allow_rules":[]}"#,
+            &["can never match"],
+        ),
+        (
+            r#"{"name":"p","deny_rules":[{"name":"r","request":{"paths":[""]}}],"allow_rules":[]}"#,
+            &["can never match"],
+        ),
+        (
+            r#"{"name":"p","deny_rules":[{"name":"r","request":{"paths":["/a.B/C/D"]}}],"allow_rules":[]}"#,
+            &["can never match"],
+        ),
     ];
     for (json, wants) in cases {
         let e = error(json);

@@ -95,15 +95,96 @@ async fn certificate_for_servers_only_is_refused() {
 
 #[tokio::test]
 async fn certificate_without_eku_is_accepted() {
-    // RFC 5280: no EKU extension means no restriction on use.
+    // RFC 5280: no EKU extension means no restriction on use. Our CA never
+    // issues such certificates, so this one is made with rcgen directly.
     let h = Harness::start().await;
-    let cfg = h.pki.client(LeafSpec {
-        client: false,
-        server: false,
-        ..alice_spec()
-    });
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        "spiffe://test.local/alice".try_into().unwrap(),
+    )];
+    let issuer = rcgen::Issuer::from_ca_cert_pem(
+        h.pki.ca.cert_pem(),
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(h.pki.path("ca.key")).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let cfg = client_config(&cert.pem(), &key.serialize_pem(), h.pki.ca.cert_pem());
     probe(&h, cfg.clone()).await.unwrap();
     h.client(cfg).unary(req(b"x")).await.unwrap();
+}
+
+#[tokio::test]
+async fn unreadable_subject_alt_name_is_refused() {
+    // A SAN extension x509-parser cannot read (a URI that is not UTF-8) must not
+    // be taken as "no names": a deny rule on those names would not match.
+    let h = Harness::start().await;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    // SEQUENCE { [6] IMPLICIT IA5String "spiffe://t/\xff" }
+    let mut uri = b"spiffe://t/".to_vec();
+    uri.push(0xff);
+    let mut san = vec![0x30, (uri.len() + 2) as u8, 0x86, uri.len() as u8];
+    san.extend_from_slice(&uri);
+    params.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(
+        &[2, 5, 29, 17],
+        san,
+    )];
+    let issuer = rcgen::Issuer::from_ca_cert_pem(
+        h.pki.ca.cert_pem(),
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(h.pki.path("ca.key")).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let cfg = client_config(&cert.pem(), &key.serialize_pem(), h.pki.ca.cert_pem());
+    assert!(
+        probe(&h, cfg).await.is_err(),
+        "a certificate with an unreadable SAN was served"
+    );
+}
+
+#[tokio::test]
+async fn sessions_are_never_resumed() {
+    // A resumed TLS 1.3 session skips certificate verification; every
+    // connection must be a full handshake even for a client that caches tickets.
+    let h = Harness::start().await;
+    let cfg = h.pki.spiffe("spiffe://test.local/alice");
+    for _ in 0..3 {
+        let tls = ipcgate::client::connect(&h.gw_sock, "localhost", cfg.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            tls.get_ref().1.handshake_kind(),
+            Some(rustls::HandshakeKind::Full)
+        );
+        let _ = ipcgate::client::probe(&h.gw_sock, "localhost", cfg.clone()).await;
+    }
+}
+
+#[tokio::test]
+async fn leaf_certificate_in_the_client_ca_bundle_is_refused() {
+    // `cat ca.pem alice.pem > bundle.pem` would make alice's key a CA.
+    let pki = Pki::new();
+    let alice = pki.ca.issue(&alice_spec()).unwrap();
+    std::fs::write(
+        pki.path("bundle.pem"),
+        format!("{}{}", pki.ca.cert_pem(), alice.cert_pem),
+    )
+    .unwrap();
+    std::fs::write(pki.path("policy.json"), POLICY).unwrap();
+    let text = config_text(&pki, &pki.path("echo.sock"), "")
+        .replace("client_ca = \"ca.pem\"", "client_ca = \"bundle.pem\"");
+    std::fs::write(pki.path("gw.toml"), text).unwrap();
+    let cfg = ipcgate::config::Config::load(&pki.path("gw.toml")).unwrap();
+    let e = match ipcgate::Gateway::bind(cfg).await {
+        Ok(_) => panic!("a leaf in the CA bundle was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("bundle.pem") && e.contains("certificate #2") && e.contains("not a CA"),
+        "{e}"
+    );
 }
 
 #[tokio::test]

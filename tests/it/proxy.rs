@@ -334,3 +334,140 @@ async fn shutdown_lets_calls_in_flight_finish_and_removes_the_socket() {
     assert_eq!(r.get_ref().payload, b"in-flight");
     assert!(!sock.exists());
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_cannot_stall_others_on_the_shared_backend_connection() {
+    let h = Harness::start().await;
+    let hog = h.client(h.pki.spiffe("spiffe://test.local/alice"));
+    // Eight calls of 64 MiB each whose responses are never read: together far
+    // more than a default connection window (hyper's is 5 MiB).
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let mut c = hog.clone();
+        let resp = c
+            .server_stream(EchoRequest {
+                count: 64,
+                ..req(&vec![7u8; 1 << 20])
+            })
+            .await
+            .unwrap();
+        held.push(resp); // headers received, body never polled
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        h.echo.connections.load(Ordering::SeqCst),
+        1,
+        "calls should share one backend connection"
+    );
+    // Another client on the same backend connection is still served, unary and streaming.
+    let mut other = h.alice();
+    within("unary beside a stalled reader", other.unary(req(b"ok")))
+        .await
+        .unwrap();
+    let mut s = within(
+        "stream beside a stalled reader",
+        other.server_stream(EchoRequest {
+            count: 8,
+            ..req(&vec![1u8; 256 << 10])
+        }),
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    let mut n = 0;
+    while let Some(m) = within("stream message", s.next()).await {
+        m.unwrap();
+        n += 1;
+    }
+    assert_eq!(n, 8);
+    drop(held);
+}
+
+/// A raw HTTP/2 backend that records whether a request arrived with trailers.
+#[tokio::test]
+async fn request_trailers_from_clients_are_not_forwarded() {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    let h = Harness::start().await;
+    // Replace the tonic backend with a recording one on the same socket.
+    let mut h = h;
+    h.stop_backend();
+    let saw_trailers = Arc::new(AtomicBool::new(false));
+    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let listener = tokio::net::UnixListener::bind(&h.backend_sock).unwrap();
+    let (st, rq) = (saw_trailers.clone(), requests.clone());
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            let (st, rq) = (st.clone(), rq.clone());
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let (st, rq) = (st.clone(), rq.clone());
+                        async move {
+                            let body = req.into_body().collect().await?;
+                            rq.fetch_add(1, Ordering::SeqCst);
+                            if body.trailers().is_some() {
+                                st.store(true, Ordering::SeqCst);
+                            }
+                            Ok::<_, hyper::Error>(
+                                http::Response::builder()
+                                    .header("content-type", "application/grpc")
+                                    .header("grpc-status", "0")
+                                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+
+    // A client sending a message followed by trailers.
+    let tls = ipcgate::client::connect(
+        &h.gw_sock,
+        "localhost",
+        h.pki.spiffe("spiffe://test.local/alice"),
+    )
+    .await
+    .unwrap();
+    let (mut tx, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let (mut body_tx, body) =
+        http_body_util::channel::Channel::<bytes::Bytes, hyper::Error>::new(4);
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("http://localhost/demo.v1.Echo/Unary")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(body)
+        .unwrap();
+    let call = tokio::spawn(async move { tx.send_request(req).await });
+    body_tx
+        .send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]))
+        .await
+        .unwrap();
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-smuggled", "1".parse().unwrap());
+    body_tx.send_trailers(trailers).await.unwrap();
+    drop(body_tx);
+    let resp = within("call with request trailers", call)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.headers().get("grpc-status").unwrap(), "0");
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+    assert!(
+        !saw_trailers.load(Ordering::SeqCst),
+        "request trailers reached the backend"
+    );
+}

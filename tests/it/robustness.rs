@@ -116,3 +116,28 @@ async fn many_failed_handshakes_do_not_block_the_accept_loop() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     alice.unary(req(b"y")).await.unwrap();
 }
+
+#[tokio::test]
+async fn connection_limit_holds_new_clients_until_a_slot_frees() {
+    let h = Harness::start_with(Opts {
+        extra: "[limits]\nmax_connections = 1\nhandshake_timeout = \"1s\"\n".into(),
+        ..Default::default()
+    })
+    .await;
+    // One silent connection takes the only slot until the handshake timeout.
+    let silent = UnixStream::connect(&h.gw_sock).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut alice = h.alice();
+    let call = tokio::spawn(async move { alice.unary(req(b"x")).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !call.is_finished(),
+        "a call was served beyond max_connections"
+    );
+    // After the silent client is dropped, the waiting one is served.
+    within("call after a slot frees", call)
+        .await
+        .unwrap()
+        .unwrap();
+    drop(silent);
+}

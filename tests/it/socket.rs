@@ -119,3 +119,35 @@ async fn peer_credentials_are_read_at_accept() {
         .unwrap();
     assert_eq!(cred.uid, uid);
 }
+
+#[tokio::test]
+async fn directory_others_can_write_is_refused() {
+    let d = tmp();
+    let shared = d.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    for mode in [0o770, 0o777, 0o757] {
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(mode)).unwrap();
+        let e = Uds::bind(&shared.join("gw.sock"), 0o600, None)
+            .err()
+            .expect("unsafe dir accepted");
+        assert!(matches!(e, ListenError::UnsafeDir { .. }), "{mode:o}: {e}");
+        assert!(e.to_string().contains("without the sticky bit"), "{e}");
+    }
+    // With the sticky bit (like /tmp) others cannot replace our files.
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    drop(Uds::bind(&shared.join("gw.sock"), 0o600, None).unwrap());
+}
+
+#[tokio::test]
+async fn a_second_gateway_on_the_same_path_is_refused() {
+    let d = tmp();
+    let p = d.path().join("gw.sock");
+    let first = Uds::bind(&p, 0o600, None).unwrap();
+    assert!(matches!(
+        Uds::bind(&p, 0o600, None),
+        Err(ListenError::InUse(_))
+    ));
+    // The first still owns a working socket.
+    let _c = tokio::net::UnixStream::connect(&p).await.unwrap();
+    first.accept().await.unwrap();
+}
