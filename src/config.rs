@@ -22,6 +22,24 @@ pub struct Config {
     pub policy: Policy,
     pub routes: Vec<Route>,
     pub limits: Limits,
+    pub audit: Audit,
+    pub admin: Option<Admin>,
+}
+
+/// Where `ipcgate_file_logger` writes, and how much it may fall behind.
+#[derive(Debug, Clone)]
+pub struct Audit {
+    /// JSON-lines audit file (opened append, created 0600).
+    pub file: Option<PathBuf>,
+    /// Events buffered for the writer; past this, events are dropped and counted.
+    pub queue: usize,
+}
+
+/// The admin socket: plain HTTP/1.1, protected by its file mode.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub uds: PathBuf,
+    pub mode: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -44,6 +62,10 @@ pub struct Tls {
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub file: PathBuf,
+    /// A dry-run policy: evaluated and counted on every call, never enforced.
+    pub shadow_file: Option<PathBuf>,
+    /// Reload the policy files when they change on disk.
+    pub watch: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -162,6 +184,9 @@ struct RawConfig {
     route: Vec<RawRoute>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    audit: RawAudit,
+    admin: Option<RawAdmin>,
 }
 
 #[derive(Deserialize)]
@@ -184,6 +209,22 @@ struct RawTls {
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
     file: String,
+    shadow_file: Option<String>,
+    watch: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    file: Option<String>,
+    queue: Option<Spanned<usize>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    uds: String,
+    mode: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -343,7 +384,30 @@ impl Config {
             limits.backend_streams_per_connection = *v.get_ref();
         }
 
+        let queue = match &raw.audit.queue {
+            None => 8192,
+            Some(q) if *q.get_ref() == 0 => {
+                return Err(err(Some(q.span()), "audit.queue must be at least 1".into()))
+            }
+            Some(q) => *q.get_ref(),
+        };
+        let admin = match &raw.admin {
+            None => None,
+            Some(a) => Some(Admin {
+                uds: resolve(&a.uds),
+                mode: match &a.mode {
+                    None => 0o600,
+                    Some(m) => parse_mode(m.get_ref())
+                        .map_err(|msg| err(Some(m.span()), format!("admin.mode: {msg}")))?,
+                },
+            }),
+        };
         Ok(Config {
+            audit: Audit {
+                file: raw.audit.file.as_deref().map(resolve),
+                queue,
+            },
+            admin,
             source: path.to_owned(),
             listen: Listen {
                 uds: resolve(raw.listen.uds.get_ref()),
@@ -357,6 +421,8 @@ impl Config {
             },
             policy: Policy {
                 file: resolve(&raw.policy.file),
+                shadow_file: raw.policy.shadow_file.as_deref().map(resolve),
+                watch: raw.policy.watch.unwrap_or(true),
             },
             routes,
             limits,

@@ -296,12 +296,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     std::fs::write(&config_path, config_text)?;
     let config = crate::config::Config::load(&config_path)?;
     let gateway = crate::Gateway::bind(config).await?;
-    let policy = gateway.policy();
+    let policy = gateway.authorizer().enforced();
     println!("  backend demo.v1.Echo on {}", backend_sock.display());
     println!(
         "  gateway on {} with policy {:?} (policy/demo.json)",
         gateway_sock.display(),
-        policy.load().name
+        policy.name
     );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let gw = tokio::spawn(gateway.run(async {

@@ -16,6 +16,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admin;
+pub mod audit;
 pub mod ca;
 pub mod client;
 pub mod config;
@@ -24,9 +26,11 @@ pub mod duration;
 pub mod grpc;
 pub mod identity;
 pub mod listen;
+pub mod metrics;
 pub mod path;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod route;
 pub mod server;
 pub mod tls;

@@ -45,6 +45,8 @@ enum Cmd {
     /// Work with authorization policies.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Make one gRPC call over a Unix socket with mutual TLS and print its status.
+    Call(CallArgs),
 }
 
 #[derive(Subcommand)]
@@ -108,6 +110,63 @@ struct IssueArgs {
 enum PolicyCmd {
     /// Validate policy files and summarize them; exits non-zero on any error.
     Check { files: Vec<PathBuf> },
+    /// Show how a policy decides one call, rule by rule.
+    Explain(ExplainArgs),
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    #[arg(long)]
+    policy: PathBuf,
+    /// The client's certificate (PEM, leaf first).
+    #[arg(long)]
+    cert: PathBuf,
+    /// The method, `/package.Service/Method`.
+    #[arg(long)]
+    method: String,
+    /// A request header, `key=value`; repeatable.
+    #[arg(long = "header", value_parser = header_arg)]
+    headers: Vec<(String, String)>,
+    /// The socket peer's uid (for `source.uids` rules).
+    #[arg(long)]
+    uid: Option<u32>,
+    /// The socket peer's gid (for `source.gids` rules).
+    #[arg(long)]
+    gid: Option<u32>,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One call to the gateway (or any gRPC server on a Unix socket with mTLS):
+/// prints the gRPC status. For scripts and health checks.
+#[derive(Args)]
+struct CallArgs {
+    #[arg(long)]
+    socket: PathBuf,
+    #[arg(long)]
+    cert: PathBuf,
+    #[arg(long)]
+    key: PathBuf,
+    /// CA bundle to verify the server with.
+    #[arg(long)]
+    ca: PathBuf,
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// `/package.Service/Method`.
+    #[arg(long)]
+    method: String,
+    /// The request message, protobuf-encoded, in hex (default: empty message).
+    #[arg(long, default_value = "")]
+    data_hex: String,
+    #[arg(long = "header", value_parser = header_arg)]
+    headers: Vec<(String, String)>,
+}
+
+fn header_arg(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not key=value"))
 }
 
 fn ttl(s: &str) -> Result<Duration, String> {
@@ -212,6 +271,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             p.name,
                             p.version
                         );
+                        for line in p.summary() {
+                            println!("  {line}");
+                        }
+                        if p.audit.any_logger() {
+                            println!(
+                                "  audit {:?} to{}{}",
+                                p.audit.condition,
+                                if p.audit.stdout { " stdout" } else { "" },
+                                if p.audit.file { " [audit] file" } else { "" }
+                            );
+                        }
                     }
                     Err(e) => {
                         eprintln!("{e}");
@@ -225,7 +295,140 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Cmd::Policy(PolicyCmd::Explain(a)) => explain(a),
+        Cmd::Call(a) => runtime()?.block_on(call(a)),
     }
+}
+
+fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
+    if let Err(why) = ipcgate::path::split(&a.method) {
+        anyhow::bail!(
+            "--method {:?}: {why}; the gateway answers such a call UNIMPLEMENTED before any policy runs",
+            a.method
+        );
+    }
+    let policy = ipcgate::policy::Policy::load(&a.policy)?;
+    let chain = ipcgate::tls::load_certs(&a.cert)?;
+    let cred = match (a.uid, a.gid) {
+        (None, None) => None,
+        (uid, gid) => Some(ipcgate::identity::PeerCred {
+            uid: uid.unwrap_or(u32::MAX),
+            gid: gid.unwrap_or(u32::MAX),
+            pid: None,
+        }),
+    };
+    let peer = ipcgate::identity::Peer::new(&chain, cred, None)?;
+    let mut headers = http::HeaderMap::new();
+    for (k, v) in &a.headers {
+        headers.append(
+            http::HeaderName::from_bytes(k.as_bytes())?,
+            http::HeaderValue::from_str(v)?,
+        );
+    }
+    let e = policy.explain(&a.method, &headers, &peer);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "policy {:?} (version {}), method {}",
+        e.policy, e.version, e.method
+    );
+    println!(
+        "client {} (URI SANs {:?}, DNS SANs {:?}, subject {:?}, uid {:?}, gid {:?})",
+        peer.principal(),
+        peer.uris,
+        peer.dns,
+        peer.subject,
+        a.uid,
+        a.gid
+    );
+    match (&e.rule, e.allowed) {
+        (Some(r), true) => println!("decision: ALLOW by allow rule {r:?}"),
+        (Some(r), false) => println!("decision: DENY by deny rule {r:?} (PERMISSION_DENIED)"),
+        (None, _) => println!("decision: DENY, no allow rule matched (PERMISSION_DENIED)"),
+    }
+    for (kind, rules) in [("deny", &e.deny_rules), ("allow", &e.allow_rules)] {
+        for r in rules.iter() {
+            let verdict = if r.matched {
+                "MATCHES"
+            } else {
+                "does not match"
+            };
+            println!("\n{kind} rule {:?}: {verdict}", r.name);
+            for c in &r.conditions {
+                println!(
+                    "  [{}] {}: {}",
+                    if c.met { "x" } else { " " },
+                    c.field,
+                    c.why
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn call(a: CallArgs) -> anyhow::Result<ExitCode> {
+    use http_body_util::BodyExt;
+    let body = decode_hex(&a.data_hex)?;
+    let mut framed = Vec::with_capacity(body.len() + 5);
+    framed.push(0);
+    framed.extend_from_slice(&u32::try_from(body.len())?.to_be_bytes());
+    framed.extend_from_slice(&body);
+    let cfg = ipcgate::client::config_from_files(&a.cert, &a.key, &a.ca)?;
+    let tls = ipcgate::client::connect(&a.socket, &a.server_name, cfg).await?;
+    let (mut tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await?;
+    tokio::spawn(conn);
+    let mut req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{}{}", a.server_name, a.method))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (k, v) in &a.headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    let resp = tx
+        .send_request(req.body(http_body_util::Full::new(bytes::Bytes::from(framed)))?)
+        .await?;
+    let head = resp.headers().clone();
+    let collected = resp.into_body().collect().await?;
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    let get = |k: &str| {
+        trailers
+            .get(k)
+            .or(head.get(k))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let status = get("grpc-status");
+    let data = collected.to_bytes();
+    println!("grpc-status: {status}");
+    println!("grpc-message: {}", get("grpc-message"));
+    println!("response bytes: {}", data.len());
+    Ok(if status == "0" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+fn decode_hex(s: &str) -> anyhow::Result<Vec<u8>> {
+    if !s.len().is_multiple_of(2) || !s.is_ascii() {
+        anyhow::bail!("--data-hex must be an even number of hex digits");
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| {
+            u8::from_str_radix(&s[i..i + 2], 16)
+                .map_err(|_| anyhow::anyhow!("--data-hex is not hex"))
+        })
+        .collect()
 }
 
 async fn shutdown_signal() {

@@ -20,6 +20,7 @@ use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::metrics::histogram::Histogram;
 use tower::Service;
 use tracing::{debug, warn};
 
@@ -51,6 +52,8 @@ struct Conn {
 /// One backend and its connection pool.
 pub struct Backend {
     addr: config::Backend,
+    /// Time to the backend's response headers.
+    latency: Histogram,
     authority: Authority,
     max_in_flight: usize,
     conns: Mutex<Vec<Conn>>,
@@ -60,7 +63,7 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub fn new(addr: config::Backend, max_in_flight: usize) -> Backend {
+    pub fn new(addr: config::Backend, max_in_flight: usize, latency: Histogram) -> Backend {
         let authority = match &addr {
             config::Backend::Tcp(a) => a
                 .parse()
@@ -69,6 +72,7 @@ impl Backend {
         };
         Backend {
             addr,
+            latency,
             authority,
             max_in_flight,
             conns: Mutex::new(Vec::new()),
@@ -162,12 +166,14 @@ impl Backend {
                     );
                 }
             };
+            let start = std::time::Instant::now();
             match tx.try_send_request(req).await {
                 Ok(resp) => {
+                    self.latency.observe(start.elapsed().as_secs_f64());
                     return resp.map(|body| grpc::Body::Upstream {
                         body,
                         _in_flight: Some(guard),
-                    })
+                    });
                 }
                 Err(mut e) => match e.take_message() {
                     Some(r) => {

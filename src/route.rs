@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config;
+use crate::metrics::{BackendLabels, Metrics};
 use crate::proxy::Backend;
 
 /// Routes compiled once per config; a lookup is one hash of the service name.
@@ -15,7 +16,7 @@ pub struct Router {
 impl Router {
     /// Builds one backend pool per distinct backend address, shared by all routes
     /// that name it.
-    pub fn new(routes: &[config::Route], limits: &config::Limits) -> Router {
+    pub fn new(routes: &[config::Route], limits: &config::Limits, metrics: &Metrics) -> Router {
         let mut pools: Vec<Arc<Backend>> = Vec::new();
         let mut exact = HashMap::new();
         let mut default = None;
@@ -23,9 +24,15 @@ impl Router {
             let backend = match pools.iter().find(|b| *b.addr() == r.backend) {
                 Some(b) => b.clone(),
                 None => {
+                    let latency = metrics
+                        .upstream_seconds
+                        .get_or_create_owned(&BackendLabels {
+                            backend: r.backend.to_string(),
+                        });
                     let b = Arc::new(Backend::new(
                         r.backend.clone(),
                         limits.backend_streams_per_connection,
+                        latency,
                     ));
                     pools.push(b.clone());
                     b

@@ -1,12 +1,12 @@
 //! The gateway: accept → handshake → identity → serve HTTP/2 through the tower
-//! stack (path check → authorization → proxy).
+//! stack (path check → authorization → proxy); beside it the reload triggers and
+//! the admin socket.
 
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -15,12 +15,15 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceBuilder;
 use tracing::{debug, info, warn};
 
+use crate::audit::Auditor;
 use crate::config::{Config, ConfigError, Limits};
 use crate::identity::{Peer, PeerCred};
 use crate::listen::{ListenError, Uds};
+use crate::metrics::Metrics;
 use crate::path::PathCheckLayer;
-use crate::policy::{AuthzLayer, Policy, PolicyError, PolicyHandle};
+use crate::policy::{Authorizer, AuthzLayer, PolicyError};
 use crate::proxy::Proxy;
+use crate::reload::PolicySource;
 use crate::route::Router;
 use crate::tls::{self, ServerTls, TlsError};
 
@@ -35,48 +38,90 @@ pub enum GatewayError {
     Policy(#[from] PolicyError),
     #[error(transparent)]
     Listen(#[from] ListenError),
+    #[error("{path}: cannot open the audit file: {source}")]
+    Audit {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Everything a connection needs, shared by all of them.
 struct Shared {
     acceptor: TlsAcceptor,
     by: Option<String>,
-    policy: PolicyHandle,
+    authz: Arc<Authorizer>,
     router: Arc<Router>,
     limits: Limits,
+    metrics: Arc<Metrics>,
 }
 
 /// A bound, ready gateway. [`Gateway::bind`] does all the checking (config,
 /// certificates, policy, socket) so that a broken setup fails at start-up.
 pub struct Gateway {
     listener: Uds,
+    admin: Option<Uds>,
     shared: Arc<Shared>,
+    source: Arc<PolicySource>,
+    watch: bool,
 }
 
 impl Gateway {
-    /// Loads certificates and policy and binds the socket.
+    /// Loads certificates and policies, opens the audit file, binds the sockets.
     ///
     /// # Errors
     /// [`GatewayError`] naming the file and what to fix.
     pub async fn bind(config: Config) -> Result<Gateway, GatewayError> {
+        let metrics = Arc::new(Metrics::new());
         let ServerTls {
             config: tls_config,
             by,
         } = tls::server(&config.tls)?;
-        let policy = Policy::load(&config.policy.file)?;
-        let (deny, allow) = policy.rule_counts();
-        info!(policy.name = %policy.name, policy.version = %policy.version, deny, allow, "policy loaded");
-        let router = Arc::new(Router::new(&config.routes, &config.limits));
+        let source = Arc::new(PolicySource::new(
+            config.policy.clone(),
+            config.audit.file.is_some(),
+            metrics.clone(),
+        ));
+        let (enforced, shadow) = source.load()?;
+        let (deny, allow) = enforced.rule_counts();
+        info!(policy.name = %enforced.name, policy.version = %enforced.version, deny, allow, "policy loaded");
+        if let Some(s) = &shadow {
+            info!(policy.name = %s.name, policy.version = %s.version, "shadow policy loaded (evaluated, never enforced)");
+        }
+        let auditor = Auditor::start(
+            config.audit.file.as_deref(),
+            config.audit.queue,
+            metrics.audit_events.clone(),
+            metrics.audit_dropped.clone(),
+        )
+        .map_err(|e| GatewayError::Audit {
+            path: config
+                .audit
+                .file
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            source: e,
+        })?;
+        let authz = Arc::new(Authorizer::new(enforced, shadow, Some(auditor), &metrics));
+        let router = Arc::new(Router::new(&config.routes, &config.limits, &metrics));
         let listener = Uds::bind(&config.listen.uds, config.listen.mode, config.listen.group)?;
+        let admin = match &config.admin {
+            Some(a) => Some(Uds::bind(&a.uds, a.mode, None)?),
+            None => None,
+        };
         Ok(Gateway {
             listener,
+            admin,
             shared: Arc::new(Shared {
                 acceptor: TlsAcceptor::from(tls_config),
                 by,
-                policy: Arc::new(ArcSwap::from_pointee(policy)),
+                authz,
                 router,
                 limits: config.limits,
+                metrics,
             }),
+            source,
+            watch: config.policy.watch,
         })
     }
 
@@ -84,15 +129,34 @@ impl Gateway {
         self.listener.path()
     }
 
-    /// The policy in force; storing a new one applies it to the next call on every
+    /// The policies in force; swapping one applies it to the next call on every
     /// connection.
-    pub fn policy(&self) -> PolicyHandle {
-        self.shared.policy.clone()
+    pub fn authorizer(&self) -> Arc<Authorizer> {
+        self.shared.authz.clone()
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.shared.metrics.clone()
     }
 
     /// Serves until `shutdown` completes, then stops accepting, lets in-flight
-    /// calls finish within the drain timeout, and removes the socket.
+    /// calls finish within the drain timeout, and removes the sockets.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let reloader = tokio::spawn(crate::reload::run(
+            self.source.clone(),
+            self.shared.authz.clone(),
+            self.watch,
+        ));
+        let admin = self.admin.map(|uds| {
+            tokio::spawn(crate::admin::serve(
+                uds,
+                Arc::new(crate::admin::Admin {
+                    metrics: self.shared.metrics.clone(),
+                    source: self.source.clone(),
+                    authz: self.shared.authz.clone(),
+                }),
+            ))
+        });
         let graceful = GracefulShutdown::new();
         let slots = Arc::new(tokio::sync::Semaphore::new(
             self.shared.limits.max_connections,
@@ -127,6 +191,7 @@ impl Gateway {
         }
         info!("shutting down: no new connections, draining calls in flight");
         drop(self.listener);
+        reloader.abort();
         let drain = self.shared.limits.drain_timeout;
         if tokio::time::timeout(drain, graceful.shutdown())
             .await
@@ -137,6 +202,35 @@ impl Gateway {
                 "drain timeout passed with calls still in flight; closing them"
             );
         }
+        if let Some(a) = admin {
+            a.abort();
+        }
+    }
+}
+
+/// A bounded label for why a handshake failed.
+fn failure_reason(e: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error};
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) {
+        Some(Error::NoCertificatesPresented) => "no_certificate",
+        Some(Error::InvalidCertificate(c)) => match c {
+            CertificateError::UnknownIssuer => "unknown_issuer",
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "not_yet_valid"
+            }
+            CertificateError::Revoked => "revoked",
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                "wrong_purpose"
+            }
+            CertificateError::BadSignature => "bad_signature",
+            _ => "invalid_certificate",
+        },
+        Some(Error::PeerIncompatible(_)) => "incompatible",
+        Some(Error::NoApplicationProtocol) => "no_alpn",
+        Some(Error::AlertReceived(_)) => "alert_received",
+        Some(_) => "tls_error",
+        None => "io",
     }
 }
 
@@ -148,6 +242,7 @@ async fn serve_connection(
 ) {
     let uid = cred.map(|c| c.uid);
     let pid = cred.and_then(|c| c.pid);
+    let m = &shared.metrics;
     let tls = match tokio::time::timeout(
         shared.limits.handshake_timeout,
         shared.acceptor.accept(stream),
@@ -156,16 +251,19 @@ async fn serve_connection(
     {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
+            m.handshake("failed", failure_reason(&e));
             warn!(target: "ipcgate::tls", reason = %e, peer.uid = uid, peer.pid = pid, "handshake failed");
             return;
         }
         Err(_) => {
+            m.handshake("failed", "timeout");
             warn!(target: "ipcgate::tls", reason = "timeout", peer.uid = uid, peer.pid = pid, "handshake failed");
             return;
         }
     };
     let (_, conn) = tls.get_ref();
     if conn.alpn_protocol() != Some(b"h2") {
+        m.handshake("failed", "no_alpn");
         warn!(target: "ipcgate::tls", reason = "client did not negotiate ALPN h2", peer.uid = uid, peer.pid = pid, "handshake failed");
         return;
     }
@@ -176,10 +274,13 @@ async fn serve_connection(
     ) {
         Ok(p) => Arc::new(p),
         Err(e) => {
+            m.handshake("failed", "unreadable_certificate");
             warn!(target: "ipcgate::tls", reason = %e, peer.uid = uid, peer.pid = pid, "handshake failed");
             return;
         }
     };
+    m.handshake("ok", "");
+    m.active_connections.inc();
     debug!(
         client.id = peer.principal(),
         peer.uid = uid,
@@ -189,7 +290,7 @@ async fn serve_connection(
 
     let svc = ServiceBuilder::new()
         .layer(PathCheckLayer)
-        .layer(AuthzLayer::new(shared.policy.clone(), peer.clone()))
+        .layer(AuthzLayer::new(shared.authz.clone(), peer.clone()))
         .service(Proxy::new(shared.router.clone(), peer.clone()));
     let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     http.timer(TokioTimer::new())
@@ -201,4 +302,5 @@ async fn serve_connection(
     if let Err(e) = watcher.watch(conn).await {
         debug!(client.id = peer.principal(), error = %e, "connection ended with an error");
     }
+    m.active_connections.dec();
 }

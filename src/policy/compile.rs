@@ -5,102 +5,17 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
-use http::{HeaderMap, HeaderName};
+use http::HeaderMap;
+use prometheus_client::metrics::counter::Counter;
+use serde::Serialize;
 
-use super::model::{self, PolicyError, RawRule};
+use super::model::{self, AuditCondition, PolicyError};
+use super::pattern::Pattern;
+use super::rule::{self, Rule, RuleExplanation};
 use crate::identity::{hex, Peer};
-
-/// One A43 string matcher: `*` (any non-empty value), `prefix*`, `*suffix`, exact.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Pattern {
-    Present,
-    Prefix(Box<[u8]>),
-    Suffix(Box<[u8]>),
-    Exact(Box<[u8]>),
-}
-
-impl Pattern {
-    /// The A43 rule as gRPC's translators apply it: a leading or trailing `*` is the
-    /// wildcard, a `*` anywhere else is a literal character.
-    pub fn parse(s: &str) -> Pattern {
-        if s == "*" {
-            Pattern::Present
-        } else if let Some(p) = s.strip_suffix('*') {
-            Pattern::Prefix(p.as_bytes().into())
-        } else if let Some(p) = s.strip_prefix('*') {
-            Pattern::Suffix(p.as_bytes().into())
-        } else {
-            Pattern::Exact(s.as_bytes().into())
-        }
-    }
-
-    pub fn matches(&self, v: &[u8]) -> bool {
-        match self {
-            Pattern::Present => !v.is_empty(),
-            Pattern::Prefix(p) => v.starts_with(p),
-            Pattern::Suffix(p) => v.ends_with(p),
-            Pattern::Exact(p) => v == &p[..],
-        }
-    }
-}
-
-#[derive(Debug)]
-struct HeaderMatch {
-    name: HeaderName,
-    values: Vec<Pattern>,
-}
-
-#[derive(Debug)]
-struct Rule {
-    name: String,
-    /// `None`: no `source.principals`, any client.
-    principals: Option<Vec<Pattern>>,
-    headers: Vec<HeaderMatch>,
-}
-
-impl Rule {
-    fn matches(&self, headers: &HeaderMap, peer: &Peer) -> bool {
-        self.source_matches(peer) && self.headers.iter().all(|h| h.matches(headers))
-    }
-
-    /// A43: a principal matches a URI SAN, a DNS SAN or the subject. The empty
-    /// principal stands for "no client certificate", which never holds here.
-    fn source_matches(&self, peer: &Peer) -> bool {
-        let Some(principals) = &self.principals else {
-            return true;
-        };
-        principals.iter().any(|p| {
-            if matches!(p, Pattern::Exact(e) if e.is_empty()) {
-                return false;
-            }
-            peer.uris.iter().any(|u| p.matches(u.as_bytes()))
-                || peer.dns.iter().any(|d| p.matches(d.as_bytes()))
-                || p.matches(peer.subject.as_bytes())
-        })
-    }
-}
-
-impl HeaderMatch {
-    /// A43: a multi-valued header is matched as its values joined with `,`.
-    fn matches(&self, headers: &HeaderMap) -> bool {
-        let mut all = headers.get_all(&self.name).iter();
-        let Some(first) = all.next() else {
-            return false;
-        };
-        match all.next() {
-            None => self.values.iter().any(|p| p.matches(first.as_bytes())),
-            Some(second) => {
-                let mut joined = first.as_bytes().to_vec();
-                for v in std::iter::once(second).chain(all) {
-                    joined.push(b',');
-                    joined.extend_from_slice(v.as_bytes());
-                }
-                self.values.iter().any(|p| p.matches(&joined))
-            }
-        }
-    }
-}
+use crate::metrics::{MethodLabels, Metrics, RuleLabels};
 
 /// Rule indexes by affix, grouped by affix length: a lookup slices the path once
 /// per distinct length and does one hash probe.
@@ -134,20 +49,21 @@ fn by_len(v: &mut ByLen, key: &str, i: u32) {
 }
 
 impl RuleSet {
-    fn push(&mut self, rule: Rule, paths: &[String]) {
+    fn push(&mut self, rule: Rule) {
         let i = self.rules.len() as u32;
-        self.rules.push(rule);
-        if paths.is_empty() {
+        if rule.paths.is_empty() {
             add(&mut self.any_path, i);
         }
-        for p in paths {
-            match Pattern::parse(p) {
+        for p in &rule.paths {
+            let t = p.text.as_str();
+            match p.pattern {
                 Pattern::Present => add(&mut self.any_path, i),
-                Pattern::Prefix(_) => by_len(&mut self.prefix, &p[..p.len() - 1], i),
-                Pattern::Suffix(_) => by_len(&mut self.suffix, &p[1..], i),
-                Pattern::Exact(_) => add(self.exact.entry(p.as_str().into()).or_default(), i),
+                Pattern::Prefix(_) => by_len(&mut self.prefix, &t[..t.len() - 1], i),
+                Pattern::Suffix(_) => by_len(&mut self.suffix, &t[1..], i),
+                Pattern::Exact(_) => add(self.exact.entry(t.into()).or_default(), i),
             }
         }
+        self.rules.push(rule);
     }
 
     /// The first rule, in file order, that matches.
@@ -188,15 +104,77 @@ impl RuleSet {
 }
 
 /// What the policy decided for one call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub enum Decision<'a> {
     Allow {
-        rule: &'a str,
+        rule: &'a Rule,
     },
     /// `rule` is the deny rule that matched, or `None` when no allow rule did.
     Deny {
-        rule: Option<&'a str>,
+        rule: Option<&'a Rule>,
     },
+}
+
+impl<'a> Decision<'a> {
+    pub fn allowed(&self) -> bool {
+        matches!(self, Decision::Allow { .. })
+    }
+
+    /// The deciding rule's name, if a rule decided.
+    pub fn rule(&self) -> Option<&'a str> {
+        match self {
+            Decision::Allow { rule } => Some(&rule.name),
+            Decision::Deny { rule } => rule.map(|r| &*r.name),
+        }
+    }
+
+    pub fn rule_name(&self) -> Option<Arc<str>> {
+        match self {
+            Decision::Allow { rule } => Some(rule.name.clone()),
+            Decision::Deny { rule } => rule.map(|r| r.name.clone()),
+        }
+    }
+
+    pub fn label(&self) -> &'static str {
+        if self.allowed() {
+            "allow"
+        } else {
+            "deny"
+        }
+    }
+}
+
+/// The audit loggers a policy turns on (gRFC A59).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct AuditSpec {
+    pub condition: AuditCondition,
+    pub stdout: bool,
+    pub file: bool,
+}
+
+impl AuditSpec {
+    pub fn any_logger(&self) -> bool {
+        self.stdout || self.file
+    }
+}
+
+/// The A59 logger names ipcgate knows.
+pub const STDOUT_LOGGER: &str = "stdout_logger";
+pub const FILE_LOGGER: &str = "ipcgate_file_logger";
+
+/// What a policy is compiled against.
+#[derive(Clone, Copy, Default)]
+pub struct LoadContext<'a> {
+    /// Register the rule and method counters here (the enforced policy).
+    pub metrics: Option<&'a Metrics>,
+    /// Whether `[audit] file` is configured, so `ipcgate_file_logger` can work.
+    pub file_logger: bool,
+}
+
+#[derive(Debug, Default)]
+struct MethodCounters {
+    allow: Counter,
+    deny: Counter,
 }
 
 /// A compiled, immutable policy.
@@ -205,23 +183,55 @@ pub struct Policy {
     pub name: String,
     /// Short content hash of the file, to tell versions apart in logs.
     pub version: String,
+    pub audit: AuditSpec,
     deny: RuleSet,
     allow: RuleSet,
+    default_deny: Counter,
+    methods: HashMap<Box<str>, MethodCounters>,
+    other_methods: MethodCounters,
+}
+
+/// The whole explanation of one decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct Explanation {
+    pub policy: String,
+    pub version: String,
+    pub method: String,
+    pub allowed: bool,
+    /// The deciding rule, `None` for the default denial.
+    pub rule: Option<String>,
+    pub deny_rules: Vec<RuleExplanation>,
+    pub allow_rules: Vec<RuleExplanation>,
 }
 
 impl Policy {
-    /// Reads, validates and compiles a policy file.
+    /// Reads, validates and compiles a policy file (no metrics; the file logger
+    /// is taken as available).
     ///
     /// # Errors
     /// [`PolicyError`] naming the file, the field and the fix.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        Self::load_with(
+            path,
+            &LoadContext {
+                metrics: None,
+                file_logger: true,
+            },
+        )
+    }
+
+    /// [`Policy::load`] against a gateway's context.
+    ///
+    /// # Errors
+    /// [`PolicyError`] naming the file, the field and the fix.
+    pub fn load_with(path: &Path, ctx: &LoadContext<'_>) -> Result<Policy, PolicyError> {
         let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
             file: path.display().to_string(),
             field: "(file)".into(),
             location: None,
             message: format!("cannot read policy: {e}"),
         })?;
-        Self::from_json(&text, path)
+        Self::compile(&text, path, ctx)
     }
 
     /// Validates and compiles policy JSON as if read from `file`.
@@ -229,6 +239,21 @@ impl Policy {
     /// # Errors
     /// [`PolicyError`] naming the file, the field and the fix.
     pub fn from_json(text: &str, file: &Path) -> Result<Policy, PolicyError> {
+        Self::compile(
+            text,
+            file,
+            &LoadContext {
+                metrics: None,
+                file_logger: true,
+            },
+        )
+    }
+
+    /// Validates and compiles policy JSON against a gateway's context.
+    ///
+    /// # Errors
+    /// [`PolicyError`] naming the file, the field and the fix.
+    pub fn compile(text: &str, file: &Path, ctx: &LoadContext<'_>) -> Result<Policy, PolicyError> {
         let raw = model::parse(text, file)?;
         let err = |field: String, message: String| PolicyError {
             file: file.display().to_string(),
@@ -242,37 +267,121 @@ impl Policy {
                 "must not be empty (name the policy; logs and audit events carry it)".into(),
             ));
         }
+        let rule_counter = |decision: &'static str, rule: &str| match ctx.metrics {
+            Some(m) => m.authz_decisions.get_or_create_owned(&RuleLabels {
+                decision,
+                rule: rule.into(),
+            }),
+            None => Counter::default(),
+        };
         let mut deny = RuleSet::default();
         let mut allow = RuleSet::default();
-        for (kind, rules, set) in [
-            ("deny_rules", &raw.deny_rules, &mut deny),
-            ("allow_rules", &raw.allow_rules, &mut allow),
+        for (kind, decision, rules, set) in [
+            ("deny_rules", "deny", &raw.deny_rules, &mut deny),
+            ("allow_rules", "allow", &raw.allow_rules, &mut allow),
         ] {
             for (i, r) in rules.iter().enumerate() {
-                let (rule, paths) =
-                    compile_rule(r, &format!("{kind}[{i}]")).map_err(|(f, m)| err(f, m))?;
-                set.push(rule, paths);
+                let rule =
+                    rule::compile(r, &format!("{kind}[{i}]"), rule_counter(decision, &r.name))
+                        .map_err(|(f, m)| err(f, m))?;
+                set.push(rule);
             }
+        }
+        let audit =
+            compile_audit(raw.audit_logging_options.as_ref(), ctx).map_err(|(f, m)| err(f, m))?;
+
+        // Per-method counters for the methods the policy names; all others share
+        // "other", which keeps label cardinality bounded by the policy.
+        let method_counter = |method: &str, decision: &'static str| match ctx.metrics {
+            Some(m) => m.rpc_calls.get_or_create_owned(&MethodLabels {
+                method: method.into(),
+                decision,
+            }),
+            None => Counter::default(),
+        };
+        let mut methods = HashMap::new();
+        for path in deny.exact.keys().chain(allow.exact.keys()) {
+            methods
+                .entry(path.clone())
+                .or_insert_with(|| MethodCounters {
+                    allow: method_counter(path, "allow"),
+                    deny: method_counter(path, "deny"),
+                });
         }
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
         Ok(Policy {
             name: raw.name,
             version: hex(&digest.as_ref()[..6]),
+            audit,
             deny,
             allow,
+            default_deny: rule_counter("deny", ""),
+            methods,
+            other_methods: MethodCounters {
+                allow: method_counter("other", "allow"),
+                deny: method_counter("other", "deny"),
+            },
         })
     }
 
     /// Deny rules first, then allow rules; no match is a denial (gRFC A43).
     pub fn evaluate(&self, path: &str, headers: &HeaderMap, peer: &Peer) -> Decision<'_> {
-        if let Some(r) = self.deny.first_match(path, headers, peer) {
-            return Decision::Deny {
-                rule: Some(&r.name),
-            };
+        if let Some(rule) = self.deny.first_match(path, headers, peer) {
+            return Decision::Deny { rule: Some(rule) };
         }
         match self.allow.first_match(path, headers, peer) {
-            Some(r) => Decision::Allow { rule: &r.name },
+            Some(rule) => Decision::Allow { rule },
             None => Decision::Deny { rule: None },
+        }
+    }
+
+    /// [`Policy::evaluate`], counted in the rule and method metrics.
+    pub fn authorize(&self, path: &str, headers: &HeaderMap, peer: &Peer) -> Decision<'_> {
+        let d = self.evaluate(path, headers, peer);
+        let m = self.methods.get(path).unwrap_or(&self.other_methods);
+        match d {
+            Decision::Allow { rule } => {
+                rule.hits.inc();
+                m.allow.inc();
+            }
+            Decision::Deny { rule } => {
+                rule.map_or(&self.default_deny, |r| &r.hits).inc();
+                m.deny.inc();
+            }
+        }
+        d
+    }
+
+    /// Every rule's verdict on one call, and the decision they add up to — the
+    /// same one [`Policy::evaluate`] reaches through its indexes.
+    pub fn explain(&self, path: &str, headers: &HeaderMap, peer: &Peer) -> Explanation {
+        let deny_rules: Vec<_> = self
+            .deny
+            .rules
+            .iter()
+            .map(|r| r.explain(path, headers, peer))
+            .collect();
+        let allow_rules: Vec<_> = self
+            .allow
+            .rules
+            .iter()
+            .map(|r| r.explain(path, headers, peer))
+            .collect();
+        let (allowed, rule) = match deny_rules.iter().find(|r| r.matched) {
+            Some(r) => (false, Some(r.name.clone())),
+            None => match allow_rules.iter().find(|r| r.matched) {
+                Some(r) => (true, Some(r.name.clone())),
+                None => (false, None),
+            },
+        };
+        Explanation {
+            policy: self.name.clone(),
+            version: self.version.clone(),
+            method: path.to_owned(),
+            allowed,
+            rule,
+            deny_rules,
+            allow_rules,
         }
     }
 
@@ -280,135 +389,59 @@ impl Policy {
     pub fn rule_counts(&self) -> (usize, usize) {
         (self.deny.rules.len(), self.allow.rules.len())
     }
+
+    /// One line per rule, deny rules first.
+    pub fn summary(&self) -> Vec<String> {
+        let d = self
+            .deny
+            .rules
+            .iter()
+            .map(|r| format!("deny  {}", r.summary()));
+        let a = self
+            .allow
+            .rules
+            .iter()
+            .map(|r| format!("allow {}", r.summary()));
+        d.chain(a).collect()
+    }
 }
 
-/// Headers a rule may not match on (A43): pseudo-headers and `grpc-*` are the
-/// transport's, `host` and hop-by-hop headers are not end-to-end.
-const FORBIDDEN_HEADERS: &[&str] = &[
-    "host",
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-fn compile_rule<'a>(r: &'a RawRule, at: &str) -> Result<(Rule, &'a [String]), (String, String)> {
-    if r.name.is_empty() {
-        return Err((
-            format!("{at}.name"),
-            "must not be empty (every rule needs a name; denials report it)".into(),
-        ));
-    }
-    let principals = r
-        .source
-        .as_ref()
-        .filter(|s| !s.principals.is_empty())
-        .map(|s| s.principals.iter().map(|p| Pattern::parse(p)).collect());
-    let (paths, raw_headers): (&[String], &[model::RawHeader]) = match &r.request {
-        Some(q) => (&q.paths, &q.headers),
-        None => (&[], &[]),
-    };
-    for (i, p) in paths.iter().enumerate() {
-        let field = format!("{at}.request.paths[{i}]");
-        check_stars(p).map_err(|m| (field.clone(), m))?;
-        check_path(p).map_err(|m| (field, m))?;
-    }
-    if let Some(src) = &r.source {
-        for (i, p) in src.principals.iter().enumerate() {
-            check_stars(p).map_err(|m| (format!("{at}.source.principals[{i}]"), m))?;
+fn compile_audit(
+    opts: Option<&model::RawAuditOptions>,
+    ctx: &LoadContext<'_>,
+) -> Result<AuditSpec, (String, String)> {
+    let mut spec = AuditSpec::default();
+    let Some(opts) = opts else { return Ok(spec) };
+    spec.condition = opts.audit_condition;
+    for (i, l) in opts.audit_loggers.iter().enumerate() {
+        let at = format!("audit_logging_options.audit_loggers[{i}]");
+        let problem = match l.name.as_str() {
+            _ if l.config.as_ref().is_some_and(|c| !c.is_empty()) => Some((
+                format!("{at}.config"),
+                format!("{:?} takes no config (write \"config\": {{}}); the file logger's path is [audit] file in gateway.toml", l.name),
+            )),
+            STDOUT_LOGGER => {
+                spec.stdout = true;
+                None
+            }
+            FILE_LOGGER if ctx.file_logger => {
+                spec.file = true;
+                None
+            }
+            FILE_LOGGER => Some((
+                format!("{at}.name"),
+                format!("{FILE_LOGGER:?} needs [audit] file = \"/path/audit.jsonl\" in gateway.toml"),
+            )),
+            other => Some((
+                format!("{at}.name"),
+                format!("unknown audit logger {other:?} (ipcgate has {STDOUT_LOGGER:?} and {FILE_LOGGER:?}; add \"is_optional\": true to skip loggers this gateway does not have)"),
+            )),
+        };
+        match problem {
+            Some(p) if !l.is_optional => return Err(p),
+            Some((field, msg)) => tracing::warn!(%field, "optional audit logger skipped: {msg}"),
+            None => {}
         }
     }
-    let mut headers = Vec::with_capacity(raw_headers.len());
-    for (i, h) in raw_headers.iter().enumerate() {
-        let field = format!("{at}.request.headers[{i}]");
-        let key = h.key.to_ascii_lowercase();
-        if key.starts_with(':') {
-            return Err((
-                format!("{field}.key"),
-                format!(
-                    "{:?} is not allowed (pseudo-headers cannot be matched; use request.paths)",
-                    h.key
-                ),
-            ));
-        }
-        if key.starts_with("grpc-") {
-            return Err((
-                format!("{field}.key"),
-                format!(
-                    "{:?} is not allowed (grpc-* headers belong to the transport)",
-                    h.key
-                ),
-            ));
-        }
-        if key == crate::proxy::XFCC.as_str() || key == crate::proxy::PEER_CRED.as_str() {
-            return Err((format!("{field}.key"), format!("{:?} is not allowed (the gateway sets it after authorization; match the client with source.principals)", h.key)));
-        }
-        if FORBIDDEN_HEADERS.contains(&key.as_str()) {
-            return Err((
-                format!("{field}.key"),
-                format!(
-                    "{:?} is not allowed (host and hop-by-hop headers do not reach the service)",
-                    h.key
-                ),
-            ));
-        }
-        let name = HeaderName::from_bytes(key.as_bytes()).map_err(|_| {
-            (
-                format!("{field}.key"),
-                format!("{:?} is not a valid header name", h.key),
-            )
-        })?;
-        if h.values.is_empty() {
-            return Err((
-                format!("{field}.values"),
-                "must list at least one value (use [\"*\"] to require the header with any value)"
-                    .into(),
-            ));
-        }
-        for (j, v) in h.values.iter().enumerate() {
-            check_stars(v).map_err(|m| (format!("{field}.values[{j}]"), m))?;
-        }
-        headers.push(HeaderMatch {
-            name,
-            values: h.values.iter().map(|v| Pattern::parse(v)).collect(),
-        });
-    }
-    Ok((
-        Rule {
-            name: r.name.clone(),
-            principals,
-            headers,
-        },
-        paths,
-    ))
-}
-
-/// A43 wildcards are one leading `*` (suffix match) or one trailing `*` (prefix
-/// match). gRPC's translators read any other `*` as a literal character, so such
-/// a pattern almost never matches — and in a deny rule that fails open.
-fn check_stars(p: &str) -> Result<(), String> {
-    let stars = p.matches('*').count();
-    if stars > 1 || (stars == 1 && !p.starts_with('*') && !p.ends_with('*')) {
-        return Err(format!(
-            "{p:?} has '*' inside; A43 wildcards are only a leading '*' (suffix match) or a trailing '*' (prefix match), so this would match a literal '*' and almost certainly never match (write e.g. \"/pkg.Service/*\" or \"*.example.org\")"
-        ));
-    }
-    Ok(())
-}
-
-/// A path pattern must be able to match a canonical `/Service/Method` path.
-fn check_path(p: &str) -> Result<(), String> {
-    match Pattern::parse(p) {
-        Pattern::Present | Pattern::Suffix(_) => Ok(()),
-        Pattern::Prefix(_) if p.starts_with('/') => Ok(()),
-        Pattern::Exact(_) if crate::path::split(p).is_ok() => Ok(()),
-        _ => Err(format!(
-            "{p:?} can never match: request paths are \"/package.Service/Method\" (write the full method, \"/package.Service/*\" for a service, or \"*/Method\")"
-        )),
-    }
+    Ok(spec)
 }

@@ -1,30 +1,170 @@
 //! The authorization middleware: one policy lookup per request, answered with
-//! PERMISSION_DENIED before the call reaches any backend.
+//! PERMISSION_DENIED before the call reaches any backend; the shadow policy,
+//! metrics and audit trail ride along.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::SystemTime;
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use futures_util::future::{Either, Ready};
 use http::{Request, Response};
+use prometheus_client::metrics::counter::Counter;
 use tower::{Layer, Service};
 use tracing::warn;
 
-use super::{Decision, PolicyHandle};
+use super::Policy;
+use crate::audit::{AuditEvent, Auditor, ShadowOutcome};
 use crate::grpc::{self, Code};
 use crate::identity::Peer;
+use crate::metrics::{DecisionLabels, Metrics, MismatchLabels};
 
-/// Enforces the current policy for one connection's peer. The policy is read on
-/// every request (never cached per connection), so a reload applies to the next
+/// The policies in force and what they report to. Policies are swapped whole
+/// (never edited), and read on every request, so a reload applies to the next
 /// call on every live connection.
+pub struct Authorizer {
+    enforced: ArcSwap<Policy>,
+    shadow: ArcSwapOption<Policy>,
+    auditor: Option<Auditor>,
+    shadow_allow: Counter,
+    shadow_deny: Counter,
+    /// Enforced allowed, shadow would deny.
+    mismatch_allow_deny: Counter,
+    /// Enforced denied, shadow would allow.
+    mismatch_deny_allow: Counter,
+}
+
+impl Authorizer {
+    pub fn new(
+        enforced: Policy,
+        shadow: Option<Policy>,
+        auditor: Option<Auditor>,
+        metrics: &Metrics,
+    ) -> Authorizer {
+        let sc = |decision| {
+            metrics
+                .shadow_calls
+                .get_or_create_owned(&DecisionLabels { decision })
+        };
+        let mm = |enforced, shadow| {
+            metrics
+                .shadow_mismatch
+                .get_or_create_owned(&MismatchLabels { enforced, shadow })
+        };
+        Authorizer {
+            enforced: ArcSwap::from_pointee(enforced),
+            shadow: ArcSwapOption::from_pointee(shadow),
+            auditor,
+            shadow_allow: sc("allow"),
+            shadow_deny: sc("deny"),
+            mismatch_allow_deny: mm("allow", "deny"),
+            mismatch_deny_allow: mm("deny", "allow"),
+        }
+    }
+
+    pub fn enforced(&self) -> Arc<Policy> {
+        self.enforced.load_full()
+    }
+
+    pub fn shadow(&self) -> Option<Arc<Policy>> {
+        self.shadow.load_full()
+    }
+
+    pub fn set_enforced(&self, p: Policy) {
+        self.enforced.store(Arc::new(p));
+    }
+
+    pub fn set_shadow(&self, p: Option<Policy>) {
+        self.shadow.store(p.map(Arc::new));
+    }
+
+    pub fn auditor(&self) -> Option<&Auditor> {
+        self.auditor.as_ref()
+    }
+
+    /// Decides one call: enforced policy (counted), shadow policy (counted,
+    /// never enforced), audit event if the policy asks for one.
+    fn decide(
+        &self,
+        path: &str,
+        headers: &http::HeaderMap,
+        peer: &Arc<Peer>,
+    ) -> Result<(), String> {
+        let policy = self.enforced.load();
+        let d = policy.authorize(path, headers, peer);
+        let allowed = d.allowed();
+        let shadow_guard = self.shadow.load();
+        let shadow = shadow_guard.as_ref().map(|s| {
+            let sd = s.evaluate(path, headers, peer);
+            let s_allowed = sd.allowed();
+            if s_allowed {
+                &self.shadow_allow
+            } else {
+                &self.shadow_deny
+            }
+            .inc();
+            match (allowed, s_allowed) {
+                (true, false) => self.mismatch_allow_deny.inc(),
+                (false, true) => self.mismatch_deny_allow.inc(),
+                _ => 0,
+            };
+            (s, sd.rule_name(), s_allowed)
+        });
+        let differs = shadow.as_ref().is_some_and(|(_, _, s)| *s != allowed);
+        if let Some(auditor) = &self.auditor {
+            // A shadow disagreement is always worth a line: it is what a dry run
+            // is for.
+            if policy.audit.any_logger() && (policy.audit.condition.applies(allowed) || differs) {
+                auditor.submit(AuditEvent {
+                    time: SystemTime::now(),
+                    method: path.to_owned(),
+                    peer: peer.clone(),
+                    policy: policy.clone(),
+                    rule: d.rule_name(),
+                    authorized: allowed,
+                    shadow: shadow.as_ref().map(|(s, r, a)| ShadowOutcome {
+                        policy: (*s).clone(),
+                        rule: r.clone(),
+                        authorized: *a,
+                    }),
+                    stdout: policy.audit.stdout,
+                    file: policy.audit.file,
+                });
+            }
+        }
+        if allowed {
+            return Ok(());
+        }
+        let rule = d.rule();
+        warn!(
+            target: "ipcgate::authz",
+            method = path,
+            client.id = peer.principal(),
+            client.sha256 = %peer.sha256_hex(),
+            peer.uid = peer.cred.map(|c| c.uid),
+            peer.pid = peer.cred.and_then(|c| c.pid),
+            authz.rule = rule.unwrap_or("(no allow rule matched)"),
+            policy.name = %policy.name,
+            policy.version = %policy.version,
+            "request denied"
+        );
+        Err(match rule {
+            Some(r) => format!("denied by rule {r:?} of policy {:?}", policy.name),
+            None => format!("no rule of policy {:?} allows this call", policy.name),
+        })
+    }
+}
+
+/// Enforces the current policy for one connection's peer.
 #[derive(Clone)]
 pub struct AuthzLayer {
-    policy: PolicyHandle,
+    authz: Arc<Authorizer>,
     peer: Arc<Peer>,
 }
 
 impl AuthzLayer {
-    pub fn new(policy: PolicyHandle, peer: Arc<Peer>) -> Self {
-        AuthzLayer { policy, peer }
+    pub fn new(authz: Arc<Authorizer>, peer: Arc<Peer>) -> Self {
+        AuthzLayer { authz, peer }
     }
 }
 
@@ -34,7 +174,7 @@ impl<S> Layer<S> for AuthzLayer {
     fn layer(&self, inner: S) -> Authz<S> {
         Authz {
             inner,
-            policy: self.policy.clone(),
+            authz: self.authz.clone(),
             peer: self.peer.clone(),
         }
     }
@@ -43,7 +183,7 @@ impl<S> Layer<S> for AuthzLayer {
 #[derive(Clone)]
 pub struct Authz<S> {
     inner: S,
-    policy: PolicyHandle,
+    authz: Arc<Authorizer>,
     peer: Arc<Peer>,
 }
 
@@ -60,32 +200,15 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let policy = self.policy.load();
-        match policy.evaluate(req.uri().path(), req.headers(), &self.peer) {
-            Decision::Allow { .. } => Either::Right(self.inner.call(req)),
-            Decision::Deny { rule } => {
-                let peer = &self.peer;
-                warn!(
-                    target: "ipcgate::authz",
-                    method = req.uri().path(),
-                    client.id = peer.principal(),
-                    client.sha256 = %peer.sha256_hex(),
-                    peer.uid = peer.cred.map(|c| c.uid),
-                    peer.pid = peer.cred.and_then(|c| c.pid),
-                    authz.rule = rule.unwrap_or("(no allow rule matched)"),
-                    policy.name = %policy.name,
-                    policy.version = %policy.version,
-                    "request denied"
-                );
-                let msg = match rule {
-                    Some(r) => format!("denied by rule {r:?} of policy {:?}", policy.name),
-                    None => format!("no rule of policy {:?} allows this call", policy.name),
-                };
-                Either::Left(futures_util::future::ready(Ok(grpc::status(
-                    Code::PermissionDenied,
-                    &msg,
-                ))))
-            }
+        match self
+            .authz
+            .decide(req.uri().path(), req.headers(), &self.peer)
+        {
+            Ok(()) => Either::Right(self.inner.call(req)),
+            Err(msg) => Either::Left(futures_util::future::ready(Ok(grpc::status(
+                Code::PermissionDenied,
+                &msg,
+            )))),
         }
     }
 }

@@ -8,17 +8,12 @@
 pub mod compile;
 pub mod layer;
 pub mod model;
+pub mod pattern;
+pub mod rule;
 
-use std::sync::Arc;
-
-use arc_swap::ArcSwap;
-
-pub use compile::{Decision, Policy};
-pub use layer::AuthzLayer;
+pub use compile::{Decision, Explanation, LoadContext, Policy};
+pub use layer::{Authorizer, AuthzLayer};
 pub use model::PolicyError;
-
-/// The policy in force, swappable without locking the request path.
-pub type PolicyHandle = Arc<ArcSwap<Policy>>;
 
 #[cfg(test)]
 mod tests;

@@ -22,6 +22,50 @@ pub struct RawPolicy {
     #[serde(default)]
     pub deny_rules: Vec<RawRule>,
     pub allow_rules: Vec<RawRule>,
+    #[serde(default)]
+    pub audit_logging_options: Option<RawAuditOptions>,
+}
+
+/// gRFC A59 audit options.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuditOptions {
+    #[serde(default)]
+    pub audit_condition: AuditCondition,
+    #[serde(default)]
+    pub audit_loggers: Vec<RawAuditLogger>,
+}
+
+/// When to audit (A59); DENY and ALLOW are the final decision.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AuditCondition {
+    #[default]
+    None,
+    OnDeny,
+    OnAllow,
+    OnDenyAndAllow,
+}
+
+impl AuditCondition {
+    pub fn applies(self, allowed: bool) -> bool {
+        match self {
+            AuditCondition::None => false,
+            AuditCondition::OnDeny => !allowed,
+            AuditCondition::OnAllow => allowed,
+            AuditCondition::OnDenyAndAllow => true,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuditLogger {
+    pub name: String,
+    #[serde(default)]
+    pub config: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    pub is_optional: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -39,6 +83,12 @@ pub struct RawRule {
 pub struct RawSource {
     #[serde(default)]
     pub principals: Vec<String>,
+    /// ipcgate extension: the socket peer's uid (SO_PEERCRED) must be one of these.
+    #[serde(default)]
+    pub uids: Vec<u32>,
+    /// ipcgate extension: the socket peer's gid must be one of these.
+    #[serde(default)]
+    pub gids: Vec<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,7 +122,7 @@ pub fn parse(text: &str, file: &Path) -> Result<RawPolicy, PolicyError> {
             message.truncate(i);
         }
         if message.starts_with("unknown field") {
-            message.push_str(" (gRFC A43 policies have: name, deny_rules, allow_rules; a rule has name, source.principals, request.paths, request.headers[].key/values)");
+            message.push_str(" (gRFC A43 policies have: name, deny_rules, allow_rules, audit_logging_options; a rule has name, source.principals, source.uids, source.gids, request.paths, request.headers[].key/values)");
         }
         PolicyError {
             file: file.display().to_string(),

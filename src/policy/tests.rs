@@ -2,7 +2,7 @@ use std::path::Path;
 
 use http::HeaderMap;
 
-use super::compile::Pattern;
+use super::pattern::Pattern;
 use super::*;
 use crate::ca::{Ca, KeyType, LeafSpec};
 use crate::identity::Peer;
@@ -24,6 +24,12 @@ fn peer(spiffe: &[&str], dns: &[&str], cn: Option<&str>) -> Peer {
         })
         .unwrap();
     Peer::new(&[issued.cert_der], None, None).unwrap()
+}
+
+/// (allowed, deciding rule) of a decision.
+fn ev<'a>(p: &'a Policy, path: &str, h: &HeaderMap, peer: &Peer) -> (bool, Option<&'a str>) {
+    let d = p.evaluate(path, h, peer);
+    (d.allowed(), d.rule())
 }
 
 fn policy(json: &str) -> Policy {
@@ -69,20 +75,12 @@ fn deny_first_then_allow_then_deny_by_default() {
     let alice = peer(&["spiffe://t/alice"], &[], None);
     let bob = peer(&["spiffe://t/bob"], &[], None);
     let h = HeaderMap::new();
+    assert_eq!(ev(&p, "/a.B/Get", &h, &alice), (true, Some("alice")));
     assert_eq!(
-        p.evaluate("/a.B/Get", &h, &alice),
-        Decision::Allow { rule: "alice" }
+        ev(&p, "/a.B/Delete", &h, &alice),
+        (false, Some("no-delete"))
     );
-    assert_eq!(
-        p.evaluate("/a.B/Delete", &h, &alice),
-        Decision::Deny {
-            rule: Some("no-delete")
-        }
-    );
-    assert_eq!(
-        p.evaluate("/a.B/Get", &h, &bob),
-        Decision::Deny { rule: None }
-    );
+    assert_eq!(ev(&p, "/a.B/Get", &h, &bob), (false, None));
 }
 
 #[test]
@@ -102,27 +100,13 @@ fn the_first_matching_rule_in_file_order_is_reported() {
     let alice = peer(&["spiffe://t/alice"], &[], None);
     let carol = peer(&["spiffe://t/carol"], &[], None);
     let bob = peer(&["spiffe://t/bob"], &[], None);
+    assert_eq!(ev(&p, "/a.B/Get", &h, &alice), (true, Some("r1-suffix")));
+    assert_eq!(ev(&p, "/a.B/Get", &h, &carol), (true, Some("r2-exact")));
+    assert_eq!(ev(&p, "/a.B/Put", &h, &carol), (true, Some("r3-prefix")));
+    assert_eq!(ev(&p, "/x.Y/Put", &h, &carol), (true, Some("r4-any")));
     assert_eq!(
-        p.evaluate("/a.B/Get", &h, &alice),
-        Decision::Allow { rule: "r1-suffix" }
-    );
-    assert_eq!(
-        p.evaluate("/a.B/Get", &h, &carol),
-        Decision::Allow { rule: "r2-exact" }
-    );
-    assert_eq!(
-        p.evaluate("/a.B/Put", &h, &carol),
-        Decision::Allow { rule: "r3-prefix" }
-    );
-    assert_eq!(
-        p.evaluate("/x.Y/Put", &h, &carol),
-        Decision::Allow { rule: "r4-any" }
-    );
-    assert_eq!(
-        p.evaluate("/x.Y/Put", &h, &bob),
-        Decision::Allow {
-            rule: "r0-any-path-bob"
-        }
+        ev(&p, "/x.Y/Put", &h, &bob),
+        (true, Some("r0-any-path-bob"))
     );
 }
 
@@ -140,24 +124,14 @@ fn principals_match_uri_dns_and_subject_but_never_the_empty_principal() {
     let p1 = peer(&["spiffe://t/ns/x"], &["db.svc"], Some("dave"));
     for m in ["Uri", "Dns", "Subj"] {
         assert!(
-            matches!(
-                p.evaluate(&format!("/a.B/{m}"), &h, &p1),
-                Decision::Allow { .. }
-            ),
+            matches!(ev(&p, &format!("/a.B/{m}"), &h, &p1), (true, _)),
             "{m}"
         );
     }
-    assert_eq!(
-        p.evaluate("/a.B/NoCert", &h, &p1),
-        Decision::Deny { rule: None }
-    );
+    assert_eq!(ev(&p, "/a.B/NoCert", &h, &p1), (false, None));
     let p2 = peer(&["spiffe://t/other/x"], &["db.svc.evil"], Some("dave2"));
     for m in ["Uri", "Dns", "Subj"] {
-        assert_eq!(
-            p.evaluate(&format!("/a.B/{m}"), &h, &p2),
-            Decision::Deny { rule: None },
-            "{m}"
-        );
+        assert_eq!(ev(&p, &format!("/a.B/{m}"), &h, &p2), (false, None), "{m}");
     }
 }
 
@@ -171,22 +145,15 @@ fn header_keys_are_lowercased_and_values_joined() {
     let mut h = HeaderMap::new();
     h.append("x-tenant", "a".parse().unwrap());
     h.append("x-tenant", "b".parse().unwrap());
-    assert_eq!(
-        p.evaluate("/a.B/C", &h, &who),
-        Decision::Deny { rule: None },
-        "x-env missing"
-    );
+    assert_eq!(ev(&p, "/a.B/C", &h, &who), (false, None), "x-env missing");
     h.insert("x-env", "".parse().unwrap());
     assert_eq!(
-        p.evaluate("/a.B/C", &h, &who),
-        Decision::Deny { rule: None },
+        ev(&p, "/a.B/C", &h, &who),
+        (false, None),
         "empty is not present"
     );
     h.insert("x-env", "prod".parse().unwrap());
-    assert_eq!(
-        p.evaluate("/a.B/C", &h, &who),
-        Decision::Allow { rule: "r" }
-    );
+    assert_eq!(ev(&p, "/a.B/C", &h, &who), (true, Some("r")));
 }
 
 #[test]
@@ -310,21 +277,12 @@ fn a_large_policy_indexes_by_path() {
     let i = 9998;
     let caller = peer(&[&format!("spiffe://t/c{}", i % 7)], &[], None);
     let path = format!("/svc.S{}/M{i}", i % 13);
-    assert_eq!(
-        p.evaluate(&path, &h, &caller),
-        Decision::Allow { rule: "r9998" }
-    );
+    assert_eq!(ev(&p, &path, &h, &caller), (true, Some("r9998")));
     // Same method, another caller; and the caller on a neighbour's method.
     let other = peer(&[&format!("spiffe://t/c{}", (i + 1) % 7)], &[], None);
-    assert_eq!(p.evaluate(&path, &h, &other), Decision::Deny { rule: None });
+    assert_eq!(ev(&p, &path, &h, &other), (false, None));
     let same_caller = format!("/svc.S{}/M{}", (i - 7) % 13, i - 7);
-    assert_eq!(
-        p.evaluate(&same_caller, &h, &caller),
-        Decision::Allow { rule: "r9991" }
-    );
+    assert_eq!(ev(&p, &same_caller, &h, &caller), (true, Some("r9991")));
     let next = format!("/svc.S{}/M{}", (i + 1) % 13, i + 1);
-    assert_eq!(
-        p.evaluate(&next, &h, &caller),
-        Decision::Deny { rule: None }
-    );
+    assert_eq!(ev(&p, &next, &h, &caller), (false, None));
 }

@@ -8,7 +8,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use ipcgate::ca::{Ca, KeyType, LeafSpec};
 use ipcgate::demo::EchoService;
 use ipcgate::pb::echo_client::EchoClient;
-use ipcgate::policy::PolicyHandle;
+use ipcgate::policy::Authorizer;
 use rustls::ClientConfig;
 use tempfile::TempDir;
 use tonic::transport::Channel;
@@ -103,6 +103,13 @@ pub struct Opts {
     /// Extra TOML appended to the generated config (e.g. a `[limits]` table).
     pub extra: String,
     pub backend_max_streams: Option<u32>,
+    /// Extra keys for the `[policy]` table (e.g. `shadow_file = ...`).
+    pub policy_keys: String,
+    /// Write the admin socket (`admin.sock`) and audit file (`audit.jsonl`).
+    pub admin: bool,
+    pub audit_file: bool,
+    /// Files to write into the harness directory before the gateway starts.
+    pub files: Vec<(&'static str, String)>,
 }
 
 /// A backend and a gateway in front of it, both in this process.
@@ -111,7 +118,7 @@ pub struct Harness {
     pub gw_sock: PathBuf,
     pub backend_sock: PathBuf,
     pub echo: EchoService,
-    pub policy: PolicyHandle,
+    pub authz: std::sync::Arc<Authorizer>,
     backend_max_streams: Option<u32>,
     backend: Option<Backend>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -119,6 +126,10 @@ pub struct Harness {
 }
 
 pub fn config_text(pki: &Pki, backend_sock: &Path, extra: &str) -> String {
+    config_text_with(pki, backend_sock, extra, "")
+}
+
+pub fn config_text_with(pki: &Pki, backend_sock: &Path, extra: &str, policy_keys: &str) -> String {
     format!(
         r#"
 [listen]
@@ -131,6 +142,7 @@ client_ca = "ca.pem"
 
 [policy]
 file = "policy.json"
+{policy_keys}
 
 [[route]]
 service = "demo.v1.Echo"
@@ -157,11 +169,25 @@ impl Harness {
             opts.policy.as_deref().unwrap_or(POLICY),
         )
         .unwrap();
+        for (name, text) in &opts.files {
+            std::fs::write(pki.path(name), text).unwrap();
+        }
         let cfg_path = pki.path("gateway.toml");
-        std::fs::write(&cfg_path, config_text(&pki, &backend_sock, &opts.extra)).unwrap();
+        let mut extra = opts.extra.clone();
+        if opts.admin {
+            extra.push_str("\n[admin]\nuds = \"admin.sock\"\n");
+        }
+        if opts.audit_file {
+            extra.push_str("\n[audit]\nfile = \"audit.jsonl\"\n");
+        }
+        std::fs::write(
+            &cfg_path,
+            config_text_with(&pki, &backend_sock, &extra, &opts.policy_keys),
+        )
+        .unwrap();
         let config = ipcgate::config::Config::load(&cfg_path).unwrap();
         let gateway = ipcgate::Gateway::bind(config).await.unwrap();
-        let policy = gateway.policy();
+        let authz = gateway.authorizer();
         let gw_sock = gateway.socket_path().to_owned();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(gateway.run(async {
@@ -172,7 +198,7 @@ impl Harness {
             gw_sock,
             backend_sock,
             echo,
-            policy,
+            authz,
             backend_max_streams: opts.backend_max_streams,
             backend: Some(backend),
             stop: Some(tx),
@@ -338,4 +364,43 @@ impl Drop for Backend {
             let _ = t.join();
         }
     }
+}
+
+/// One HTTP/1.1 request to the admin socket: (status, body).
+pub async fn admin(sock: &Path, method: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::UnixStream::connect(sock).await.unwrap();
+    s.write_all(format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let status = buf.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one series in OpenMetrics text, e.g.
+/// `metric(&text, "ipcgate_shadow_calls_total{decision=\"deny\"}")`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Polls until `f` holds (or the hang guard fires).
+pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    within(what, async {
+        while !f() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
 }

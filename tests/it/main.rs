@@ -6,6 +6,7 @@ mod common;
 mod examples;
 mod identity;
 mod mtls;
+mod ops;
 mod path;
 mod policy;
 mod proxy;

@@ -94,7 +94,7 @@ async fn policy_swap_applies_to_live_connections() {
     assert_eq!(code(alice.unary(req(b"x")).await), Code::Ok);
     let deny_all = r#"{"name":"locked","allow_rules":[]}"#;
     let p = ipcgate::policy::Policy::from_json(deny_all, "x.json".as_ref()).unwrap();
-    h.policy.store(std::sync::Arc::new(p));
+    h.authz.set_enforced(p);
     // Same client, same connection: the next call sees the new policy.
     let e = alice.unary(req(b"x")).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);

@@ -1,0 +1,107 @@
+//! The admin socket: plain HTTP/1.1 on its own Unix socket (mode 0600 by
+//! default, so only the gateway's account can use it).
+//!
+//! * `GET /metrics` — Prometheus / OpenMetrics text
+//! * `GET /healthz` — `ok` while the gateway serves
+//! * `POST /reload` — reload the policies now; JSON report, 200 or 500
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tracing::debug;
+
+use crate::listen::Uds;
+use crate::metrics::Metrics;
+use crate::policy::Authorizer;
+use crate::reload::PolicySource;
+
+/// What the admin endpoints act on.
+pub struct Admin {
+    pub metrics: Arc<Metrics>,
+    pub source: Arc<PolicySource>,
+    pub authz: Arc<Authorizer>,
+}
+
+/// Serves the admin socket until the task is dropped.
+pub async fn serve(listener: Uds, admin: Arc<Admin>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            continue;
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(handle(&admin, req).await) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                debug!(error = %e, "admin connection ended");
+            }
+        });
+    }
+}
+
+fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+async fn handle(admin: &Arc<Admin>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => reply(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            admin.metrics.encode(),
+        ),
+        (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n"),
+        (&Method::POST, "/reload") => {
+            let a = admin.clone();
+            let report = tokio::task::spawn_blocking(move || a.source.reload(&a.authz)).await;
+            match report {
+                Ok(r) => {
+                    let status = if r.ok() {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    };
+                    let mut body = serde_json::to_vec_pretty(&r).unwrap_or_default();
+                    body.push(b'\n');
+                    reply(status, "application/json", body)
+                }
+                Err(_) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    "reload task failed\n",
+                ),
+            }
+        }
+        (_, "/metrics" | "/healthz" | "/reload") => reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "method not allowed\n",
+        ),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try GET /metrics, GET /healthz, POST /reload\n",
+        ),
+    }
+}

@@ -1,0 +1,295 @@
+//! The audit trail (gRFC A59): one JSON object per audited call, on one line, to
+//! stdout and/or a file.
+//!
+//! Writing happens on its own thread behind a bounded queue: the request path
+//! only enqueues (never blocks, never does I/O). When the queue is full or a
+//! write fails, the event is counted in `ipcgate_audit_dropped_total` and the
+//! log says so — never lost silently.
+
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use prometheus_client::metrics::counter::Counter;
+use serde::Serialize;
+use tracing::{error, warn};
+
+use crate::identity::Peer;
+use crate::policy::Policy;
+
+/// The other policy's view of a call, for dry-run (shadow) policies.
+pub struct ShadowOutcome {
+    pub policy: Arc<Policy>,
+    pub rule: Option<Arc<str>>,
+    pub authorized: bool,
+}
+
+/// One audited call. Cheap to build: the identity and policy are shared, only
+/// the method is copied; serialization happens on the writer thread.
+pub struct AuditEvent {
+    pub time: SystemTime,
+    pub method: String,
+    pub peer: Arc<Peer>,
+    pub policy: Arc<Policy>,
+    pub rule: Option<Arc<str>>,
+    pub authorized: bool,
+    pub shadow: Option<ShadowOutcome>,
+    pub stdout: bool,
+    pub file: bool,
+}
+
+/// The line written per event. Field names are stable (documented in
+/// policy/README.md): A59's first, then ipcgate's.
+#[derive(Serialize)]
+struct Line<'a> {
+    timestamp: String,
+    time: String,
+    rpc_method: &'a str,
+    principal: &'a str,
+    policy_name: &'a str,
+    matched_rule: &'a str,
+    authorized: bool,
+    policy_version: &'a str,
+    spiffe_id: Option<&'a str>,
+    uri_sans: &'a [String],
+    dns_sans: &'a [String],
+    subject: &'a str,
+    cert_sha256: String,
+    peer_uid: Option<u32>,
+    peer_gid: Option<u32>,
+    peer_pid: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shadow_policy_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shadow_policy_version: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shadow_matched_rule: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shadow_authorized: Option<bool>,
+}
+
+impl AuditEvent {
+    fn to_line(&self) -> Vec<u8> {
+        let since = self
+            .time
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let time = time::OffsetDateTime::from_unix_timestamp_nanos(since.as_nanos() as i128)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_default();
+        let p = &self.peer;
+        let line = Line {
+            timestamp: since.as_secs().to_string(),
+            time,
+            rpc_method: &self.method,
+            principal: p.principal(),
+            policy_name: &self.policy.name,
+            matched_rule: self.rule.as_deref().unwrap_or(""),
+            authorized: self.authorized,
+            policy_version: &self.policy.version,
+            spiffe_id: p.spiffe_id.as_deref(),
+            uri_sans: &p.uris,
+            dns_sans: &p.dns,
+            subject: &p.subject,
+            cert_sha256: p.sha256_hex(),
+            peer_uid: p.cred.map(|c| c.uid),
+            peer_gid: p.cred.map(|c| c.gid),
+            peer_pid: p.cred.and_then(|c| c.pid),
+            shadow_policy_name: self.shadow.as_ref().map(|s| s.policy.name.as_str()),
+            shadow_policy_version: self.shadow.as_ref().map(|s| s.policy.version.as_str()),
+            shadow_matched_rule: self
+                .shadow
+                .as_ref()
+                .map(|s| s.rule.as_deref().unwrap_or("")),
+            shadow_authorized: self.shadow.as_ref().map(|s| s.authorized),
+        };
+        let mut out = serde_json::to_vec(&line).unwrap_or_default();
+        out.push(b'\n');
+        out
+    }
+}
+
+enum Msg {
+    Event(Box<AuditEvent>),
+    /// Reopen the file (after logrotate moved it).
+    Reopen,
+}
+
+/// Handle to the audit writer.
+pub struct Auditor {
+    tx: SyncSender<Msg>,
+    written: Counter,
+    dropped: Counter,
+    last_warning: Mutex<Option<Instant>>,
+    file: Option<PathBuf>,
+}
+
+impl Auditor {
+    /// Opens the file (if any, append, created 0600) and starts the writer.
+    ///
+    /// # Errors
+    /// The file cannot be opened.
+    pub fn start(
+        file: Option<&Path>,
+        queue: usize,
+        written: Counter,
+        dropped: Counter,
+    ) -> io::Result<Auditor> {
+        let sink = match file {
+            Some(p) => Some(open(p)?),
+            None => None,
+        };
+        let (tx, rx) = sync_channel(queue.max(1));
+        let (w, d, path) = (written.clone(), dropped.clone(), file.map(Path::to_owned));
+        std::thread::Builder::new()
+            .name("ipcgate-audit".into())
+            .spawn(move || writer(rx, sink, path, w, d))?;
+        Ok(Auditor {
+            tx,
+            written,
+            dropped,
+            last_warning: Mutex::new(None),
+            file: file.map(Path::to_owned),
+        })
+    }
+
+    pub fn has_file(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// Queues an event; never blocks.
+    pub fn submit(&self, ev: AuditEvent) {
+        match self.tx.try_send(Msg::Event(Box::new(ev))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.inc();
+                self.warn_dropped();
+            }
+        }
+    }
+
+    /// Asks the writer to reopen the audit file.
+    pub fn reopen(&self) {
+        let _ = self.tx.try_send(Msg::Reopen);
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written.get()
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.get()
+    }
+
+    /// At most one warning every ten seconds, with the running total.
+    fn warn_dropped(&self) {
+        let mut last = self.last_warning.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+            *last = Some(Instant::now());
+            warn!(target: "ipcgate::audit", dropped_total = self.dropped.get(), "audit queue full: events dropped (the sink is too slow)");
+        }
+    }
+}
+
+fn open(p: &Path) -> io::Result<std::fs::File> {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(p)
+}
+
+fn writer(
+    rx: Receiver<Msg>,
+    mut file: Option<std::fs::File>,
+    path: Option<PathBuf>,
+    written: Counter,
+    dropped: Counter,
+) {
+    let stdout = io::stdout();
+    let mut file_buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut out_buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut pending = 0u64;
+    let mut last_error: Option<Instant> = None;
+    loop {
+        // Batch: take what is queued, then write and flush once.
+        let msg = if pending == 0 {
+            match rx.recv() {
+                Ok(m) => Some(m),
+                Err(_) => return,
+            }
+        } else {
+            match rx.recv_timeout(Duration::ZERO) {
+                Ok(m) => Some(m),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => None,
+            }
+        };
+        match msg {
+            Some(Msg::Event(ev)) => {
+                let line = ev.to_line();
+                if ev.file && file.is_some() {
+                    file_buf.extend_from_slice(&line);
+                }
+                if ev.stdout {
+                    out_buf.extend_from_slice(&line);
+                }
+                pending += 1;
+                if pending < 256 {
+                    continue;
+                }
+            }
+            Some(Msg::Reopen) => {
+                if let Some(p) = &path {
+                    match open(p) {
+                        Ok(f) => file = Some(f),
+                        Err(e) => {
+                            error!(target: "ipcgate::audit", path = %p.display(), error = %e, "cannot reopen audit file")
+                        }
+                    }
+                }
+                if pending == 0 {
+                    continue;
+                }
+            }
+            None => {}
+        }
+        let mut failed = None;
+        if !file_buf.is_empty() {
+            if let Some(f) = &mut file {
+                if let Err(e) = f.write_all(&file_buf) {
+                    failed = Some(e);
+                }
+            }
+        }
+        if !out_buf.is_empty() {
+            let mut lock = stdout.lock();
+            if let Err(e) = lock.write_all(&out_buf).and_then(|()| lock.flush()) {
+                failed = Some(e);
+            }
+        }
+        match failed {
+            None => {
+                written.inc_by(pending);
+            }
+            Some(e) => {
+                dropped.inc_by(pending);
+                if last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    last_error = Some(Instant::now());
+                    error!(target: "ipcgate::audit", error = %e, dropped_total = dropped.get(), "audit write failed: events dropped");
+                }
+            }
+        }
+        file_buf.clear();
+        out_buf.clear();
+        pending = 0;
+    }
+}

@@ -1,0 +1,369 @@
+//! One compiled rule: its source conditions (principals, and the ipcgate
+//! uid/gid extension), its request conditions (paths, headers), and how it
+//! explains itself.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName};
+use prometheus_client::metrics::counter::Counter;
+use serde::Serialize;
+
+use super::model::{self, RawRule};
+use super::pattern::{check_path, check_stars, Pattern, Written};
+use crate::identity::Peer;
+
+#[derive(Debug)]
+pub struct HeaderMatch {
+    name: HeaderName,
+    values: Vec<Written>,
+}
+
+/// A compiled rule.
+#[derive(Debug)]
+pub struct Rule {
+    pub name: Arc<str>,
+    /// `None`: no `source.principals`, any client.
+    principals: Option<Vec<Written>>,
+    uids: Vec<u32>,
+    gids: Vec<u32>,
+    /// Kept for explanations; matching goes through the policy's path index.
+    pub(super) paths: Vec<Written>,
+    headers: Vec<HeaderMatch>,
+    /// Calls this rule decided (enforced policy only).
+    pub(super) hits: Counter,
+}
+
+impl Rule {
+    pub(super) fn matches(&self, headers: &HeaderMap, peer: &Peer) -> bool {
+        self.source_matches(peer) && self.headers.iter().all(|h| h.matches(headers))
+    }
+
+    /// A43: a principal matches a URI SAN, a DNS SAN or the subject (the empty
+    /// principal means "no client certificate", which never holds here).
+    /// Source fields are ANDed: principals, uids and gids must all hold.
+    fn source_matches(&self, peer: &Peer) -> bool {
+        let principal_ok = match &self.principals {
+            None => true,
+            Some(ps) => ps.iter().any(|p| principal_hit(&p.pattern, peer).is_some()),
+        };
+        principal_ok && self.cred_matches(peer)
+    }
+
+    fn cred_matches(&self, peer: &Peer) -> bool {
+        let uid_ok = self.uids.is_empty() || peer.cred.is_some_and(|c| self.uids.contains(&c.uid));
+        let gid_ok = self.gids.is_empty() || peer.cred.is_some_and(|c| self.gids.contains(&c.gid));
+        uid_ok && gid_ok
+    }
+
+    /// Why this rule does or does not match one call, condition by condition.
+    pub(super) fn explain(&self, path: &str, headers: &HeaderMap, peer: &Peer) -> RuleExplanation {
+        let mut conditions = Vec::new();
+        match &self.principals {
+            None => conditions.push(Condition::met(
+                "principals",
+                "any client (no principals)".into(),
+            )),
+            Some(ps) => {
+                let hit = ps
+                    .iter()
+                    .find_map(|p| principal_hit(&p.pattern, peer).map(|(what, v)| (p, what, v)));
+                conditions.push(match hit {
+                    Some((p, what, v)) => {
+                        Condition::met("principals", format!("{:?} matches {what} {v:?}", p.text))
+                    }
+                    None => Condition::unmet(
+                        "principals",
+                        format!(
+                            "none of {:?} matches URI SANs {:?}, DNS SANs {:?} or subject {:?}",
+                            texts(ps),
+                            peer.uris,
+                            peer.dns,
+                            peer.subject
+                        ),
+                    ),
+                });
+            }
+        }
+        for (field, list, actual) in [
+            ("uids", &self.uids, peer.cred.map(|c| c.uid)),
+            ("gids", &self.gids, peer.cred.map(|c| c.gid)),
+        ] {
+            if list.is_empty() {
+                continue;
+            }
+            conditions.push(match actual {
+                Some(v) if list.contains(&v) => {
+                    Condition::met(field, format!("peer {v} is in {list:?}"))
+                }
+                Some(v) => Condition::unmet(field, format!("peer {v} is not in {list:?}")),
+                None => Condition::unmet(field, "no socket peer credentials".into()),
+            });
+        }
+        if self.paths.is_empty() {
+            conditions.push(Condition::met("paths", "any method (no paths)".into()));
+        } else {
+            conditions.push(
+                match self
+                    .paths
+                    .iter()
+                    .find(|p| p.pattern.matches(path.as_bytes()))
+                {
+                    Some(p) => Condition::met("paths", format!("{path} matches {:?}", p.text)),
+                    None => Condition::unmet(
+                        "paths",
+                        format!("{path} matches none of {:?}", texts(&self.paths)),
+                    ),
+                },
+            );
+        }
+        for h in &self.headers {
+            let field = format!("headers[{}]", h.name);
+            let value = h.joined(headers);
+            conditions.push(match value {
+                None => Condition::unmet_owned(field, "header absent".into()),
+                Some(v) => {
+                    let shown = String::from_utf8_lossy(&v).into_owned();
+                    match h.values.iter().find(|p| p.pattern.matches(&v)) {
+                        Some(p) => {
+                            Condition::met_owned(field, format!("{shown:?} matches {:?}", p.text))
+                        }
+                        None => Condition::unmet_owned(
+                            field,
+                            format!("{shown:?} matches none of {:?}", texts(&h.values)),
+                        ),
+                    }
+                }
+            });
+        }
+        RuleExplanation {
+            name: self.name.to_string(),
+            matched: conditions.iter().all(|c| c.met),
+            conditions,
+        }
+    }
+
+    /// One-line summary for `policy check`.
+    pub fn summary(&self) -> String {
+        let principals = match &self.principals {
+            None => "any client".to_owned(),
+            Some(ps) => format!("principals {:?}", texts(ps)),
+        };
+        let mut s = format!("{}: {principals}", self.name);
+        if !self.uids.is_empty() {
+            s += &format!(", uids {:?}", self.uids);
+        }
+        if !self.gids.is_empty() {
+            s += &format!(", gids {:?}", self.gids);
+        }
+        if self.paths.is_empty() {
+            s += ", any method";
+        } else {
+            s += &format!(", paths {:?}", texts(&self.paths));
+        }
+        for h in &self.headers {
+            s += &format!(", header {} in {:?}", h.name, texts(&h.values));
+        }
+        s
+    }
+}
+
+fn texts(ws: &[Written]) -> Vec<&str> {
+    ws.iter().map(|w| w.text.as_str()).collect()
+}
+
+/// Which identity value a principal pattern matches, in A43's order.
+fn principal_hit<'p>(p: &Pattern, peer: &'p Peer) -> Option<(&'static str, &'p str)> {
+    if matches!(p, Pattern::Exact(e) if e.is_empty()) {
+        return None;
+    }
+    if let Some(u) = peer.uris.iter().find(|u| p.matches(u.as_bytes())) {
+        return Some(("URI SAN", u));
+    }
+    if let Some(d) = peer.dns.iter().find(|d| p.matches(d.as_bytes())) {
+        return Some(("DNS SAN", d));
+    }
+    p.matches(peer.subject.as_bytes())
+        .then_some(("subject", peer.subject.as_str()))
+}
+
+impl HeaderMatch {
+    /// A43: a multi-valued header is matched as its values joined with `,`.
+    fn matches(&self, headers: &HeaderMap) -> bool {
+        let mut all = headers.get_all(&self.name).iter();
+        let Some(first) = all.next() else {
+            return false;
+        };
+        match all.next() {
+            None => self
+                .values
+                .iter()
+                .any(|p| p.pattern.matches(first.as_bytes())),
+            Some(_) => self
+                .joined(headers)
+                .is_some_and(|j| self.values.iter().any(|p| p.pattern.matches(&j))),
+        }
+    }
+
+    fn joined(&self, headers: &HeaderMap) -> Option<Vec<u8>> {
+        let mut out: Option<Vec<u8>> = None;
+        for v in headers.get_all(&self.name) {
+            match &mut out {
+                None => out = Some(v.as_bytes().to_vec()),
+                Some(o) => {
+                    o.push(b',');
+                    o.extend_from_slice(v.as_bytes());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// One condition of a rule and whether this call meets it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Condition {
+    pub field: String,
+    pub met: bool,
+    pub why: String,
+}
+
+impl Condition {
+    fn met(field: &str, why: String) -> Condition {
+        Condition {
+            field: field.into(),
+            met: true,
+            why,
+        }
+    }
+    fn unmet(field: &str, why: String) -> Condition {
+        Condition {
+            field: field.into(),
+            met: false,
+            why,
+        }
+    }
+    fn met_owned(field: String, why: String) -> Condition {
+        Condition {
+            field,
+            met: true,
+            why,
+        }
+    }
+    fn unmet_owned(field: String, why: String) -> Condition {
+        Condition {
+            field,
+            met: false,
+            why,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleExplanation {
+    pub name: String,
+    pub matched: bool,
+    pub conditions: Vec<Condition>,
+}
+
+/// Headers a rule may not match on (A43): pseudo-headers and `grpc-*` are the
+/// transport's, `host` and hop-by-hop headers are not end-to-end.
+const FORBIDDEN_HEADERS: &[&str] = &[
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Validates and compiles one rule; errors are (field path, message).
+pub(super) fn compile(r: &RawRule, at: &str, hits: Counter) -> Result<Rule, (String, String)> {
+    if r.name.is_empty() {
+        return Err((
+            format!("{at}.name"),
+            "must not be empty (every rule needs a name; denials report it)".into(),
+        ));
+    }
+    let (paths, raw_headers): (&[String], &[model::RawHeader]) = match &r.request {
+        Some(q) => (&q.paths, &q.headers),
+        None => (&[], &[]),
+    };
+    for (i, p) in paths.iter().enumerate() {
+        let field = format!("{at}.request.paths[{i}]");
+        check_stars(p).map_err(|m| (field.clone(), m))?;
+        check_path(p).map_err(|m| (field, m))?;
+    }
+    let (mut principals, mut uids, mut gids) = (None, Vec::new(), Vec::new());
+    if let Some(src) = &r.source {
+        for (i, p) in src.principals.iter().enumerate() {
+            check_stars(p).map_err(|m| (format!("{at}.source.principals[{i}]"), m))?;
+        }
+        if !src.principals.is_empty() {
+            principals = Some(src.principals.iter().map(|p| Written::new(p)).collect());
+        }
+        uids.clone_from(&src.uids);
+        gids.clone_from(&src.gids);
+    }
+    let mut headers = Vec::with_capacity(raw_headers.len());
+    for (i, h) in raw_headers.iter().enumerate() {
+        let field = format!("{at}.request.headers[{i}]");
+        headers.push(compile_header(h, &field)?);
+    }
+    Ok(Rule {
+        name: r.name.as_str().into(),
+        principals,
+        uids,
+        gids,
+        paths: paths.iter().map(|p| Written::new(p)).collect(),
+        headers,
+        hits,
+    })
+}
+
+fn compile_header(h: &model::RawHeader, field: &str) -> Result<HeaderMatch, (String, String)> {
+    let key = h.key.to_ascii_lowercase();
+    let refuse = |why: &str| {
+        Err((
+            format!("{field}.key"),
+            format!("{:?} is not allowed ({why})", h.key),
+        ))
+    };
+    if key.starts_with(':') {
+        return refuse("pseudo-headers cannot be matched; use request.paths");
+    }
+    if key.starts_with("grpc-") {
+        return refuse("grpc-* headers belong to the transport");
+    }
+    if key == crate::proxy::XFCC.as_str() || key == crate::proxy::PEER_CRED.as_str() {
+        return refuse(
+            "the gateway sets it after authorization; match the client with source.principals",
+        );
+    }
+    if FORBIDDEN_HEADERS.contains(&key.as_str()) {
+        return refuse("host and hop-by-hop headers do not reach the service");
+    }
+    let name = HeaderName::from_bytes(key.as_bytes()).map_err(|_| {
+        (
+            format!("{field}.key"),
+            format!("{:?} is not a valid header name", h.key),
+        )
+    })?;
+    if h.values.is_empty() {
+        return Err((
+            format!("{field}.values"),
+            "must list at least one value (use [\"*\"] to require the header with any value)"
+                .into(),
+        ));
+    }
+    for (j, v) in h.values.iter().enumerate() {
+        check_stars(v).map_err(|m| (format!("{field}.values[{j}]"), m))?;
+    }
+    Ok(HeaderMatch {
+        name,
+        values: h.values.iter().map(|v| Written::new(v)).collect(),
+    })
+}

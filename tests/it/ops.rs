@@ -1,0 +1,505 @@
+//! Operating policy on a live gateway: reloads under load, refused reloads, the
+//! audit trail, shadow (dry-run) policies, metrics and the admin socket.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipcgate::policy::{LoadContext, Policy};
+use tonic::Code;
+
+use crate::common::*;
+
+const ALLOW_ALICE: &str = r#"{"name":"open","allow_rules":[{"name":"alice-all","source":{"principals":["spiffe://test.local/alice"]}}]}"#;
+const DENY_UNARY: &str = r#"{"name":"closed","deny_rules":[{"name":"no-unary","request":{"paths":["/demo.v1.Echo/Unary"]}}],"allow_rules":[{"name":"alice-all","source":{"principals":["spiffe://test.local/alice"]}}]}"#;
+
+async fn metrics_text(h: &Harness) -> String {
+    let (status, body) = admin(&h.pki.path("admin.sock"), "GET", "/metrics").await;
+    assert_eq!(status, 200);
+    body
+}
+
+#[tokio::test]
+async fn reload_under_load_gives_every_call_one_of_the_two_decisions() {
+    let h = Harness::start_with(Opts {
+        admin: true,
+        policy: Some(ALLOW_ALICE.into()),
+        ..Default::default()
+    })
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut alice = h.alice();
+    let s = stop.clone();
+    let client = tokio::spawn(async move {
+        let mut outcomes = Vec::new();
+        while !s.load(Ordering::SeqCst) && outcomes.len() < 20_000 {
+            match alice.unary(req(b"x")).await {
+                Ok(_) => outcomes.push(Ok(())),
+                Err(e) => outcomes.push(Err((e.code(), e.message().to_owned()))),
+            }
+        }
+        outcomes
+    });
+    for i in 0..20 {
+        let text = if i % 2 == 0 { DENY_UNARY } else { ALLOW_ALICE };
+        std::fs::write(h.pki.path("policy.json"), text).unwrap();
+        let (status, body) = admin(&h.pki.path("admin.sock"), "POST", "/reload").await;
+        assert_eq!(status, 200, "{body}");
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let outcomes = client.await.unwrap();
+    let (mut ok, mut denied) = (0, 0);
+    for o in &outcomes {
+        match o {
+            Ok(()) => ok += 1,
+            Err((Code::PermissionDenied, m)) if m.contains("no-unary") => denied += 1,
+            Err(e) => panic!("a call failed for another reason during reloads: {e:?}"),
+        }
+    }
+    assert!(
+        ok > 0 && denied > 0,
+        "both versions should have decided calls: {ok} allowed, {denied} denied"
+    );
+    // No connection was dropped: one client, one handshake.
+    let m = metrics_text(&h).await;
+    assert_eq!(
+        metric(&m, "ipcgate_handshakes_total{result=\"ok\",reason=\"\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    // 20 from the admin socket, maybe more from the file watcher seeing the writes.
+    assert!(
+        metric(
+            &m,
+            "ipcgate_policy_reloads_total{kind=\"enforced\",result=\"ok\"}"
+        )
+        .unwrap()
+            >= 20.0
+    );
+}
+
+#[tokio::test]
+async fn invalid_reload_keeps_the_last_good_policy() {
+    let h = Harness::start_with(Opts {
+        admin: true,
+        policy: Some(ALLOW_ALICE.into()),
+        ..Default::default()
+    })
+    .await;
+    let mut alice = h.alice();
+    alice.unary(req(b"x")).await.unwrap();
+    let bad = r#"{"name":"broken","allow_rules":[{"name":"r","request":{"headers":[{"key":":path","values":["x"]}]}}]}"#;
+    std::fs::write(h.pki.path("policy.json"), bad).unwrap();
+    let (status, body) = admin(&h.pki.path("admin.sock"), "POST", "/reload").await;
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body.contains("policy.json") && body.contains("allow_rules[0].request.headers[0].key"),
+        "{body}"
+    );
+    // The old policy still decides.
+    alice.unary(req(b"x")).await.unwrap();
+    assert_eq!(h.authz.enforced().name, "open");
+    let m = metrics_text(&h).await;
+    assert!(
+        metric(
+            &m,
+            "ipcgate_policy_reloads_total{kind=\"enforced\",result=\"failed\"}"
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert!(
+        m.contains("ipcgate_policy_info{kind=\"enforced\",name=\"open\""),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn the_file_watcher_reloads_on_change_and_refuses_bad_files() {
+    let h = Harness::start_with(Opts {
+        admin: true,
+        policy: Some(ALLOW_ALICE.into()),
+        ..Default::default()
+    })
+    .await;
+    let mut alice = h.alice();
+    alice.unary(req(b"x")).await.unwrap();
+    // Replace the file the way editors and config tools do: write elsewhere, rename.
+    let tmp = h.pki.path("policy.json.tmp");
+    std::fs::write(&tmp, DENY_UNARY).unwrap();
+    std::fs::rename(&tmp, h.pki.path("policy.json")).unwrap();
+    let authz = h.authz.clone();
+    eventually("watcher picks up the new policy", || {
+        authz.enforced().name == "closed"
+    })
+    .await;
+    assert_eq!(
+        alice.unary(req(b"x")).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    // A broken write is refused; "closed" stays.
+    std::fs::write(h.pki.path("policy.json"), "{ not json").unwrap();
+    let sock = h.pki.path("admin.sock");
+    within("refused reload is counted", async {
+        loop {
+            let m = metrics_text(&h).await;
+            if metric(
+                &m,
+                "ipcgate_policy_reloads_total{kind=\"enforced\",result=\"failed\"}",
+            )
+            .unwrap_or(0.0)
+                >= 1.0
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let _ = sock;
+    assert_eq!(h.authz.enforced().name, "closed");
+    assert_eq!(
+        alice.unary(req(b"x")).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+}
+
+fn audit_policy(condition: &str) -> Policy {
+    let json = format!(
+        r#"{{"name":"audited","deny_rules":[{{"name":"no-secret","request":{{"paths":["*/Secret"]}}}}],
+            "allow_rules":[{{"name":"alice-all","source":{{"principals":["spiffe://test.local/alice"]}}}}],
+            "audit_logging_options":{{"audit_condition":"{condition}","audit_loggers":[{{"name":"ipcgate_file_logger","config":{{}}}}]}}}}"#
+    );
+    Policy::compile(
+        &json,
+        "audited.json".as_ref(),
+        &LoadContext {
+            metrics: None,
+            file_logger: true,
+        },
+    )
+    .unwrap()
+}
+
+fn audit_lines(h: &Harness) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(h.pki.path("audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn audit_events_follow_the_audit_condition() {
+    let h = Harness::start_with(Opts {
+        audit_file: true,
+        ..Default::default()
+    })
+    .await;
+    let mut alice = h.alice();
+    let mut expected = 0;
+    for (condition, allow_logged, deny_logged) in [
+        ("NONE", false, false),
+        ("ON_DENY", false, true),
+        ("ON_ALLOW", true, false),
+        ("ON_DENY_AND_ALLOW", true, true),
+    ] {
+        h.authz.set_enforced(audit_policy(condition));
+        alice.unary(req(b"x")).await.unwrap();
+        let secret = tonic::client::Grpc::new(ipcgate::client::channel(
+            h.gw_sock.clone(),
+            "localhost".into(),
+            h.pki.spiffe("spiffe://test.local/alice"),
+        ));
+        assert_eq!(
+            call_path(secret, "/demo.v1.Echo/Secret").await,
+            Code::PermissionDenied
+        );
+        expected += usize::from(allow_logged) + usize::from(deny_logged);
+        let want = expected;
+        let hh = &h;
+        eventually(&format!("{condition}: {want} audit lines"), || {
+            audit_lines(hh).len() >= want
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let lines = audit_lines(&h);
+        assert_eq!(lines.len(), want, "{condition}: {lines:#?}");
+    }
+    let lines = audit_lines(&h);
+    let denied = lines.iter().find(|l| l["authorized"] == false).unwrap();
+    assert_eq!(denied["rpc_method"], "/demo.v1.Echo/Secret");
+    assert_eq!(denied["principal"], "spiffe://test.local/alice");
+    assert_eq!(denied["spiffe_id"], "spiffe://test.local/alice");
+    assert_eq!(denied["policy_name"], "audited");
+    assert_eq!(denied["matched_rule"], "no-secret");
+    assert_eq!(denied["policy_version"].as_str().unwrap().len(), 12);
+    assert_eq!(denied["cert_sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(denied["peer_pid"], std::process::id());
+    assert!(
+        denied["timestamp"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 1_700_000_000
+    );
+    assert!(denied["peer_uid"].is_u64() && denied["peer_gid"].is_u64());
+    assert!(denied.get("shadow_authorized").is_none());
+    let allowed = lines.iter().find(|l| l["authorized"] == true).unwrap();
+    assert_eq!(allowed["matched_rule"], "alice-all");
+    assert_eq!(allowed["rpc_method"], "/demo.v1.Echo/Unary");
+}
+
+async fn call_path(
+    mut grpc: tonic::client::Grpc<tonic::transport::Channel>,
+    path: &'static str,
+) -> Code {
+    grpc.ready().await.unwrap();
+    let codec =
+        tonic_prost::ProstCodec::<ipcgate::pb::EchoRequest, ipcgate::pb::EchoReply>::default();
+    match grpc
+        .unary(
+            tonic::Request::new(req(b"x")),
+            http::uri::PathAndQuery::from_static(path),
+            codec,
+        )
+        .await
+    {
+        Ok(_) => Code::Ok,
+        Err(s) => s.code(),
+    }
+}
+
+#[tokio::test]
+async fn a_failing_audit_sink_drops_and_counts_but_never_fails_calls() {
+    let h = Harness::start_with(Opts {
+        admin: true,
+        extra: "\n[audit]\nfile = \"/dev/full\"\n".into(),
+        ..Default::default()
+    })
+    .await;
+    h.authz.set_enforced(audit_policy("ON_DENY_AND_ALLOW"));
+    let mut alice = h.alice();
+    for _ in 0..20 {
+        alice.unary(req(b"x")).await.unwrap();
+    }
+    within("dropped events are counted", async {
+        loop {
+            let m = metrics_text(&h).await;
+            if metric(&m, "ipcgate_audit_dropped_total").unwrap_or(0.0) >= 20.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_slow_audit_sink_never_blocks_calls() {
+    // A FIFO nobody reads: the writer blocks once the pipe buffer is full; the
+    // queue (16) fills; further events are dropped and counted, calls go on.
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("audit.fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    use std::os::unix::fs::OpenOptionsExt;
+    let _reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let h = Harness::start_with(Opts {
+        admin: true,
+        extra: format!("\n[audit]\nfile = \"{}\"\nqueue = 16\n", fifo.display()),
+        ..Default::default()
+    })
+    .await;
+    h.authz.set_enforced(audit_policy("ON_DENY_AND_ALLOW"));
+    let mut alice = h.alice();
+    for _ in 0..600 {
+        within("call beside a stuck audit sink", alice.unary(req(b"x")))
+            .await
+            .unwrap();
+    }
+    let m = metrics_text(&h).await;
+    let dropped = metric(&m, "ipcgate_audit_dropped_total").unwrap();
+    assert!(dropped > 0.0, "{m}");
+}
+
+#[tokio::test]
+async fn shadow_policy_is_counted_and_audited_but_never_enforced() {
+    let dry_run = r#"{"name":"dry-run","deny_rules":[{"name":"would-block-unary","request":{"paths":["/demo.v1.Echo/Unary"]}}],"allow_rules":[{"name":"alice-all","source":{"principals":["spiffe://test.local/alice"]}}]}"#;
+    // The enforced policy audits nothing by condition, but has a logger: shadow
+    // disagreements are still written.
+    let enforced = r#"{"name":"open","allow_rules":[{"name":"alice-all","source":{"principals":["spiffe://test.local/alice"]}}],
+        "audit_logging_options":{"audit_condition":"NONE","audit_loggers":[{"name":"ipcgate_file_logger"}]}}"#;
+    let h = Harness::start_with(Opts {
+        admin: true,
+        audit_file: true,
+        policy: Some(enforced.into()),
+        policy_keys: "shadow_file = \"shadow.json\"".into(),
+        files: vec![("shadow.json", dry_run.into())],
+        ..Default::default()
+    })
+    .await;
+    let mut alice = h.alice();
+    for _ in 0..5 {
+        alice.unary(req(b"x")).await.unwrap(); // enforced allows; shadow would deny
+    }
+    for _ in 0..3 {
+        alice
+            .server_stream(ipcgate::pb::EchoRequest {
+                count: 1,
+                ..req(b"x")
+            })
+            .await
+            .unwrap();
+    }
+    let m = metrics_text(&h).await;
+    assert_eq!(
+        metric(&m, "ipcgate_shadow_calls_total{decision=\"deny\"}"),
+        Some(5.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "ipcgate_shadow_calls_total{decision=\"allow\"}"),
+        Some(3.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "ipcgate_shadow_mismatch_total{enforced=\"allow\",shadow=\"deny\"}"
+        ),
+        Some(5.0),
+        "{m}"
+    );
+    assert!(
+        m.contains("ipcgate_policy_info{kind=\"shadow\",name=\"dry-run\""),
+        "{m}"
+    );
+    let hh = &h;
+    eventually("mismatches audited", || audit_lines(hh).len() >= 5).await;
+    let lines = audit_lines(&h);
+    assert_eq!(
+        lines.len(),
+        5,
+        "only the disagreements are written: {lines:#?}"
+    );
+    for l in &lines {
+        assert_eq!(
+            (l["authorized"].as_bool(), l["shadow_authorized"].as_bool()),
+            (Some(true), Some(false))
+        );
+        assert_eq!(l["shadow_matched_rule"], "would-block-unary");
+        assert_eq!(l["shadow_policy_name"], "dry-run");
+    }
+}
+
+#[tokio::test]
+async fn admin_socket_serves_health_metrics_and_reload() {
+    let h = Harness::start_with(Opts {
+        admin: true,
+        ..Default::default()
+    })
+    .await;
+    let sock = h.pki.path("admin.sock");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(admin(&sock, "GET", "/healthz").await, (200, "ok\n".into()));
+    let mut alice = h.alice();
+    alice.unary(req(b"x")).await.unwrap();
+    let mut mallory = h.client(h.pki.spiffe("spiffe://test.local/mallory"));
+    assert_eq!(
+        mallory.unary(req(b"x")).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    // A client that trusts the gateway but holds a certificate from another CA.
+    let other = ipcgate::ca::Ca::generate(
+        "stranger CA",
+        Duration::from_secs(3600),
+        ipcgate::ca::KeyType::EcdsaP256,
+    )
+    .unwrap();
+    let stranger = other
+        .issue(&ipcgate::ca::LeafSpec {
+            spiffe: vec!["spiffe://x/y".into()],
+            client: true,
+            ..Default::default()
+        })
+        .unwrap();
+    let cfg = client_config(&stranger.cert_pem, &stranger.key_pem, h.pki.ca.cert_pem());
+    assert!(ipcgate::client::probe(&h.gw_sock, "localhost", cfg)
+        .await
+        .is_err());
+    // The client sees the alert a moment before the gateway counts the failure.
+    within("handshake failure counted", async {
+        while !metrics_text(&h)
+            .await
+            .contains("ipcgate_handshakes_total{result=\"failed\"")
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let m = metrics_text(&h).await;
+    for (series, want) in [
+        (
+            "ipcgate_authz_decisions_total{decision=\"allow\",rule=\"alice-echo\"}",
+            1.0,
+        ),
+        (
+            "ipcgate_authz_decisions_total{decision=\"deny\",rule=\"\"}",
+            1.0,
+        ),
+        // The policy names /demo.v1.Echo/Unary exactly (in a deny rule), so it
+        // has its own series; methods it only matches by pattern count as "other".
+        (
+            "ipcgate_rpc_calls_total{method=\"/demo.v1.Echo/Unary\",decision=\"allow\"}",
+            1.0,
+        ),
+        (
+            "ipcgate_rpc_calls_total{method=\"/demo.v1.Echo/Unary\",decision=\"deny\"}",
+            1.0,
+        ),
+        (
+            "ipcgate_rpc_calls_total{method=\"other\",decision=\"allow\"}",
+            0.0,
+        ),
+        (
+            "ipcgate_handshakes_total{result=\"failed\",reason=\"unknown_issuer\"}",
+            1.0,
+        ),
+        ("ipcgate_active_connections", 2.0),
+        (
+            "ipcgate_upstream_response_seconds_count{backend=\"unix:",
+            -1.0,
+        ),
+    ] {
+        if want < 0.0 {
+            assert!(m.contains(series), "{series} missing:\n{m}");
+        } else {
+            assert_eq!(metric(&m, series), Some(want), "{series}:\n{m}");
+        }
+    }
+    assert!(
+        m.contains("ipcgate_policy_info{kind=\"enforced\",name=\"test-policy\",version=\""),
+        "{m}"
+    );
+    let (status, body) = admin(&sock, "POST", "/reload").await;
+    assert_eq!(status, 200);
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["policy"]["ok"], true);
+    assert_eq!(report["policy"]["changed"], false);
+    assert_eq!(admin(&sock, "GET", "/reload").await.0, 405);
+    assert_eq!(admin(&sock, "GET", "/nope").await.0, 404);
+}
