@@ -17,18 +17,44 @@ use super::rule::{self, Rule, RuleExplanation};
 use crate::identity::{hex, Peer};
 use crate::metrics::{MethodLabels, Metrics, RuleLabels};
 
+/// Hash maps keyed by policy strings. foldhash is seeded per process; keys come
+/// from the policy file, lookups from clients.
+type Map<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
+
 /// Rule indexes by affix, grouped by affix length: a lookup slices the path once
 /// per distinct length and does one hash probe.
-type ByLen = Vec<(usize, HashMap<Box<str>, Vec<u32>>)>;
+type ByLen = Vec<(usize, Map<Vec<u32>>)>;
 
-/// Rules of one kind (deny or allow) with their path index.
+/// Rules of one kind (deny or allow) with their indexes.
 #[derive(Debug, Default)]
 struct RuleSet {
     rules: Vec<Rule>,
-    exact: HashMap<Box<str>, Vec<u32>>,
+    exact: Map<Vec<u32>>,
     prefix: ByLen,
     suffix: ByLen,
     any_path: Vec<u32>,
+    /// For each path the policy names exactly: every rule whose paths can match
+    /// it (exact, prefix, suffix), in file order — one probe per call.
+    candidates: Map<Box<[u32]>>,
+    /// Exact principal → the rules naming it.
+    by_principal: Map<Vec<u32>>,
+    /// Rules with a wildcard principal, checked one by one.
+    wildcard_principal: Vec<u32>,
+    /// Rules without principals.
+    any_principal: Vec<u32>,
+}
+
+/// Which rules' sources (principals, uids, gids) match one connection's peer:
+/// fixed for the connection's lifetime under one policy, so computed once.
+#[derive(Debug)]
+pub struct SourceMatch {
+    deny: Box<[u64]>,
+    allow: Box<[u64]>,
+}
+
+fn bit(bits: &[u64], i: u32) -> bool {
+    bits.get(i as usize / 64)
+        .is_some_and(|w| w & (1 << (i % 64)) != 0)
 }
 
 fn add(list: &mut Vec<u32>, i: u32) {
@@ -41,11 +67,23 @@ fn by_len(v: &mut ByLen, key: &str, i: u32) {
     let pos = match v.iter().position(|(l, _)| *l == key.len()) {
         Some(p) => p,
         None => {
-            v.push((key.len(), HashMap::new()));
+            v.push((key.len(), Map::default()));
             v.len() - 1
         }
     };
     add(v[pos].1.entry(key.into()).or_default(), i);
+}
+
+fn lookup<'m>(v: &'m ByLen, path: &str, prefix: bool) -> impl Iterator<Item = &'m Vec<u32>> + 'm {
+    let path = path.to_owned();
+    v.iter().filter_map(move |(len, map)| {
+        let key = if prefix {
+            path.get(..*len)
+        } else {
+            path.len().checked_sub(*len).and_then(|s| path.get(s..))
+        };
+        key.and_then(|k| map.get(k))
+    })
 }
 
 impl RuleSet {
@@ -63,23 +101,103 @@ impl RuleSet {
                 Pattern::Exact(_) => add(self.exact.entry(t.into()).or_default(), i),
             }
         }
+        match rule.principals() {
+            None => self.any_principal.push(i),
+            Some(ps) if ps.iter().all(|p| matches!(p.pattern, Pattern::Exact(_))) => {
+                for p in ps.iter().filter(|p| !p.text.is_empty()) {
+                    add(
+                        self.by_principal.entry(p.text.as_str().into()).or_default(),
+                        i,
+                    );
+                }
+            }
+            Some(_) => self.wildcard_principal.push(i),
+        }
         self.rules.push(rule);
     }
 
-    /// The first rule, in file order, that matches.
-    fn first_match(&self, path: &str, headers: &HeaderMap, peer: &Peer) -> Option<&Rule> {
+    /// Builds the per-path candidate lists once all rules are in. Bounded: a
+    /// policy whose lists would grow past the budget falls back to probing the
+    /// affix indexes for the remaining paths.
+    fn finish(&mut self) {
+        let budget = 4 * self.rules.len() + 65_536;
+        let mut used = 0;
+        let mut candidates = Map::default();
+        for (path, exact) in &self.exact {
+            let mut c = exact.clone();
+            for l in lookup(&self.prefix, path, true).chain(lookup(&self.suffix, path, false)) {
+                c.extend_from_slice(l);
+            }
+            c.sort_unstable();
+            c.dedup();
+            used += c.len();
+            if used > budget {
+                break;
+            }
+            candidates.insert(path.clone(), c.into_boxed_slice());
+        }
+        self.candidates = candidates;
+    }
+
+    fn source_bits(&self, peer: &Peer) -> Box<[u64]> {
+        let mut bits = vec![0u64; self.rules.len().div_ceil(64)];
+        let mut set = |i: u32| bits[i as usize / 64] |= 1 << (i % 64);
+        for &i in &self.any_principal {
+            if self.rules[i as usize].cred_matches(peer) {
+                set(i);
+            }
+        }
+        for &i in &self.wildcard_principal {
+            if self.rules[i as usize].source_matches(peer) {
+                set(i);
+            }
+        }
+        let ids = peer
+            .uris
+            .iter()
+            .chain(&peer.dns)
+            .chain(std::iter::once(&peer.subject));
+        for id in ids {
+            for &i in self.by_principal.get(id.as_str()).into_iter().flatten() {
+                if self.rules[i as usize].cred_matches(peer) {
+                    set(i);
+                }
+            }
+        }
+        bits.into_boxed_slice()
+    }
+
+    /// The first rule, in file order, that matches. With `src`, the sources are
+    /// already decided for this peer and only the request conditions remain.
+    fn first_match(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+        peer: &Peer,
+        src: Option<&[u64]>,
+    ) -> Option<&Rule> {
         let mut best = u32::MAX;
         let mut scan = |list: &[u32]| {
             for &i in list {
                 if i >= best {
                     break;
                 }
-                if self.rules[i as usize].matches(headers, peer) {
+                let rule = &self.rules[i as usize];
+                let hit = match src {
+                    Some(bits) => bit(bits, i) && rule.headers_match(headers),
+                    None => rule.matches(headers, peer),
+                };
+                if hit {
                     best = i;
                     break;
                 }
             }
         };
+        if let Some(c) = self.candidates.get(path) {
+            scan(c);
+            scan(&self.any_path);
+            return self.rules.get(best as usize);
+        }
         if let Some(l) = self.exact.get(path) {
             scan(l);
         }
@@ -187,7 +305,7 @@ pub struct Policy {
     deny: RuleSet,
     allow: RuleSet,
     default_deny: Counter,
-    methods: HashMap<Box<str>, MethodCounters>,
+    methods: Map<MethodCounters>,
     other_methods: MethodCounters,
 }
 
@@ -287,6 +405,8 @@ impl Policy {
                 set.push(rule);
             }
         }
+        deny.finish();
+        allow.finish();
         let audit =
             compile_audit(raw.audit_logging_options.as_ref(), ctx).map_err(|(f, m)| err(f, m))?;
 
@@ -299,7 +419,7 @@ impl Policy {
             }),
             None => Counter::default(),
         };
-        let mut methods = HashMap::new();
+        let mut methods = Map::default();
         for path in deny.exact.keys().chain(allow.exact.keys()) {
             methods
                 .entry(path.clone())
@@ -326,18 +446,60 @@ impl Policy {
 
     /// Deny rules first, then allow rules; no match is a denial (gRFC A43).
     pub fn evaluate(&self, path: &str, headers: &HeaderMap, peer: &Peer) -> Decision<'_> {
-        if let Some(rule) = self.deny.first_match(path, headers, peer) {
+        self.decide(path, headers, peer, None)
+    }
+
+    /// [`Policy::evaluate`] with the peer's sources decided up front by
+    /// [`Policy::source_match`] — what a connection does for every call.
+    pub fn evaluate_for(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+        peer: &Peer,
+        src: &SourceMatch,
+    ) -> Decision<'_> {
+        self.decide(path, headers, peer, Some(src))
+    }
+
+    /// Which rules' sources match this peer; valid for this policy only.
+    pub fn source_match(&self, peer: &Peer) -> SourceMatch {
+        SourceMatch {
+            deny: self.deny.source_bits(peer),
+            allow: self.allow.source_bits(peer),
+        }
+    }
+
+    fn decide(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+        peer: &Peer,
+        src: Option<&SourceMatch>,
+    ) -> Decision<'_> {
+        if let Some(rule) = self
+            .deny
+            .first_match(path, headers, peer, src.map(|s| &*s.deny))
+        {
             return Decision::Deny { rule: Some(rule) };
         }
-        match self.allow.first_match(path, headers, peer) {
+        match self
+            .allow
+            .first_match(path, headers, peer, src.map(|s| &*s.allow))
+        {
             Some(rule) => Decision::Allow { rule },
             None => Decision::Deny { rule: None },
         }
     }
 
-    /// [`Policy::evaluate`], counted in the rule and method metrics.
-    pub fn authorize(&self, path: &str, headers: &HeaderMap, peer: &Peer) -> Decision<'_> {
-        let d = self.evaluate(path, headers, peer);
+    /// [`Policy::evaluate_for`], counted in the rule and method metrics.
+    pub fn authorize(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+        peer: &Peer,
+        src: &SourceMatch,
+    ) -> Decision<'_> {
+        let d = self.evaluate_for(path, headers, peer, src);
         let m = self.methods.get(path).unwrap_or(&self.other_methods);
         match d {
             Decision::Allow { rule } => {

@@ -13,6 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use tower::{Layer, Service};
 use tracing::warn;
 
+use super::compile::SourceMatch;
 use super::Policy;
 use crate::audit::{AuditEvent, Auditor, ShadowOutcome};
 use crate::grpc::{self, Code};
@@ -89,13 +90,18 @@ impl Authorizer {
         path: &str,
         headers: &http::HeaderMap,
         peer: &Arc<Peer>,
+        memo: &ConnMemo,
     ) -> Result<(), String> {
         let policy = self.enforced.load();
-        let d = policy.authorize(path, headers, peer);
+        let d = memo.enforced.with(&policy, peer, |src| {
+            policy.authorize(path, headers, peer, src)
+        });
         let allowed = d.allowed();
         let shadow_guard = self.shadow.load();
         let shadow = shadow_guard.as_ref().map(|s| {
-            let sd = s.evaluate(path, headers, peer);
+            let sd = memo
+                .shadow
+                .with(s, peer, |src| s.evaluate_for(path, headers, peer, src));
             let s_allowed = sd.allowed();
             if s_allowed {
                 &self.shadow_allow
@@ -155,16 +161,56 @@ impl Authorizer {
     }
 }
 
+/// Which rule sources match this connection's peer, remembered per policy: the
+/// peer never changes on a connection, so only a policy swap recomputes it.
+#[derive(Default)]
+struct SourceMemo {
+    cell: ArcSwapOption<Memo>,
+}
+
+struct Memo {
+    policy: Arc<Policy>,
+    src: SourceMatch,
+}
+
+impl SourceMemo {
+    fn with<R>(&self, policy: &Arc<Policy>, peer: &Peer, f: impl FnOnce(&SourceMatch) -> R) -> R {
+        let cur = self.cell.load();
+        if let Some(m) = cur.as_ref().filter(|m| Arc::ptr_eq(&m.policy, policy)) {
+            return f(&m.src);
+        }
+        let m = Arc::new(Memo {
+            policy: policy.clone(),
+            src: policy.source_match(peer),
+        });
+        let r = f(&m.src);
+        self.cell.store(Some(m));
+        r
+    }
+}
+
+#[derive(Default)]
+struct ConnMemo {
+    enforced: SourceMemo,
+    shadow: SourceMemo,
+}
+
 /// Enforces the current policy for one connection's peer.
 #[derive(Clone)]
 pub struct AuthzLayer {
     authz: Arc<Authorizer>,
     peer: Arc<Peer>,
+    memo: Arc<ConnMemo>,
 }
 
 impl AuthzLayer {
+    /// One layer per connection: it holds the connection's peer and memo.
     pub fn new(authz: Arc<Authorizer>, peer: Arc<Peer>) -> Self {
-        AuthzLayer { authz, peer }
+        AuthzLayer {
+            authz,
+            peer,
+            memo: Arc::default(),
+        }
     }
 }
 
@@ -176,6 +222,7 @@ impl<S> Layer<S> for AuthzLayer {
             inner,
             authz: self.authz.clone(),
             peer: self.peer.clone(),
+            memo: self.memo.clone(),
         }
     }
 }
@@ -185,6 +232,7 @@ pub struct Authz<S> {
     inner: S,
     authz: Arc<Authorizer>,
     peer: Arc<Peer>,
+    memo: Arc<ConnMemo>,
 }
 
 impl<S, B> Service<Request<B>> for Authz<S>
@@ -202,7 +250,7 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         match self
             .authz
-            .decide(req.uri().path(), req.headers(), &self.peer)
+            .decide(req.uri().path(), req.headers(), &self.peer, &self.memo)
         {
             Ok(()) => Either::Right(self.inner.call(req)),
             Err(msg) => Either::Left(futures_util::future::ready(Ok(grpc::status(

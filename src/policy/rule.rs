@@ -35,13 +35,22 @@ pub struct Rule {
 
 impl Rule {
     pub(super) fn matches(&self, headers: &HeaderMap, peer: &Peer) -> bool {
-        self.source_matches(peer) && self.headers.iter().all(|h| h.matches(headers))
+        self.source_matches(peer) && self.headers_match(headers)
+    }
+
+    pub(super) fn headers_match(&self, headers: &HeaderMap) -> bool {
+        self.headers.iter().all(|h| h.matches(headers))
+    }
+
+    /// The principal patterns, if the rule has any.
+    pub(super) fn principals(&self) -> Option<&[Written]> {
+        self.principals.as_deref()
     }
 
     /// A43: a principal matches a URI SAN, a DNS SAN or the subject (the empty
     /// principal means "no client certificate", which never holds here).
     /// Source fields are ANDed: principals, uids and gids must all hold.
-    fn source_matches(&self, peer: &Peer) -> bool {
+    pub(super) fn source_matches(&self, peer: &Peer) -> bool {
         let principal_ok = match &self.principals {
             None => true,
             Some(ps) => ps.iter().any(|p| principal_hit(&p.pattern, peer).is_some()),
@@ -49,7 +58,7 @@ impl Rule {
         principal_ok && self.cred_matches(peer)
     }
 
-    fn cred_matches(&self, peer: &Peer) -> bool {
+    pub(super) fn cred_matches(&self, peer: &Peer) -> bool {
         let uid_ok = self.uids.is_empty() || peer.cred.is_some_and(|c| self.uids.contains(&c.uid));
         let gid_ok = self.gids.is_empty() || peer.cred.is_some_and(|c| self.gids.contains(&c.gid));
         uid_ok && gid_ok

@@ -26,9 +26,22 @@ fn peer(spiffe: &[&str], dns: &[&str], cn: Option<&str>) -> Peer {
     Peer::new(&[issued.cert_der], None, None).unwrap()
 }
 
-/// (allowed, deciding rule) of a decision.
+/// (allowed, deciding rule) of a decision — checked to be the same by every
+/// route to it: the plain scan, the per-connection source bits, and explain.
 fn ev<'a>(p: &'a Policy, path: &str, h: &HeaderMap, peer: &Peer) -> (bool, Option<&'a str>) {
     let d = p.evaluate(path, h, peer);
+    let fast = p.evaluate_for(path, h, peer, &p.source_match(peer));
+    assert_eq!(
+        (d.allowed(), d.rule()),
+        (fast.allowed(), fast.rule()),
+        "{path}: indexed and memoized decisions differ"
+    );
+    let e = p.explain(path, h, peer);
+    assert_eq!(
+        (d.allowed(), d.rule()),
+        (e.allowed, e.rule.as_deref()),
+        "{path}: explain disagrees"
+    );
     (d.allowed(), d.rule())
 }
 
@@ -285,4 +298,165 @@ fn a_large_policy_indexes_by_path() {
     assert_eq!(ev(&p, &same_caller, &h, &caller), (true, Some("r9991")));
     let next = format!("/svc.S{}/M{}", (i + 1) % 13, i + 1);
     assert_eq!(ev(&p, &next, &h, &caller), (false, None));
+}
+
+fn peer_cred(uid: u32, gid: u32) -> Peer {
+    let ca = Ca::generate(
+        "t",
+        std::time::Duration::from_secs(3600),
+        KeyType::EcdsaP256,
+    )
+    .unwrap();
+    let issued = ca
+        .issue(&LeafSpec {
+            spiffe: vec!["spiffe://t/svc".into()],
+            client: true,
+            ..Default::default()
+        })
+        .unwrap();
+    Peer::new(
+        &[issued.cert_der],
+        Some(crate::identity::PeerCred {
+            uid,
+            gid,
+            pid: Some(1),
+        }),
+        None,
+    )
+    .unwrap()
+}
+
+#[test]
+fn uid_and_gid_extension_is_anded_with_principals() {
+    let p = policy(
+        r#"{"name":"p","allow_rules":[
+          {"name":"svc-as-1000","source":{"principals":["spiffe://t/svc"],"uids":[1000]}},
+          {"name":"ops-group","source":{"gids":[50,51]},"request":{"paths":["/a.B/Ops"]}}
+        ]}"#,
+    );
+    let h = HeaderMap::new();
+    // Same certificate, two accounts: different decisions.
+    assert_eq!(
+        ev(&p, "/a.B/C", &h, &peer_cred(1000, 1)),
+        (true, Some("svc-as-1000"))
+    );
+    assert_eq!(ev(&p, "/a.B/C", &h, &peer_cred(1001, 1)), (false, None));
+    assert_eq!(
+        ev(&p, "/a.B/Ops", &h, &peer_cred(7, 51)),
+        (true, Some("ops-group"))
+    );
+    assert_eq!(ev(&p, "/a.B/Ops", &h, &peer_cred(7, 52)), (false, None));
+    // No socket credentials: a uid/gid condition cannot hold.
+    let no_cred = peer(&["spiffe://t/svc"], &[], None);
+    assert_eq!(ev(&p, "/a.B/C", &h, &no_cred), (false, None));
+}
+
+#[test]
+fn audit_options_are_validated() {
+    let base =
+        |opts: &str| format!(r#"{{"name":"p","allow_rules":[],"audit_logging_options":{opts}}}"#);
+    let p = policy(&base(
+        r#"{"audit_condition":"ON_DENY","audit_loggers":[{"name":"stdout_logger","config":{},"is_optional":false}]}"#,
+    ));
+    assert_eq!(p.audit.condition, super::model::AuditCondition::OnDeny);
+    assert!(p.audit.stdout && !p.audit.file);
+    // An optional unknown logger is skipped; a required one makes the policy invalid.
+    let p = policy(&base(
+        r#"{"audit_condition":"ON_ALLOW","audit_loggers":[{"name":"cloud_logger","is_optional":true},{"name":"ipcgate_file_logger"}]}"#,
+    ));
+    assert!(p.audit.file && !p.audit.stdout);
+    let e = error(&base(r#"{"audit_loggers":[{"name":"cloud_logger"}]}"#));
+    assert!(
+        e.contains("audit_logging_options.audit_loggers[0].name")
+            && e.contains("unknown audit logger")
+            && e.contains("is_optional"),
+        "{e}"
+    );
+    let e = error(&base(r#"{"audit_condition":"SOMETIMES"}"#));
+    assert!(
+        e.contains("audit_logging_options.audit_condition") && e.contains("ON_DENY"),
+        "{e}"
+    );
+    let e = error(&base(
+        r#"{"audit_loggers":[{"name":"stdout_logger","config":{"verbose":true}}]}"#,
+    ));
+    assert!(e.contains("takes no config"), "{e}");
+    // The file logger needs [audit] file in gateway.toml.
+    let ctx = LoadContext {
+        metrics: None,
+        file_logger: false,
+    };
+    let e = Policy::compile(
+        &base(r#"{"audit_loggers":[{"name":"ipcgate_file_logger"}]}"#),
+        Path::new("p.json"),
+        &ctx,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("[audit] file"), "{e}");
+    // Absent options: audit nothing.
+    assert!(!policy(r#"{"name":"p","allow_rules":[]}"#)
+        .audit
+        .any_logger());
+}
+
+#[test]
+fn explain_agrees_with_evaluate_and_says_why() {
+    let p = policy(
+        r#"{"name":"p",
+        "deny_rules":[{"name":"no-delete","request":{"paths":["*/Delete"]}},
+                      {"name":"banned","request":{"headers":[{"key":"x-role","values":["banned"]}]}}],
+        "allow_rules":[{"name":"alice","source":{"principals":["spiffe://t/alice"]},"request":{"paths":["/a.B/*"]}},
+                       {"name":"ops","source":{"uids":[1000]},"request":{"headers":[{"key":"x-role","values":["*-ops"]}]}}]}"#,
+    );
+    let alice = peer(&["spiffe://t/alice"], &["alice.svc"], Some("alice"));
+    let bob = peer_cred(1000, 1);
+    let mut cases = Vec::new();
+    for path in ["/a.B/Get", "/a.B/Delete", "/x.Y/Get"] {
+        for role in [None, Some("banned"), Some("db-ops"), Some("dev")] {
+            for who in [&alice, &bob] {
+                let mut h = HeaderMap::new();
+                if let Some(r) = role {
+                    h.insert("x-role", r.parse().unwrap());
+                }
+                cases.push((path, h, who));
+            }
+        }
+    }
+    for (path, h, who) in &cases {
+        let (allowed, rule) = ev(&p, path, h, who);
+        let e = p.explain(path, h, who);
+        assert_eq!(
+            (e.allowed, e.rule.as_deref()),
+            (allowed, rule),
+            "{path} {h:?}"
+        );
+    }
+    let mut h = HeaderMap::new();
+    h.insert("x-role", "dev".parse().unwrap());
+    let e = p.explain("/x.Y/Get", &h, &alice);
+    assert!(!e.allowed && e.rule.is_none());
+    let alice_rule = &e.allow_rules[0];
+    assert!(!alice_rule.matched);
+    assert!(
+        alice_rule.conditions[0].met && alice_rule.conditions[0].why.contains("URI SAN"),
+        "{alice_rule:?}"
+    );
+    assert!(
+        !alice_rule.conditions[1].met && alice_rule.conditions[1].why.contains("matches none of"),
+        "{alice_rule:?}"
+    );
+    let ops = &e.allow_rules[1];
+    assert!(
+        ops.conditions
+            .iter()
+            .any(|c| c.field == "uids" && !c.met && c.why.contains("no socket peer credentials")),
+        "{ops:?}"
+    );
+    assert!(
+        ops.conditions
+            .iter()
+            .any(|c| c.field == "headers[x-role]" && !c.met && c.why.contains("\"dev\"")),
+        "{ops:?}"
+    );
 }
