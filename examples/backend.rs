@@ -39,11 +39,11 @@ async fn main() -> anyhow::Result<()> {
         };
         // Same settings as the gateway: TLS 1.3, h2, client certs required, no
         // resumption — so the baseline pays exactly what the gateway pays.
-        let tls = ipcgate::tls::server(&ipcgate::config::Tls {
-            cert: cert.clone(),
-            key: key.clone(),
-            client_ca: ca.clone(),
-        })?;
+        let tls = ipcgate::tls::server(&ipcgate::config::Tls::new(
+            cert.clone(),
+            key.clone(),
+            ca.clone(),
+        ))?;
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.config);
         let _ = std::fs::remove_file(tls_uds);
         let listener = tokio::net::UnixListener::bind(tls_uds)?;

@@ -17,14 +17,12 @@ use tracing::debug;
 
 use crate::listen::Uds;
 use crate::metrics::Metrics;
-use crate::policy::Authorizer;
-use crate::reload::PolicySource;
+use crate::reload::Reloader;
 
 /// What the admin endpoints act on.
 pub struct Admin {
     pub metrics: Arc<Metrics>,
-    pub source: Arc<PolicySource>,
-    pub authz: Arc<Authorizer>,
+    pub reloader: Arc<Reloader>,
 }
 
 /// Serves the admin socket until the task is dropped.
@@ -74,7 +72,7 @@ async fn handle(admin: &Arc<Admin>, req: Request<Incoming>) -> Response<Full<Byt
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n"),
         (&Method::POST, "/reload") => {
             let a = admin.clone();
-            let report = tokio::task::spawn_blocking(move || a.source.reload(&a.authz)).await;
+            let report = tokio::task::spawn_blocking(move || a.reloader.reload_all()).await;
             match report {
                 Ok(r) => {
                     let status = if r.ok() {

@@ -57,6 +57,33 @@ pub struct Tls {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: PathBuf,
+    /// CRLs (PEM or DER) from the CAs in `client_ca`.
+    pub crl: Vec<PathBuf>,
+    /// Refuse clients while a CRL is past its next-update (fail closed).
+    pub crl_expired_deny: bool,
+    /// Refuse clients whose issuer has no CRL configured (only when `crl` is set).
+    pub revocation_unknown_deny: bool,
+}
+
+impl Tls {
+    /// Just the three required files, no CRLs.
+    pub fn new(cert: PathBuf, key: PathBuf, client_ca: PathBuf) -> Tls {
+        Tls {
+            cert,
+            key,
+            client_ca,
+            crl: Vec::new(),
+            crl_expired_deny: true,
+            revocation_unknown_deny: true,
+        }
+    }
+
+    /// Every file the TLS setup reads (for reload watching).
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut v = vec![self.cert.clone(), self.key.clone(), self.client_ca.clone()];
+        v.extend(self.crl.iter().cloned());
+        v
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -203,6 +230,10 @@ struct RawTls {
     cert: String,
     key: String,
     client_ca: String,
+    #[serde(default)]
+    crl: Vec<String>,
+    crl_expired: Option<Spanned<String>>,
+    revocation_unknown: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -384,6 +415,17 @@ impl Config {
             limits.backend_streams_per_connection = *v.get_ref();
         }
 
+        let deny_or_allow = |v: &Option<Spanned<String>>, key: &str| match v {
+            None => Ok(true),
+            Some(s) => match s.get_ref().as_str() {
+                "deny" => Ok(true),
+                "allow" => Ok(false),
+                other => Err(err(
+                    Some(s.span()),
+                    format!("{key} = {other:?}: write \"deny\" (the default) or \"allow\""),
+                )),
+            },
+        };
         let queue = match &raw.audit.queue {
             None => 8192,
             Some(q) if *q.get_ref() == 0 => {
@@ -418,6 +460,12 @@ impl Config {
                 cert: resolve(&raw.tls.cert),
                 key: resolve(&raw.tls.key),
                 client_ca: resolve(&raw.tls.client_ca),
+                crl: raw.tls.crl.iter().map(|c| resolve(c)).collect(),
+                crl_expired_deny: deny_or_allow(&raw.tls.crl_expired, "tls.crl_expired")?,
+                revocation_unknown_deny: deny_or_allow(
+                    &raw.tls.revocation_unknown,
+                    "tls.revocation_unknown",
+                )?,
             },
             policy: Policy {
                 file: resolve(&raw.policy.file),

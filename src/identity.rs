@@ -31,6 +31,8 @@ pub struct Peer {
     pub cn: Option<String>,
     /// SHA-256 of the leaf certificate's DER.
     pub sha256: [u8; 32],
+    /// The leaf's notAfter: the connection must not outlive it.
+    pub not_after: std::time::SystemTime,
     pub cred: Option<PeerCred>,
     xfcc: HeaderValue,
     cred_header: Option<HeaderValue>,
@@ -100,7 +102,10 @@ impl Peer {
         let mut sha256 = [0u8; 32];
         sha256.copy_from_slice(digest.as_ref());
 
+        let not_after = std::time::SystemTime::UNIX_EPOCH
+            + std::time::Duration::from_secs(cert.validity().not_after.timestamp().max(0) as u64);
         let mut peer = Peer {
+            not_after,
             spiffe_id,
             uris,
             dns,

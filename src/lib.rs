@@ -21,6 +21,7 @@ pub mod audit;
 pub mod ca;
 pub mod client;
 pub mod config;
+pub mod conns;
 pub mod demo;
 pub mod duration;
 pub mod grpc;

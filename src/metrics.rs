@@ -77,6 +77,25 @@ pub struct Metrics {
     pub upstream_seconds: Family<BackendLabels, Histogram, fn() -> Histogram>,
     pub audit_events: Counter,
     pub audit_dropped: Counter,
+    pub tls_reloads: Family<ResultLabels, Counter>,
+    pub crl_next_update: Family<FileLabels, Gauge>,
+    pub crl_stale: Family<FileLabels, Gauge>,
+    pub connections_closed: Family<ReasonLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FileLabels {
+    pub file: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
 }
 
 impl Default for Metrics {
@@ -100,6 +119,10 @@ impl Metrics {
             upstream_seconds: Family::new_with_constructor(upstream_histogram),
             audit_events: Counter::default(),
             audit_dropped: Counter::default(),
+            tls_reloads: Family::default(),
+            crl_next_update: Family::default(),
+            crl_stale: Family::default(),
+            connections_closed: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -158,6 +181,22 @@ impl Metrics {
             "Audit events dropped because the sink was slow or failing",
             m.audit_dropped.clone(),
         );
+        r.register(
+            "tls_reloads",
+            "Reloads of certificates, trust bundle and CRLs, by result",
+            m.tls_reloads.clone(),
+        );
+        r.register(
+            "crl_next_update_timestamp_seconds",
+            "When each configured CRL should be replaced (its nextUpdate)",
+            m.crl_next_update.clone(),
+        );
+        r.register(
+            "crl_stale",
+            "1 while a CRL is past its nextUpdate",
+            m.crl_stale.clone(),
+        );
+        r.register("connections_closed", "Live connections closed by the gateway, by reason (revoked/untrusted, certificate expired)", m.connections_closed.clone());
         Metrics { registry, ..m }
     }
 

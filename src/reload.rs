@@ -33,6 +33,8 @@ pub struct ReloadReport {
     pub policy: KindReport,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shadow: Option<KindReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -47,7 +49,9 @@ pub struct KindReport {
 
 impl ReloadReport {
     pub fn ok(&self) -> bool {
-        self.policy.ok && self.shadow.as_ref().is_none_or(|s| s.ok)
+        self.policy.ok
+            && self.shadow.as_ref().is_none_or(|s| s.ok)
+            && self.tls.as_ref().is_none_or(|t| t.ok)
     }
 }
 
@@ -130,7 +134,11 @@ impl PolicySource {
         if let Some(a) = authz.auditor() {
             a.reopen();
         }
-        ReloadReport { policy, shadow }
+        ReloadReport {
+            policy,
+            shadow,
+            tls: None,
+        }
     }
 
     fn reload_kind(&self, kind: &'static str, authz: &Authorizer) -> KindReport {
@@ -185,12 +193,41 @@ impl PolicySource {
     }
 }
 
-/// Runs the reload triggers (SIGHUP, and the file watcher when enabled) until
-/// the task is dropped.
-pub async fn run(source: Arc<PolicySource>, authz: Arc<Authorizer>, watch: bool) {
-    let (tx, mut rx) = mpsc::channel::<()>(1);
+/// Everything that can be reloaded while running.
+pub struct Reloader {
+    pub policy: Arc<PolicySource>,
+    pub tls: Arc<TlsSource>,
+    pub authz: Arc<Authorizer>,
+}
+
+impl Reloader {
+    /// Reloads policies and TLS material (SIGHUP, `POST /reload`).
+    pub fn reload_all(&self) -> ReloadReport {
+        let mut report = self.policy.reload(&self.authz);
+        report.tls = Some(self.tls.reload());
+        report
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Changed {
+    Policy,
+    Tls,
+}
+
+/// Runs the reload triggers (SIGHUP, the file watcher when enabled, and a
+/// periodic CRL freshness check) until the task is dropped.
+pub async fn run(reloader: Arc<Reloader>, watch: bool) {
+    let (tx, mut rx) = mpsc::channel::<Changed>(8);
     let _watcher = if watch {
-        start_watcher(&source, tx.clone())
+        let mut files: Vec<(PathBuf, Changed)> = reloader
+            .policy
+            .files()
+            .into_iter()
+            .map(|f| (f, Changed::Policy))
+            .collect();
+        files.extend(reloader.tls.files().into_iter().map(|f| (f, Changed::Tls)));
+        start_watcher(files, tx)
     } else {
         None
     };
@@ -201,62 +238,219 @@ pub async fn run(source: Arc<PolicySource>, authz: Arc<Authorizer>, watch: bool)
             None
         }
     };
+    let mut crl_check = tokio::time::interval(Duration::from_secs(60));
+    crl_check.tick().await;
     loop {
-        tokio::select! {
+        let (policy, tls) = tokio::select! {
             Some(()) = async { match &mut hup { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                info!("SIGHUP: reloading policy");
+                info!("SIGHUP: reloading policies and TLS material");
+                (true, true)
             }
-            Some(()) = rx.recv() => {
-                // Editors write in several steps (truncate, write, rename): let
-                // them finish, then read once.
+            Some(first) = rx.recv() => {
+                // Editors and tools write in several steps (truncate, write,
+                // rename): let them finish, then read once.
                 tokio::time::sleep(Duration::from_millis(150)).await;
-                while rx.try_recv().is_ok() {}
-                debug!("policy file changed: reloading");
+                let (mut p, mut t) = (false, false);
+                let mut mark = |c: Changed| match c {
+                    Changed::Policy => p = true,
+                    Changed::Tls => t = true,
+                };
+                mark(first);
+                while let Ok(c) = rx.try_recv() {
+                    mark(c);
+                }
+                debug!(policy = p, tls = t, "watched files changed: reloading");
+                (p, t)
             }
-        }
-        let (s, a) = (source.clone(), authz.clone());
-        let _ = tokio::task::spawn_blocking(move || s.reload(&a)).await;
+            _ = crl_check.tick() => {
+                reloader.tls.check_crls();
+                continue;
+            }
+        };
+        let r = reloader.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if policy {
+                r.policy.reload(&r.authz);
+            }
+            if tls {
+                r.tls.reload();
+            }
+        })
+        .await;
     }
 }
 
-/// Watches the directories holding the policy files (files are often replaced
-/// by rename, which a watch on the file itself would miss).
+/// Watches the directories holding the files (files are often replaced by
+/// rename, which a watch on the file itself would miss).
 fn start_watcher(
-    source: &PolicySource,
-    tx: mpsc::Sender<()>,
+    files: Vec<(PathBuf, Changed)>,
+    tx: mpsc::Sender<Changed>,
 ) -> Option<notify::RecommendedWatcher> {
-    let files = source.files();
-    let names: Vec<_> = files
+    let names: Vec<(std::ffi::OsString, Changed)> = files
         .iter()
-        .filter_map(|f| f.file_name().map(|n| n.to_owned()))
+        .filter_map(|(f, c)| f.file_name().map(|n| (n.to_owned(), *c)))
         .collect();
-    let mut watcher = match notify::recommended_watcher(
-        move |res: notify::Result<notify::Event>| {
-            if let Ok(ev) = res {
-                let ours = ev
-                    .paths
-                    .iter()
-                    .any(|p| p.file_name().is_some_and(|n| names.iter().any(|m| m == n)));
-                if ours && !matches!(ev.kind, notify::EventKind::Access(_)) {
-                    let _ = tx.try_send(());
+    let mut watcher =
+        match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            let Ok(ev) = res else { return };
+            if matches!(ev.kind, notify::EventKind::Access(_)) {
+                return;
+            }
+            for p in &ev.paths {
+                for (n, c) in &names {
+                    if p.file_name() == Some(n.as_os_str()) {
+                        let _ = tx.try_send(*c);
+                    }
                 }
             }
-        },
-    ) {
-        Ok(w) => w,
-        Err(e) => {
-            warn!(error = %e, "cannot watch policy files; reload with SIGHUP or the admin socket");
-            return None;
-        }
-    };
-    for f in &files {
-        let dir = f
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(std::path::Path::new("."));
+        }) {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(error = %e, "cannot watch files; reload with SIGHUP or the admin socket");
+                return None;
+            }
+        };
+    let mut dirs: Vec<PathBuf> = files
+        .iter()
+        .map(|(f, _)| {
+            f.parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."))
+                .to_owned()
+        })
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    for dir in &dirs {
         if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
-            warn!(dir = %dir.display(), error = %e, "cannot watch policy directory");
+            warn!(dir = %dir.display(), error = %e, "cannot watch directory");
         }
     }
     Some(watcher)
+}
+
+/// The TLS material in force (server certificate and key, trust bundle, CRLs),
+/// swapped whole on reload. New handshakes use the new material at once; live
+/// connections are re-verified and those that no longer pass are closed.
+pub struct TlsSource {
+    cfg: config::Tls,
+    current: arc_swap::ArcSwap<crate::tls::ServerTls>,
+    conns: Arc<crate::conns::Conns>,
+    metrics: Arc<Metrics>,
+}
+
+/// What a TLS reload did.
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsReport {
+    pub ok: bool,
+    /// Live connections told to close because their certificate no longer verifies.
+    pub closed: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl TlsSource {
+    /// Loads the TLS files for start-up.
+    ///
+    /// # Errors
+    /// The first file that does not load, with its path.
+    pub fn load(
+        cfg: config::Tls,
+        conns: Arc<crate::conns::Conns>,
+        metrics: Arc<Metrics>,
+    ) -> Result<TlsSource, crate::tls::TlsError> {
+        let tls = crate::tls::server(&cfg)?;
+        let s = TlsSource {
+            cfg,
+            current: arc_swap::ArcSwap::from_pointee(tls),
+            conns,
+            metrics,
+        };
+        s.check_crls();
+        Ok(s)
+    }
+
+    pub fn current(&self) -> Arc<crate::tls::ServerTls> {
+        self.current.load_full()
+    }
+
+    pub fn files(&self) -> Vec<PathBuf> {
+        self.cfg.files()
+    }
+
+    /// Re-reads every TLS file; on success swaps it in and re-verifies live
+    /// connections, on failure keeps the old material.
+    pub fn reload(&self) -> TlsReport {
+        match crate::tls::server(&self.cfg) {
+            Ok(tls) => {
+                let closed = self.conns.recheck(&*tls.verifier);
+                self.current.store(Arc::new(tls));
+                self.metrics
+                    .tls_reloads
+                    .get_or_create(&crate::metrics::ResultLabels { result: "ok" })
+                    .inc();
+                if closed > 0 {
+                    self.metrics
+                        .connections_closed
+                        .get_or_create(&crate::metrics::ReasonLabels {
+                            reason: "no_longer_verifies",
+                        })
+                        .inc_by(closed as u64);
+                }
+                info!(closed, "TLS material reloaded");
+                self.check_crls();
+                TlsReport {
+                    ok: true,
+                    closed,
+                    error: None,
+                }
+            }
+            Err(e) => {
+                self.metrics
+                    .tls_reloads
+                    .get_or_create(&crate::metrics::ResultLabels { result: "failed" })
+                    .inc();
+                error!(error = %e, "TLS reload refused; the previous certificates and CRLs stay in force");
+                TlsReport {
+                    ok: false,
+                    closed: 0,
+                    error: Some(e.to_string()),
+                }
+            }
+        }
+    }
+
+    /// Publishes each CRL's next-update and warns about stale ones.
+    pub fn check_crls(&self) {
+        let now = std::time::SystemTime::now();
+        for crl in &self.current().crls {
+            let file = crate::metrics::FileLabels {
+                file: crl.path.display().to_string(),
+            };
+            if let Some(t) = crl.next_update {
+                let secs = t
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                self.metrics
+                    .crl_next_update
+                    .get_or_create(&file)
+                    .set(secs as i64);
+            }
+            let stale = crl.is_stale(now);
+            self.metrics
+                .crl_stale
+                .get_or_create(&file)
+                .set(i64::from(stale));
+            if stale {
+                warn!(
+                    crl = %crl.path.display(),
+                    issuer = %crl.issuer,
+                    enforced = self.cfg.crl_expired_deny,
+                    "CRL is past its nextUpdate: re-issue it (`ipcgate crl --ca-dir ...`){}",
+                    if self.cfg.crl_expired_deny { "; clients of this CA are refused until then" } else { "" }
+                );
+            }
+        }
+    }
 }

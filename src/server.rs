@@ -5,27 +5,28 @@
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::UnixStream;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceBuilder;
 use tracing::{debug, info, warn};
 
 use crate::audit::Auditor;
 use crate::config::{Config, ConfigError, Limits};
+use crate::conns::Conns;
 use crate::identity::{Peer, PeerCred};
 use crate::listen::{ListenError, Uds};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReasonLabels};
 use crate::path::PathCheckLayer;
 use crate::policy::{Authorizer, AuthzLayer, PolicyError};
 use crate::proxy::Proxy;
-use crate::reload::PolicySource;
+use crate::reload::{PolicySource, Reloader, TlsSource};
 use crate::route::Router;
-use crate::tls::{self, ServerTls, TlsError};
+use crate::tls::TlsError;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -47,12 +48,14 @@ pub enum GatewayError {
 
 /// Everything a connection needs, shared by all of them.
 struct Shared {
-    acceptor: TlsAcceptor,
-    by: Option<String>,
+    tls: Arc<TlsSource>,
     authz: Arc<Authorizer>,
     router: Arc<Router>,
     limits: Limits,
     metrics: Arc<Metrics>,
+    conns: Arc<Conns>,
+    /// Becomes true when the gateway starts shutting down.
+    stopping: watch::Receiver<bool>,
 }
 
 /// A bound, ready gateway. [`Gateway::bind`] does all the checking (config,
@@ -61,8 +64,9 @@ pub struct Gateway {
     listener: Uds,
     admin: Option<Uds>,
     shared: Arc<Shared>,
-    source: Arc<PolicySource>,
+    reloader: Arc<Reloader>,
     watch: bool,
+    stop: watch::Sender<bool>,
 }
 
 impl Gateway {
@@ -72,10 +76,12 @@ impl Gateway {
     /// [`GatewayError`] naming the file and what to fix.
     pub async fn bind(config: Config) -> Result<Gateway, GatewayError> {
         let metrics = Arc::new(Metrics::new());
-        let ServerTls {
-            config: tls_config,
-            by,
-        } = tls::server(&config.tls)?;
+        let conns = Arc::new(Conns::default());
+        let tls = Arc::new(TlsSource::load(
+            config.tls.clone(),
+            conns.clone(),
+            metrics.clone(),
+        )?);
         let source = Arc::new(PolicySource::new(
             config.policy.clone(),
             config.audit.file.is_some(),
@@ -109,19 +115,27 @@ impl Gateway {
             Some(a) => Some(Uds::bind(&a.uds, a.mode, None)?),
             None => None,
         };
+        let (stop, stopping) = watch::channel(false);
+        let reloader = Arc::new(Reloader {
+            policy: source,
+            tls: tls.clone(),
+            authz: authz.clone(),
+        });
         Ok(Gateway {
             listener,
             admin,
             shared: Arc::new(Shared {
-                acceptor: TlsAcceptor::from(tls_config),
-                by,
+                tls,
                 authz,
                 router,
                 limits: config.limits,
                 metrics,
+                conns,
+                stopping,
             }),
-            source,
+            reloader,
             watch: config.policy.watch,
+            stop,
         })
     }
 
@@ -139,28 +153,27 @@ impl Gateway {
         self.shared.metrics.clone()
     }
 
-    /// Serves until `shutdown` completes, then stops accepting, lets in-flight
-    /// calls finish within the drain timeout, and removes the sockets.
+    /// Reload policies and TLS material now (what SIGHUP does).
+    pub fn reloader(&self) -> Arc<Reloader> {
+        self.reloader.clone()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, sends GOAWAY on
+    /// every connection, lets in-flight calls finish within the drain timeout,
+    /// and removes the sockets.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let reloader = tokio::spawn(crate::reload::run(
-            self.source.clone(),
-            self.shared.authz.clone(),
-            self.watch,
-        ));
+        let reloader = tokio::spawn(crate::reload::run(self.reloader.clone(), self.watch));
         let admin = self.admin.map(|uds| {
             tokio::spawn(crate::admin::serve(
                 uds,
                 Arc::new(crate::admin::Admin {
                     metrics: self.shared.metrics.clone(),
-                    source: self.source.clone(),
-                    authz: self.shared.authz.clone(),
+                    reloader: self.reloader.clone(),
                 }),
             ))
         });
-        let graceful = GracefulShutdown::new();
-        let slots = Arc::new(tokio::sync::Semaphore::new(
-            self.shared.limits.max_connections,
-        ));
+        let max = self.shared.limits.max_connections;
+        let slots = Arc::new(tokio::sync::Semaphore::new(max));
         tokio::pin!(shutdown);
         loop {
             let slot = tokio::select! {
@@ -175,9 +188,8 @@ impl Gateway {
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, cred)) => {
                         let shared = self.shared.clone();
-                        let watcher = graceful.watcher();
                         tokio::spawn(async move {
-                            serve_connection(shared, stream, cred, watcher).await;
+                            serve_connection(shared, stream, cred).await;
                             drop(slot);
                         });
                     }
@@ -192,8 +204,11 @@ impl Gateway {
         info!("shutting down: no new connections, draining calls in flight");
         drop(self.listener);
         reloader.abort();
+        let _ = self.stop.send(true);
         let drain = self.shared.limits.drain_timeout;
-        if tokio::time::timeout(drain, graceful.shutdown())
+        // Every connection holds a slot until it is gone.
+        let all = u32::try_from(max).unwrap_or(u32::MAX);
+        if tokio::time::timeout(drain, slots.acquire_many(all))
             .await
             .is_err()
         {
@@ -207,6 +222,9 @@ impl Gateway {
         }
     }
 }
+
+/// Longest single timer; longer waits are re-armed.
+const LONG_TIMER: Duration = Duration::from_secs(7 * 86_400);
 
 /// A bounded label for why a handshake failed.
 fn failure_reason(e: &std::io::Error) -> &'static str {
@@ -224,6 +242,9 @@ fn failure_reason(e: &std::io::Error) -> &'static str {
                 "wrong_purpose"
             }
             CertificateError::BadSignature => "bad_signature",
+            CertificateError::ExpiredRevocationList
+            | CertificateError::ExpiredRevocationListContext { .. } => "crl_expired",
+            CertificateError::UnknownRevocationStatus => "revocation_unknown",
             _ => "invalid_certificate",
         },
         Some(Error::PeerIncompatible(_)) => "incompatible",
@@ -234,20 +255,15 @@ fn failure_reason(e: &std::io::Error) -> &'static str {
     }
 }
 
-async fn serve_connection(
-    shared: Arc<Shared>,
-    stream: UnixStream,
-    cred: Option<PeerCred>,
-    watcher: hyper_util::server::graceful::Watcher,
-) {
+async fn serve_connection(shared: Arc<Shared>, stream: UnixStream, cred: Option<PeerCred>) {
     let uid = cred.map(|c| c.uid);
     let pid = cred.and_then(|c| c.pid);
     let m = &shared.metrics;
-    let tls = match tokio::time::timeout(
-        shared.limits.handshake_timeout,
-        shared.acceptor.accept(stream),
-    )
-    .await
+    // The TLS material of this moment: a reload mid-handshake does not disturb it.
+    let tls_state = shared.tls.current();
+    let acceptor = TlsAcceptor::from(tls_state.config.clone());
+    let tls = match tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(stream))
+        .await
     {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -267,11 +283,8 @@ async fn serve_connection(
         warn!(target: "ipcgate::tls", reason = "client did not negotiate ALPN h2", peer.uid = uid, peer.pid = pid, "handshake failed");
         return;
     }
-    let peer = match Peer::new(
-        conn.peer_certificates().unwrap_or(&[]),
-        cred,
-        shared.by.as_deref(),
-    ) {
+    let chain = conn.peer_certificates().unwrap_or(&[]);
+    let peer = match Peer::new(chain, cred, tls_state.by.as_deref()) {
         Ok(p) => Arc::new(p),
         Err(e) => {
             m.handshake("failed", "unreadable_certificate");
@@ -279,6 +292,8 @@ async fn serve_connection(
             return;
         }
     };
+    let registration = shared.conns.register(chain, peer.principal());
+    drop(tls_state);
     m.handshake("ok", "");
     m.active_connections.inc();
     debug!(
@@ -299,8 +314,56 @@ async fn serve_connection(
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
     let conn = http.serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc));
-    if let Err(e) = watcher.watch(conn).await {
-        debug!(client.id = peer.principal(), error = %e, "connection ended with an error");
+    tokio::pin!(conn);
+
+    // The connection must not outlive its certificate. Timers are kept short
+    // (tokio caps long sleeps) and re-armed until notAfter.
+    let until_expiry = || {
+        peer.not_after
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+    };
+    let expiry = tokio::time::sleep(until_expiry().min(LONG_TIMER));
+    tokio::pin!(expiry);
+    let mut stopping = shared.stopping.clone();
+    let drain = tokio::time::sleep(LONG_TIMER);
+    tokio::pin!(drain);
+    let mut closing = false;
+    loop {
+        let why = tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    debug!(client.id = peer.principal(), error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            () = registration.close.notified(), if !closing => "revoked",
+            () = &mut expiry, if !closing => {
+                let left = until_expiry();
+                if !left.is_zero() {
+                    expiry.as_mut().reset(tokio::time::Instant::now() + left.min(LONG_TIMER));
+                    continue;
+                }
+                "expired"
+            }
+            Ok(()) = stopping.changed(), if !closing => "shutdown",
+            () = &mut drain, if closing => {
+                warn!(client.id = peer.principal(), "calls still in flight after the drain bound: closing the connection");
+                break;
+            }
+        };
+        // GOAWAY: no new calls; calls in flight may finish within the bound.
+        closing = true;
+        conn.as_mut().graceful_shutdown();
+        drain
+            .as_mut()
+            .reset(tokio::time::Instant::now() + shared.limits.drain_timeout);
+        if why == "expired" {
+            info!(target: "ipcgate::tls", reason = "expired", client.id = peer.principal(), "closing connection: client certificate expired");
+            m.connections_closed
+                .get_or_create(&ReasonLabels { reason: "expired" })
+                .inc();
+        }
     }
     m.active_connections.dec();
 }

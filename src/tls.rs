@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::time::SystemTime;
+
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::{RootCertStore, ServerConfig};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
@@ -87,11 +90,86 @@ pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
-/// The gateway's server side: the rustls config plus the gateway's own URI SAN
-/// (named `By=` in forwarded XFCC headers).
+/// The gateway's server side: the rustls config, the verifier it uses (kept to
+/// re-check live connections after a reload), the gateway's own URI SAN (named
+/// `By=` in forwarded XFCC headers) and what the CRLs say about themselves.
 pub struct ServerTls {
     pub config: Arc<ServerConfig>,
+    pub verifier: Arc<dyn ClientCertVerifier>,
     pub by: Option<String>,
+    pub crls: Vec<CrlInfo>,
+}
+
+/// One loaded CRL.
+#[derive(Debug, Clone)]
+pub struct CrlInfo {
+    pub path: PathBuf,
+    pub issuer: String,
+    pub next_update: Option<SystemTime>,
+    pub revoked: usize,
+}
+
+impl CrlInfo {
+    /// Past its next-update: the CA should have published a newer one.
+    pub fn is_stale(&self, now: SystemTime) -> bool {
+        self.next_update.is_some_and(|t| t < now)
+    }
+}
+
+/// Reads CRLs (PEM `X509 CRL` blocks, or one DER CRL) and checks each is signed
+/// by a CA in the trust bundle — a CRL nobody can verify would otherwise be
+/// silently useless.
+///
+/// # Errors
+/// Unreadable or unparsable file, or a CRL from outside the bundle.
+pub fn load_crls(
+    paths: &[PathBuf],
+    cas: &[CertificateDer<'static>],
+) -> Result<(Vec<CertificateRevocationListDer<'static>>, Vec<CrlInfo>), TlsError> {
+    let mut ders = Vec::new();
+    let mut infos = Vec::new();
+    for path in paths {
+        let bytes = std::fs::read(path).map_err(|e| err(path, format!("cannot read CRL: {e}")))?;
+        let mut found: Vec<CertificateRevocationListDer<'static>> =
+            CertificateRevocationListDer::pem_slice_iter(&bytes)
+                .collect::<Result<_, _>>()
+                .map_err(|e| err(path, format!("bad PEM: {e}")))?;
+        if found.is_empty() {
+            found.push(CertificateRevocationListDer::from(bytes.clone()));
+        }
+        for crl in found {
+            let (_, parsed) = x509_parser::parse_x509_crl(crl.as_ref()).map_err(|e| {
+                err(
+                    path,
+                    format!("not a CRL (expected PEM \"-----BEGIN X509 CRL-----\" or DER): {e}"),
+                )
+            })?;
+            let issuer = crate::identity::rfc4514(parsed.issuer());
+            let signer = cas.iter().find_map(|ca| {
+                let (_, c) = X509Certificate::from_der(ca.as_ref()).ok()?;
+                (c.subject().as_raw() == parsed.issuer().as_raw()
+                    && parsed.verify_signature(c.public_key()).is_ok())
+                .then_some(())
+            });
+            if signer.is_none() {
+                return Err(err(
+                    path,
+                    format!("CRL issued by ({issuer}) is not signed by any CA in the client_ca bundle (a CRL must come from the CA that issued the client certificates)"),
+                ));
+            }
+            let next_update = parsed.next_update().map(|t| {
+                SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(t.timestamp().max(0) as u64)
+            });
+            infos.push(CrlInfo {
+                path: path.clone(),
+                issuer,
+                next_update,
+                revoked: parsed.iter_revoked_certificates().count(),
+            });
+            ders.push(crl);
+        }
+    }
+    Ok((ders, infos))
 }
 
 /// Builds the server config from `[tls]`.
@@ -104,22 +182,34 @@ pub struct ServerTls {
 /// [`TlsError`] naming the file at fault.
 pub fn server(cfg: &config::Tls) -> Result<ServerTls, TlsError> {
     let provider = provider();
+    let cas = load_certs(&cfg.client_ca)?;
     let roots = Arc::new(load_roots(&cfg.client_ca)?);
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-        .build()
-        .map_err(|e| {
-            err(
-                &cfg.client_ca,
-                format!("cannot verify clients with this bundle: {e}"),
-            )
-        })?;
+    let (crl_ders, crls) = load_crls(&cfg.crl, &cas)?;
+    let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
+    if !crl_ders.is_empty() {
+        builder = builder
+            .with_crls(crl_ders)
+            .only_check_end_entity_revocation();
+        if cfg.crl_expired_deny {
+            builder = builder.enforce_revocation_expiration();
+        }
+        if !cfg.revocation_unknown_deny {
+            builder = builder.allow_unknown_revocation_status();
+        }
+    }
+    let verifier = builder.build().map_err(|e| {
+        err(
+            &cfg.client_ca,
+            format!("cannot verify clients with this bundle: {e}"),
+        )
+    })?;
     let chain = load_certs(&cfg.cert)?;
     let by = first_uri_san(&chain[0]);
     let key = load_key(&cfg.key)?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| err(&cfg.cert, e.to_string()))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(verifier.clone())
         .with_single_cert(chain, key)
         .map_err(|e| {
             err(
@@ -136,7 +226,9 @@ pub fn server(cfg: &config::Tls) -> Result<ServerTls, TlsError> {
     config.max_early_data_size = 0;
     Ok(ServerTls {
         config: Arc::new(config),
+        verifier,
         by,
+        crls,
     })
 }
 

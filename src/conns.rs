@@ -1,0 +1,91 @@
+//! The live client connections, so that what changes after a handshake can
+//! still reach them: a reloaded CRL or trust bundle re-verifies every live
+//! client certificate, and a connection whose certificate no longer verifies is
+//! closed gracefully (GOAWAY, in-flight calls drain within a bound).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
+use tokio::sync::Notify;
+use tracing::warn;
+
+struct Entry {
+    chain: Vec<CertificateDer<'static>>,
+    client: String,
+    close: Arc<Notify>,
+}
+
+/// Registry of live connections.
+#[derive(Default)]
+pub struct Conns {
+    next: AtomicU64,
+    live: Mutex<HashMap<u64, Entry>>,
+}
+
+/// Removes the connection from the registry when dropped.
+pub struct Registration {
+    conns: Arc<Conns>,
+    id: u64,
+    pub close: Arc<Notify>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.conns
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+impl Conns {
+    pub fn register(self: &Arc<Self>, chain: &[CertificateDer<'_>], client: &str) -> Registration {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let close = Arc::new(Notify::new());
+        let entry = Entry {
+            chain: chain.iter().map(|c| c.clone().into_owned()).collect(),
+            client: client.to_owned(),
+            close: close.clone(),
+        };
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, entry);
+        Registration {
+            conns: self.clone(),
+            id,
+            close,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Re-verifies every live client chain with `verifier`; asks those that fail
+    /// to close. Returns how many were told to close.
+    pub fn recheck(&self, verifier: &dyn ClientCertVerifier) -> usize {
+        let now = UnixTime::now();
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let mut closed = 0;
+        for e in live.values() {
+            let Some((leaf, rest)) = e.chain.split_first() else {
+                continue;
+            };
+            if let Err(err) = verifier.verify_client_cert(leaf, rest, now) {
+                warn!(target: "ipcgate::tls", reason = %err, client.id = %e.client, "closing connection: its client certificate no longer verifies");
+                e.close.notify_one();
+                closed += 1;
+            }
+        }
+        closed
+    }
+}
