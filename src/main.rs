@@ -47,6 +47,13 @@ enum Cmd {
     Policy(PolicyCmd),
     /// Make one gRPC call over a Unix socket with mutual TLS and print its status.
     Call(CallArgs),
+    /// Re-issue the CA's CRL (<ca-dir>/ca.crl) before it expires.
+    Crl {
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long, value_parser = ttl, default_value = "7d")]
+        ttl: Duration,
+    },
 }
 
 #[derive(Subcommand)]
@@ -62,6 +69,9 @@ enum CaCmd {
         /// Lifetime, e.g. 3650d.
         #[arg(long, value_parser = ttl, default_value = "3650d")]
         ttl: Duration,
+        /// SPIFFE trust domain: the CA signs SPIFFE IDs only inside it.
+        #[arg(long)]
+        trust_domain: Option<String>,
         /// Overwrite existing files.
         #[arg(long)]
         force: bool,
@@ -72,6 +82,65 @@ enum CaCmd {
 enum CertCmd {
     /// Issue a leaf certificate: <out>.pem and <out>.key (0600).
     Issue(IssueArgs),
+    /// Sign a certificate signing request: <out>.pem. The CA decides purpose,
+    /// validity and serial; names are checked against its rules.
+    Sign {
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        csr: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        client: bool,
+        #[arg(long)]
+        server: bool,
+        #[arg(long, value_parser = ttl)]
+        ttl: Option<Duration>,
+        /// Approve this subject CN (else the CSR's CN must be one of its names).
+        #[arg(long)]
+        cn: Option<String>,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Revoke a certificate this CA issued and write a fresh <ca-dir>/ca.crl.
+    Revoke {
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long, value_enum, default_value_t)]
+        reason: ipcgate::ca::Reason,
+        /// How long the new CRL is valid (its nextUpdate).
+        #[arg(long, value_parser = ttl, default_value = "7d")]
+        crl_ttl: Duration,
+    },
+    /// Renew a certificate: same names and purpose, new validity and serial,
+    /// written over --cert (and over --key with --new-key).
+    Renew {
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        /// Generate a new key as well.
+        #[arg(long)]
+        new_key: bool,
+        #[arg(long, value_enum, default_value_t)]
+        key_type: KeyType,
+        #[arg(long, value_parser = ttl)]
+        ttl: Option<Duration>,
+    },
+    /// Show a certificate: names, fingerprint, validity, serial, purpose; with
+    /// --ca-dir whether that CA issued it and whether it is revoked.
+    Inspect {
+        file: PathBuf,
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -169,6 +238,17 @@ fn header_arg(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s:?} is not key=value"))
 }
 
+fn humantime(d: Duration) -> String {
+    let s = d.as_secs();
+    if s.is_multiple_of(86_400) {
+        format!("{}d", s / 86_400)
+    } else if s.is_multiple_of(3600) {
+        format!("{}h", s / 3600)
+    } else {
+        format!("{s}s")
+    }
+}
+
 fn ttl(s: &str) -> Result<Duration, String> {
     ipcgate::duration::parse(s)
 }
@@ -229,14 +309,141 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cn,
             key_type,
             ttl,
+            trust_domain,
             force,
         }) => {
-            let ca = Ca::generate(&cn, ttl, key_type)?;
+            let mut ca = Ca::generate(&cn, ttl, key_type)?;
+            ca.config.trust_domain = trust_domain;
             let (c, k) = ca.save(&dir, force)?;
+            let crl = ca.reissue_crl(&dir, ipcgate::ca::CRL_TTL)?;
             println!(
-                "CA certificate: {}\nCA key (0600): {}",
+                "CA certificate: {}\nCA key (0600): {}\nCRL (empty, valid 7 days): {}",
                 c.display(),
-                k.display()
+                k.display(),
+                crl.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Cert(CertCmd::Sign {
+            ca_dir,
+            csr,
+            out,
+            client,
+            server,
+            ttl,
+            cn,
+            force,
+        }) => {
+            let ca = Ca::load(&ca_dir)?;
+            let pem = std::fs::read_to_string(&csr)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", csr.display()))?;
+            let issued = ca
+                .sign_csr(&pem, client, server, ttl, cn.as_deref())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", csr.display()))?;
+            let path = issued.save_cert(&out, force)?;
+            println!("certificate: {}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Cert(CertCmd::Revoke {
+            ca_dir,
+            cert,
+            reason,
+            crl_ttl,
+        }) => {
+            let ca = Ca::load(&ca_dir)?;
+            let leaf = ipcgate::ca::lifecycle::read_leaf(&cert)?;
+            let crl = ca.revoke(&ca_dir, &leaf, reason, crl_ttl)?;
+            println!(
+                "revoked serial {} ({})\nCRL: {}",
+                leaf.serial_hex,
+                leaf.subject,
+                crl.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Cert(CertCmd::Renew {
+            ca_dir,
+            cert,
+            key,
+            new_key,
+            key_type,
+            ttl,
+        }) => {
+            let ca = Ca::load(&ca_dir)?;
+            let leaf = ipcgate::ca::lifecycle::read_leaf(&cert)?;
+            if !new_key {
+                ipcgate::ca::lifecycle::check_key_matches(&key, &leaf)?;
+            }
+            let issued = ca.renew(&ca_dir, &leaf, new_key.then_some(key_type), ttl)?;
+            issued.replace(&cert, new_key.then_some(key.as_path()))?;
+            println!(
+                "renewed: {}{}",
+                cert.display(),
+                if new_key {
+                    format!(" (new key: {})", key.display())
+                } else {
+                    String::new()
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Cert(CertCmd::Inspect { file, ca_dir, json }) => {
+            let i = ipcgate::ca::inspect::inspect(&file, ca_dir.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&i)?);
+            } else {
+                println!("file:        {}", i.file);
+                println!(
+                    "subject:     {}",
+                    if i.subject.is_empty() {
+                        "(empty)"
+                    } else {
+                        &i.subject
+                    }
+                );
+                println!("issuer:      {}", i.issuer);
+                println!(
+                    "spiffe id:   {}",
+                    i.spiffe_id.as_deref().unwrap_or("(none)")
+                );
+                println!("uri sans:    {:?}", i.uri_sans);
+                println!("dns sans:    {:?}", i.dns_sans);
+                if !i.ip_sans.is_empty() {
+                    println!("ip sans:     {:?}", i.ip_sans);
+                }
+                println!("sha256:      {}", i.sha256);
+                println!("serial:      {}", i.serial);
+                println!(
+                    "valid:       {} .. {}{}",
+                    i.not_before,
+                    i.not_after,
+                    if i.expired { " (NOT VALID NOW)" } else { "" }
+                );
+                println!(
+                    "purpose:     {:?}{}",
+                    i.extended_key_usage,
+                    if i.is_ca { " (CA)" } else { "" }
+                );
+                println!("key:         {}", i.key);
+                if let Some(c) = i.chains_to_ca {
+                    println!("issued by this CA: {}", if c { "yes" } else { "NO" });
+                }
+                if let Some(r) = i.revoked {
+                    println!("revoked:     {}", if r { "YES" } else { "no" });
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Crl { ca_dir, ttl } => {
+            let ca = Ca::load(&ca_dir)?;
+            let crl = ca.reissue_crl(&ca_dir, ttl)?;
+            let state = ipcgate::ca::lifecycle::load_state(&ca_dir)?;
+            println!(
+                "CRL #{} with {} revoked certificates, valid for {}: {}",
+                state.crl_number,
+                state.revoked.len(),
+                humantime(ttl),
+                crl.display()
             );
             Ok(ExitCode::SUCCESS)
         }

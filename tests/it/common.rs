@@ -52,6 +52,7 @@ impl Pki {
             .unwrap();
         let ca = Ca::generate("test CA", Duration::from_secs(86_400), KeyType::EcdsaP256).unwrap();
         ca.save(dir.path(), false).unwrap();
+        ca.reissue_crl(dir.path(), ipcgate::ca::CRL_TTL).unwrap();
         ca.issue(&LeafSpec {
             dns: vec!["localhost".into()],
             server: true,
@@ -110,6 +111,8 @@ pub struct Opts {
     pub audit_file: bool,
     /// Files to write into the harness directory before the gateway starts.
     pub files: Vec<(&'static str, String)>,
+    /// Extra keys for the `[tls]` table (e.g. `crl = ["ca.crl"]`).
+    pub tls_keys: String,
 }
 
 /// A backend and a gateway in front of it, both in this process.
@@ -119,6 +122,8 @@ pub struct Harness {
     pub backend_sock: PathBuf,
     pub echo: EchoService,
     pub authz: std::sync::Arc<Authorizer>,
+    pub metrics: std::sync::Arc<ipcgate::metrics::Metrics>,
+    pub reloader: std::sync::Arc<ipcgate::reload::Reloader>,
     backend_max_streams: Option<u32>,
     backend: Option<Backend>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -126,10 +131,16 @@ pub struct Harness {
 }
 
 pub fn config_text(pki: &Pki, backend_sock: &Path, extra: &str) -> String {
-    config_text_with(pki, backend_sock, extra, "")
+    config_text_with(pki, backend_sock, extra, "", "")
 }
 
-pub fn config_text_with(pki: &Pki, backend_sock: &Path, extra: &str, policy_keys: &str) -> String {
+pub fn config_text_with(
+    pki: &Pki,
+    backend_sock: &Path,
+    extra: &str,
+    policy_keys: &str,
+    tls_keys: &str,
+) -> String {
     format!(
         r#"
 [listen]
@@ -139,6 +150,7 @@ uds = "gateway.sock"
 cert = "gateway.pem"
 key = "gateway.key"
 client_ca = "ca.pem"
+{tls_keys}
 
 [policy]
 file = "policy.json"
@@ -160,7 +172,11 @@ impl Harness {
     }
 
     pub async fn start_with(opts: Opts) -> Harness {
-        let pki = Pki::new();
+        Self::start_in(Pki::new(), opts).await
+    }
+
+    /// [`Harness::start_with`] on a PKI made beforehand.
+    pub async fn start_in(pki: Pki, opts: Opts) -> Harness {
         let backend_sock = pki.path("echo.sock");
         let echo = EchoService::default();
         let backend = Backend::start(&backend_sock, echo.clone(), opts.backend_max_streams);
@@ -182,12 +198,20 @@ impl Harness {
         }
         std::fs::write(
             &cfg_path,
-            config_text_with(&pki, &backend_sock, &extra, &opts.policy_keys),
+            config_text_with(
+                &pki,
+                &backend_sock,
+                &extra,
+                &opts.policy_keys,
+                &opts.tls_keys,
+            ),
         )
         .unwrap();
         let config = ipcgate::config::Config::load(&cfg_path).unwrap();
         let gateway = ipcgate::Gateway::bind(config).await.unwrap();
         let authz = gateway.authorizer();
+        let metrics = gateway.metrics();
+        let reloader = gateway.reloader();
         let gw_sock = gateway.socket_path().to_owned();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(gateway.run(async {
@@ -199,6 +223,8 @@ impl Harness {
             backend_sock,
             echo,
             authz,
+            metrics,
+            reloader,
             backend_max_streams: opts.backend_max_streams,
             backend: Some(backend),
             stop: Some(tx),

@@ -5,6 +5,7 @@ mod cli;
 mod common;
 mod examples;
 mod identity;
+mod lifecycle;
 mod mtls;
 mod ops;
 mod path;

@@ -41,6 +41,11 @@ pub enum CaError {
     Rcgen(#[from] rcgen::Error),
 }
 
+pub mod inspect;
+pub mod lifecycle;
+
+pub use lifecycle::{Reason, CRL_TTL};
+
 /// Key algorithm for new keys.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum KeyType {
@@ -72,6 +77,16 @@ pub struct Ca {
     cert_der: CertificateDer<'static>,
     cert_pem: String,
     key: KeyPair,
+    pub config: CaConfig,
+}
+
+/// `ca.toml`: the CA's own rules.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaConfig {
+    /// SPIFFE IDs this CA signs must be in this trust domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_domain: Option<String>,
 }
 
 /// What to put in a leaf certificate.
@@ -122,6 +137,7 @@ impl Ca {
             cert_pem: cert.pem(),
             cert_der: cert.der().clone(),
             key,
+            config: CaConfig::default(),
         })
     }
 
@@ -159,10 +175,25 @@ impl Ca {
                 path: cert_path.clone(),
                 msg: format!("no PEM certificate: {e}"),
             })?;
+        let toml_path = dir.join("ca.toml");
+        let config = match std::fs::read_to_string(&toml_path) {
+            Ok(text) => toml::from_str(&text).map_err(|e| CaError::BadFile {
+                path: toml_path.clone(),
+                msg: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => CaConfig::default(),
+            Err(e) => {
+                return Err(CaError::Io {
+                    path: toml_path,
+                    source: e,
+                })
+            }
+        };
         Ok(Ca {
             cert_der,
             cert_pem,
             key,
+            config,
         })
     }
 
@@ -178,6 +209,8 @@ impl Ca {
         let (c, k) = (dir.join("ca.pem"), dir.join("ca.key"));
         write_file(&k, self.key.serialize_pem().as_bytes(), 0o600, force)?;
         write_file(&c, self.cert_pem.as_bytes(), 0o644, force)?;
+        let text = toml::to_string(&self.config).map_err(|e| CaError::Invalid(e.to_string()))?;
+        write_file(&dir.join("ca.toml"), text.as_bytes(), 0o644, force)?;
         Ok((c, k))
     }
 
@@ -189,80 +222,30 @@ impl Ca {
         &self.cert_der
     }
 
-    fn issuer(&self) -> Result<Issuer<'static, &KeyPair>, CaError> {
+    pub(crate) fn issuer(&self) -> Result<Issuer<'static, &KeyPair>, CaError> {
         Ok(Issuer::from_ca_cert_der(&self.cert_der, &self.key)?)
     }
 
     /// Issues a leaf certificate with a fresh key.
     ///
     /// # Errors
-    /// Invalid names (a SPIFFE ID that is not `spiffe://…`, a bad DNS name), or
-    /// no name at all.
+    /// Invalid names (a SPIFFE ID that is not `spiffe://…` or outside the CA's
+    /// trust domain, a bad DNS name), no name at all, or no purpose.
     pub fn issue(&self, spec: &LeafSpec) -> Result<Issued, CaError> {
+        let names = Names {
+            spiffe: spec.spiffe.clone(),
+            dns: spec.dns.clone(),
+            ips: Vec::new(),
+        };
+        let params = self.leaf_params(
+            &names,
+            spec.cn.as_deref(),
+            spec.client,
+            spec.server,
+            spec.validity,
+            spec.ttl,
+        )?;
         let key = spec.key_type.generate()?;
-        let mut params = CertificateParams::default();
-        for id in &spec.spiffe {
-            if !id.starts_with("spiffe://") || id.len() <= "spiffe://".len() {
-                return Err(CaError::Invalid(format!(
-                    "--spiffe {id:?} is not a SPIFFE ID (write spiffe://trust-domain/path)"
-                )));
-            }
-            let uri = id
-                .clone()
-                .try_into()
-                .map_err(|_| CaError::Invalid(format!("--spiffe {id:?} is not ASCII")))?;
-            params.subject_alt_names.push(SanType::URI(uri));
-        }
-        for name in &spec.dns {
-            let dns = name
-                .clone()
-                .try_into()
-                .map_err(|_| CaError::Invalid(format!("--dns {name:?} is not a DNS name")))?;
-            params.subject_alt_names.push(SanType::DnsName(dns));
-        }
-        if spec.spiffe.is_empty() && spec.dns.is_empty() && spec.cn.is_none() {
-            return Err(CaError::Invalid(
-                "a certificate needs a name: give --spiffe, --dns or --cn".into(),
-            ));
-        }
-        if !spec.client && !spec.server {
-            return Err(CaError::Invalid(
-                "say what the certificate is for: --client, --server, or both".into(),
-            ));
-        }
-        // The CN is what the user asked for, or the first DNS name. It is never
-        // derived from a SPIFFE ID: `spiffe://td/ns/x/admin` must not come out as
-        // `CN=admin` and satisfy a policy principal meant for someone else.
-        params.distinguished_name = match spec.cn.clone().or_else(|| spec.dns.first().cloned()) {
-            Some(cn) => dn(&cn),
-            None => DistinguishedName::new(),
-        };
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        if spec.client {
-            params
-                .extended_key_usages
-                .push(ExtendedKeyUsagePurpose::ClientAuth);
-        }
-        if spec.server {
-            params
-                .extended_key_usages
-                .push(ExtendedKeyUsagePurpose::ServerAuth);
-        }
-        params.use_authority_key_identifier_extension = true;
-        params.serial_number = Some(random_serial()?);
-        let (nb, na) = match spec.validity {
-            Some(v) => v,
-            None => {
-                let ttl = spec
-                    .ttl
-                    .unwrap_or(if spec.server { SERVER_TTL } else { CLIENT_TTL });
-                let now = OffsetDateTime::now_utc();
-                (now - BACKDATE, now + ttl)
-            }
-        };
-        params.not_before = nb;
-        params.not_after = na;
         let cert = params.signed_by(&key, &self.issuer()?)?;
         Ok(Issued {
             cert_pem: cert.pem(),
@@ -270,6 +253,125 @@ impl Ca {
             cert_der: cert.der().clone(),
         })
     }
+
+    /// The parameters of every leaf this CA signs: names checked against the
+    /// CA's rules, never a CA, EKU and validity as asked, a fresh random serial.
+    pub(crate) fn leaf_params(
+        &self,
+        names: &Names,
+        cn: Option<&str>,
+        client: bool,
+        server: bool,
+        validity: Option<(OffsetDateTime, OffsetDateTime)>,
+        ttl: Option<Duration>,
+    ) -> Result<CertificateParams, CaError> {
+        let mut params = CertificateParams::default();
+        for id in &names.spiffe {
+            self.check_spiffe(id)?;
+            let uri = id
+                .clone()
+                .try_into()
+                .map_err(|_| CaError::Invalid(format!("SPIFFE ID {id:?} is not ASCII")))?;
+            params.subject_alt_names.push(SanType::URI(uri));
+        }
+        for name in &names.dns {
+            if name.is_empty()
+                || name.len() > 253
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'*')
+            {
+                return Err(CaError::Invalid(format!("{name:?} is not a DNS name")));
+            }
+            let dns = name
+                .clone()
+                .try_into()
+                .map_err(|_| CaError::Invalid(format!("{name:?} is not a DNS name")))?;
+            params.subject_alt_names.push(SanType::DnsName(dns));
+        }
+        for ip in &names.ips {
+            params.subject_alt_names.push(SanType::IpAddress(*ip));
+        }
+        if params.subject_alt_names.is_empty() && cn.is_none() {
+            return Err(CaError::Invalid(
+                "a certificate needs a name: give --spiffe, --dns or --cn".into(),
+            ));
+        }
+        if !client && !server {
+            return Err(CaError::Invalid(
+                "say what the certificate is for: --client, --server, or both".into(),
+            ));
+        }
+        // The CN is what the user asked for, or the first DNS name. It is never
+        // derived from a SPIFFE ID: `spiffe://td/ns/x/admin` must not come out as
+        // `CN=admin` and satisfy a policy principal meant for someone else.
+        params.distinguished_name =
+            match cn.map(str::to_owned).or_else(|| names.dns.first().cloned()) {
+                Some(cn) => dn(&cn),
+                None => DistinguishedName::new(),
+            };
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        if client {
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ClientAuth);
+        }
+        if server {
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ServerAuth);
+        }
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(random_serial()?);
+        let (nb, na) = match validity {
+            Some(v) => v,
+            None => {
+                let ttl = ttl.unwrap_or(if server { SERVER_TTL } else { CLIENT_TTL });
+                let now = OffsetDateTime::now_utc();
+                (now - BACKDATE, now + ttl)
+            }
+        };
+        params.not_before = nb;
+        params.not_after = na;
+        Ok(params)
+    }
+
+    /// A SPIFFE ID must be `spiffe://<trust domain>/<path>` and, when the CA has
+    /// a trust domain, inside it.
+    fn check_spiffe(&self, id: &str) -> Result<(), CaError> {
+        let Some(rest) = id.strip_prefix("spiffe://") else {
+            return Err(CaError::Invalid(format!(
+                "{id:?} is not a SPIFFE ID (write spiffe://trust-domain/path)"
+            )));
+        };
+        let td = rest.split('/').next().unwrap_or("");
+        let ok_td = !td.is_empty()
+            && td.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-' || b == b'_'
+            });
+        if !ok_td || rest.contains("//") || rest.contains(['?', '#', '%']) {
+            return Err(CaError::Invalid(format!(
+                "{id:?} is not a valid SPIFFE ID (lowercase trust domain, no query, fragment, escapes or empty path segments)"
+            )));
+        }
+        if let Some(want) = &self.config.trust_domain {
+            if td != want {
+                return Err(CaError::Invalid(format!(
+                    "{id:?} is outside this CA's trust domain {want:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The names a leaf certificate carries.
+#[derive(Debug, Clone, Default)]
+pub struct Names {
+    pub spiffe: Vec<String>,
+    pub dns: Vec<String>,
+    pub ips: Vec<std::net::IpAddr>,
 }
 
 impl Issued {
@@ -289,6 +391,31 @@ impl Issued {
         write_file(&k, self.key_pem.as_bytes(), 0o600, force)?;
         write_file(&c, self.cert_pem.as_bytes(), 0o644, force)?;
         Ok((c, k))
+    }
+}
+
+impl Issued {
+    /// Writes only `<out>.pem` (a signed CSR: the key stays with the requester).
+    ///
+    /// # Errors
+    /// An existing file without `force`, or I/O.
+    pub fn save_cert(&self, out: &Path, force: bool) -> Result<PathBuf, CaError> {
+        let c = with_ext(out, "pem");
+        write_file(&c, self.cert_pem.as_bytes(), 0o644, force)?;
+        Ok(c)
+    }
+
+    /// Replaces a certificate (and, with a new key, its key) in place, each by
+    /// atomic rename so a gateway watching the files never reads half of one.
+    /// The key is written first: a reader never sees a new cert with the old key.
+    ///
+    /// # Errors
+    /// I/O.
+    pub fn replace(&self, cert: &Path, key: Option<&Path>) -> Result<(), CaError> {
+        if let Some(k) = key {
+            write_atomic(k, self.key_pem.as_bytes(), 0o600)?;
+        }
+        write_atomic(cert, self.cert_pem.as_bytes(), 0o644)
     }
 }
 
@@ -349,4 +476,32 @@ fn write_file(path: &Path, data: &[u8], mode: u32, force: bool) -> Result<(), Ca
         path: path.to_owned(),
         source: e,
     })
+}
+
+/// Writes a file by rename, so a reader (the gateway's watcher) never sees it
+/// half written.
+pub(crate) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), CaError> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".ipcgate-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .tempfile_in(dir)
+        .map_err(|e| CaError::Io {
+            path: dir.to_owned(),
+            source: e,
+        })?;
+    tmp.write_all(data)
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(|e| CaError::Io {
+            path: path.to_owned(),
+            source: e,
+        })?;
+    tmp.persist(path).map_err(|e| CaError::Io {
+        path: path.to_owned(),
+        source: e.error,
+    })?;
+    Ok(())
 }

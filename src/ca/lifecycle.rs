@@ -1,0 +1,434 @@
+//! The rest of a certificate's life at the CA: signing CSRs, revoking, CRLs,
+//! renewing.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rcgen::{
+    CertificateRevocationListParams, KeyIdMethod, RevocationReason, RevokedCertParams,
+    SerialNumber, SubjectPublicKeyInfo,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+use super::{Ca, CaError, KeyType, Names};
+use crate::identity::hex;
+
+/// Default CRL lifetime: re-issue (`ipcgate crl`) before it passes.
+pub const CRL_TTL: Duration = Duration::from_secs(7 * 86_400);
+
+/// Why a certificate is revoked (RFC 5280 reason codes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    #[default]
+    Unspecified,
+    KeyCompromise,
+    CaCompromise,
+    AffiliationChanged,
+    Superseded,
+    CessationOfOperation,
+    PrivilegeWithdrawn,
+}
+
+impl Reason {
+    fn code(self) -> RevocationReason {
+        match self {
+            Reason::Unspecified => RevocationReason::Unspecified,
+            Reason::KeyCompromise => RevocationReason::KeyCompromise,
+            Reason::CaCompromise => RevocationReason::CaCompromise,
+            Reason::AffiliationChanged => RevocationReason::AffiliationChanged,
+            Reason::Superseded => RevocationReason::Superseded,
+            Reason::CessationOfOperation => RevocationReason::CessationOfOperation,
+            Reason::PrivilegeWithdrawn => RevocationReason::PrivilegeWithdrawn,
+        }
+    }
+}
+
+/// One revoked certificate in `revoked.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Revoked {
+    /// Serial number, lowercase hex.
+    pub serial: String,
+    /// Unix seconds.
+    pub revoked_at: i64,
+    pub reason: Reason,
+    pub subject: String,
+    #[serde(default)]
+    pub names: Vec<String>,
+}
+
+/// `revoked.json`: what this CA has revoked, and the last CRL number.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RevocationState {
+    pub crl_number: u64,
+    pub revoked: Vec<Revoked>,
+}
+
+/// A leaf certificate read back from a file, with what the CA needs of it.
+pub struct LeafInfo {
+    pub der: CertificateDer<'static>,
+    pub serial_hex: String,
+    pub subject: String,
+    pub cn: Option<String>,
+    pub names: Names,
+    pub client: bool,
+    pub server: bool,
+    pub spki: Vec<u8>,
+}
+
+/// Reads the first certificate of a PEM file.
+///
+/// # Errors
+/// Unreadable file or no certificate.
+pub fn read_leaf(path: &Path) -> Result<LeafInfo, CaError> {
+    let der = CertificateDer::from_pem_file(path).map_err(|e| CaError::BadFile {
+        path: path.to_owned(),
+        msg: format!("no PEM certificate: {e}"),
+    })?;
+    let (_, c) = X509Certificate::from_der(der.as_ref()).map_err(|e| CaError::BadFile {
+        path: path.to_owned(),
+        msg: format!("cannot parse the certificate: {e}"),
+    })?;
+    let mut names = Names::default();
+    if let Ok(Some(san)) = c.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                GeneralName::URI(u) => names.spiffe.push((*u).to_owned()),
+                GeneralName::DNSName(d) => names.dns.push((*d).to_owned()),
+                GeneralName::IPAddress(b) => {
+                    if let Some(ip) = ip_from(b) {
+                        names.ips.push(ip);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let (client, server) = match c.extended_key_usage() {
+        Ok(Some(eku)) => (eku.value.client_auth, eku.value.server_auth),
+        _ => (false, false),
+    };
+    let info = LeafInfo {
+        serial_hex: hex(c.raw_serial()),
+        subject: crate::identity::rfc4514(c.subject()),
+        cn: c
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|a| a.as_str().ok())
+            .map(str::to_owned),
+        names,
+        client,
+        server,
+        spki: c.public_key().raw.to_vec(),
+        der: der.clone(),
+    };
+    Ok(info)
+}
+
+/// Checks that a key file holds the private key of `leaf`.
+///
+/// # Errors
+/// Unreadable key, or a key for another certificate.
+pub fn check_key_matches(key: &Path, leaf: &LeafInfo) -> Result<(), CaError> {
+    use rcgen::PublicKeyData;
+    let pem = std::fs::read_to_string(key).map_err(|e| CaError::Io {
+        path: key.to_owned(),
+        source: e,
+    })?;
+    let kp = rcgen::KeyPair::from_pem(&pem).map_err(|e| CaError::BadFile {
+        path: key.to_owned(),
+        msg: format!("not a usable private key: {e}"),
+    })?;
+    if kp.subject_public_key_info() != leaf.spki {
+        return Err(CaError::BadFile {
+            path: key.to_owned(),
+            msg: "this key does not belong to the certificate (pass the matching --key, or --new-key)".into(),
+        });
+    }
+    Ok(())
+}
+
+fn ip_from(b: &[u8]) -> Option<IpAddr> {
+    match b.len() {
+        4 => <[u8; 4]>::try_from(b).ok().map(IpAddr::from),
+        16 => <[u8; 16]>::try_from(b).ok().map(IpAddr::from),
+        _ => None,
+    }
+}
+
+impl Ca {
+    /// Whether this CA signed `der` (issuer name and signature).
+    pub fn issued(&self, der: &CertificateDer<'_>) -> bool {
+        let (Ok((_, leaf)), Ok((_, ca))) = (
+            X509Certificate::from_der(der.as_ref()),
+            X509Certificate::from_der(self.cert_der().as_ref()),
+        ) else {
+            return false;
+        };
+        leaf.issuer().as_raw() == ca.subject().as_raw()
+            && leaf.verify_signature(Some(ca.public_key())).is_ok()
+    }
+
+    /// Signs a CSR. The CA decides what matters: never a CA, EKU, validity and
+    /// serial are its own; names come from the CSR only if they pass the CA's
+    /// rules; the CSR's CN is kept only if it is one of those names or `cn`
+    /// approves it.
+    ///
+    /// # Errors
+    /// A bad CSR signature, a CSR asking to be a CA, a name the CA refuses, an
+    /// unsupported key.
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        client: bool,
+        server: bool,
+        ttl: Option<Duration>,
+        cn: Option<&str>,
+    ) -> Result<super::Issued, CaError> {
+        let der =
+            rustls::pki_types::CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+                .map_err(|e| {
+                    CaError::Invalid(format!(
+                        "not a PEM CSR (-----BEGIN CERTIFICATE REQUEST-----): {e}"
+                    ))
+                })?;
+        let (_, csr) = X509CertificationRequest::from_der(der.as_ref())
+            .map_err(|e| CaError::Invalid(format!("cannot parse the CSR: {e}")))?;
+        csr.verify_signature().map_err(|_| {
+            CaError::Invalid("the CSR's signature does not verify (was it altered?)".into())
+        })?;
+        let mut names = Names::default();
+        for ext in csr.requested_extensions().into_iter().flatten() {
+            use x509_parser::extensions::ParsedExtension;
+            match ext {
+                ParsedExtension::BasicConstraints(bc) if bc.ca => {
+                    return Err(CaError::Invalid(
+                        "the CSR asks for a CA certificate (basicConstraints CA:TRUE); this CA only signs leaf certificates".into(),
+                    ))
+                }
+                ParsedExtension::SubjectAlternativeName(san) => {
+                    for n in &san.general_names {
+                        match n {
+                            GeneralName::URI(u) => names.spiffe.push((*u).to_owned()),
+                            GeneralName::DNSName(d) => names.dns.push((*d).to_owned()),
+                            GeneralName::IPAddress(b) => names.ips.push(ip_from(b).ok_or_else(|| {
+                                CaError::Invalid("the CSR has a malformed IP address SAN".into())
+                            })?),
+                            other => {
+                                return Err(CaError::Invalid(format!(
+                                    "the CSR asks for a SAN this CA does not issue: {other} (allowed: SPIFFE URI, DNS, IP)"
+                                )))
+                            }
+                        }
+                    }
+                }
+                // Key usage, EKU and anything else the requester asked for are
+                // the CA's to decide, not the CSR's.
+                _ => {}
+            }
+        }
+        let info = &csr.certification_request_info;
+        let csr_cn = info
+            .subject
+            .iter_common_name()
+            .next()
+            .and_then(|a| a.as_str().ok())
+            .map(str::to_owned);
+        let cn = match (cn, csr_cn) {
+            (Some(approved), _) => Some(approved.to_owned()),
+            (None, None) => None,
+            (None, Some(asked)) => {
+                let is_a_name = names.dns.iter().chain(&names.spiffe).any(|n| *n == asked);
+                if !is_a_name {
+                    return Err(CaError::Invalid(format!(
+                        "the CSR asks for CN={asked:?}, which is not one of its names; approve it with --cn {asked:?} or leave the CN out of the CSR"
+                    )));
+                }
+                Some(asked)
+            }
+        };
+        let params = self.leaf_params(&names, cn.as_deref(), client, server, None, ttl)?;
+        let spki = SubjectPublicKeyInfo::from_der(info.subject_pki.raw).map_err(|_| {
+            CaError::Invalid(
+                "the CSR's key type is not supported (use ECDSA P-256/P-384, Ed25519 or RSA)"
+                    .into(),
+            )
+        })?;
+        let cert = params.signed_by(&spki, &self.issuer()?)?;
+        Ok(super::Issued {
+            cert_pem: cert.pem(),
+            key_pem: String::new(),
+            cert_der: cert.der().clone(),
+        })
+    }
+
+    /// Renews a certificate this CA issued: same names, CN and purpose, new
+    /// validity and serial; the same key unless a new one is given.
+    ///
+    /// # Errors
+    /// Not issued by this CA, or revoked.
+    pub fn renew(
+        &self,
+        dir: &Path,
+        old: &LeafInfo,
+        new_key: Option<KeyType>,
+        ttl: Option<Duration>,
+    ) -> Result<super::Issued, CaError> {
+        if !self.issued(&old.der) {
+            return Err(CaError::Invalid(
+                "this certificate was not issued by this CA".into(),
+            ));
+        }
+        if let Some(r) = load_state(dir)?
+            .revoked
+            .iter()
+            .find(|r| r.serial == old.serial_hex)
+        {
+            return Err(CaError::Invalid(format!(
+                "this certificate (serial {}) is revoked ({:?}); issue a new one instead",
+                r.serial, r.reason
+            )));
+        }
+        let params = self.leaf_params(
+            &old.names,
+            old.cn.as_deref(),
+            old.client,
+            old.server,
+            None,
+            ttl,
+        )?;
+        match new_key {
+            Some(kt) => {
+                let key = kt.generate()?;
+                let cert = params.signed_by(&key, &self.issuer()?)?;
+                Ok(super::Issued {
+                    cert_pem: cert.pem(),
+                    key_pem: key.serialize_pem(),
+                    cert_der: cert.der().clone(),
+                })
+            }
+            None => {
+                let spki = SubjectPublicKeyInfo::from_der(&old.spki).map_err(|e| {
+                    CaError::Invalid(format!("the certificate's key cannot be reused: {e}"))
+                })?;
+                let cert = params.signed_by(&spki, &self.issuer()?)?;
+                Ok(super::Issued {
+                    cert_pem: cert.pem(),
+                    key_pem: String::new(),
+                    cert_der: cert.der().clone(),
+                })
+            }
+        }
+    }
+
+    /// Records a revocation and writes a fresh CRL.
+    ///
+    /// # Errors
+    /// Not issued by this CA, or I/O.
+    pub fn revoke(
+        &self,
+        dir: &Path,
+        leaf: &LeafInfo,
+        reason: Reason,
+        crl_ttl: Duration,
+    ) -> Result<PathBuf, CaError> {
+        if !self.issued(&leaf.der) {
+            return Err(CaError::Invalid(
+                "this certificate was not issued by this CA (its CRL could not revoke it)".into(),
+            ));
+        }
+        let mut state = load_state(dir)?;
+        if !state.revoked.iter().any(|r| r.serial == leaf.serial_hex) {
+            let mut names = leaf.names.spiffe.clone();
+            names.extend(leaf.names.dns.iter().cloned());
+            state.revoked.push(Revoked {
+                serial: leaf.serial_hex.clone(),
+                revoked_at: OffsetDateTime::now_utc().unix_timestamp(),
+                reason,
+                subject: leaf.subject.clone(),
+                names,
+            });
+        }
+        self.write_crl(dir, &mut state, crl_ttl)
+    }
+
+    /// Issues a new CRL from `revoked.json` (next CRL number) and writes
+    /// `ca.crl` atomically.
+    ///
+    /// # Errors
+    /// I/O, or the CA key cannot sign CRLs.
+    pub fn reissue_crl(&self, dir: &Path, crl_ttl: Duration) -> Result<PathBuf, CaError> {
+        let mut state = load_state(dir)?;
+        self.write_crl(dir, &mut state, crl_ttl)
+    }
+
+    fn write_crl(
+        &self,
+        dir: &Path,
+        state: &mut RevocationState,
+        ttl: Duration,
+    ) -> Result<PathBuf, CaError> {
+        state.crl_number += 1;
+        let now = OffsetDateTime::now_utc();
+        let mut revoked = Vec::with_capacity(state.revoked.len());
+        for r in &state.revoked {
+            let serial = unhex(&r.serial).ok_or_else(|| {
+                CaError::Invalid(format!("revoked.json: bad serial {:?}", r.serial))
+            })?;
+            revoked.push(RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&serial),
+                revocation_time: OffsetDateTime::from_unix_timestamp(r.revoked_at).unwrap_or(now),
+                reason_code: Some(r.reason.code()),
+                invalidity_date: None,
+            });
+        }
+        let params = CertificateRevocationListParams {
+            this_update: now - Duration::from_secs(60),
+            next_update: now + ttl,
+            crl_number: SerialNumber::from_slice(&state.crl_number.to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs: revoked,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.issuer()?)?;
+        let pem = crl.pem()?;
+        let path = dir.join("ca.crl");
+        super::write_atomic(&path, pem.as_bytes(), 0o644)?;
+        let json = serde_json::to_vec_pretty(state).map_err(|e| CaError::Invalid(e.to_string()))?;
+        super::write_atomic(&dir.join("revoked.json"), &json, 0o644)?;
+        Ok(path)
+    }
+}
+
+/// Reads `revoked.json` (empty state if absent).
+///
+/// # Errors
+/// Unreadable or corrupt file.
+pub fn load_state(dir: &Path) -> Result<RevocationState, CaError> {
+    let p = dir.join("revoked.json");
+    match std::fs::read(&p) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| CaError::BadFile {
+            path: p,
+            msg: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RevocationState::default()),
+        Err(e) => Err(CaError::Io { path: p, source: e }),
+    }
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) || !s.is_ascii() {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
+}

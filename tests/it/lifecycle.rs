@@ -1,0 +1,542 @@
+//! Certificate lifecycle: CSRs, revocation that reaches live connections,
+//! rotation and expiry without restarts, CRLs from openssl.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipcgate::ca::LeafSpec;
+use ipcgate::metrics::{FileLabels, ReasonLabels};
+use time::OffsetDateTime;
+use tonic::Code;
+
+use crate::common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ipcgate");
+
+fn sh(dir: &std::path::Path, script: &str) {
+    let out = Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .expect("sh and openssl are needed (.ci/run installs openssl)");
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn ipcgate(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn with_crl() -> Opts {
+    Opts {
+        tls_keys: "crl = [\"ca.crl\"]".into(),
+        ..Default::default()
+    }
+}
+
+fn closed(h: &Harness, reason: &'static str) -> u64 {
+    h.metrics
+        .connections_closed
+        .get_or_create(&ReasonLabels { reason })
+        .get()
+}
+
+#[tokio::test]
+async fn csr_signed_by_the_ca_works_end_to_end() {
+    let h = Harness::start().await;
+    let d = h.pki.dir.path();
+    sh(
+        d,
+        "openssl ecparam -name prime256v1 -genkey -noout -out alice-req.key && \
+           openssl req -new -key alice-req.key -out alice.csr -subj '/CN=alice' \
+             -addext 'subjectAltName=URI:spiffe://test.local/alice'",
+    );
+    let dir = d.to_str().unwrap();
+    let out = ipcgate(&[
+        "cert",
+        "sign",
+        "--ca-dir",
+        dir,
+        "--csr",
+        &format!("{dir}/alice.csr"),
+        "--out",
+        &format!("{dir}/alice-signed"),
+        "--client",
+        "--cn",
+        "alice",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cfg = ipcgate::client::config_from_files(
+        &h.pki.path("alice-signed.pem"),
+        &h.pki.path("alice-req.key"),
+        &h.pki.path("ca.pem"),
+    )
+    .unwrap();
+    let r = h.client(cfg).unary(req(b"via-csr")).await.unwrap();
+    let xfcc = seen(r.get_ref(), "x-forwarded-client-cert");
+    assert!(
+        xfcc[0].contains("URI=spiffe://test.local/alice")
+            && xfcc[0].contains("Subject=\"CN=alice\""),
+        "{xfcc:?}"
+    );
+    let i: serde_json::Value = serde_json::from_slice(
+        &ipcgate(&[
+            "cert",
+            "inspect",
+            &format!("{dir}/alice-signed.pem"),
+            "--ca-dir",
+            dir,
+            "--json",
+        ])
+        .stdout,
+    )
+    .unwrap();
+    assert_eq!(i["chains_to_ca"], true);
+    assert_eq!(i["revoked"], false);
+    assert_eq!(i["is_ca"], false);
+    assert_eq!(i["extended_key_usage"], serde_json::json!(["clientAuth"]));
+    assert!(
+        i["serial"].as_str().unwrap().len() >= 16,
+        "serial of at least 64 bits"
+    );
+}
+
+#[tokio::test]
+async fn the_ca_refuses_what_a_csr_should_not_get() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().to_str().unwrap();
+    assert!(
+        ipcgate(&["ca", "init", "--dir", dir, "--trust-domain", "example.org"])
+            .status
+            .success()
+    );
+    sh(d.path(), "openssl ecparam -name prime256v1 -genkey -noout -out k.key && \
+        openssl req -new -key k.key -out ca.csr -subj '/CN=sub' -addext 'basicConstraints=critical,CA:TRUE' -addext 'subjectAltName=DNS:sub.example.org' && \
+        openssl req -new -key k.key -out td.csr -subj '/O=x' -addext 'subjectAltName=URI:spiffe://evil.org/x' && \
+        openssl req -new -key k.key -out cn.csr -subj '/CN=admin' -addext 'subjectAltName=URI:spiffe://example.org/x' && \
+        openssl req -new -key k.key -out mail.csr -subj '/CN=m' -addext 'subjectAltName=email:m@example.org'");
+    for (csr, want) in [
+        ("ca.csr", "asks for a CA certificate"),
+        ("td.csr", "outside this CA's trust domain"),
+        ("cn.csr", "CN=\"admin\", which is not one of its names"),
+        ("mail.csr", "does not issue"),
+    ] {
+        let out = ipcgate(&[
+            "cert",
+            "sign",
+            "--ca-dir",
+            dir,
+            "--csr",
+            &format!("{dir}/{csr}"),
+            "--out",
+            &format!("{dir}/out"),
+            "--client",
+        ]);
+        assert!(!out.status.success(), "{csr} was signed");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{csr}: {err}");
+    }
+    assert!(!d.path().join("out.pem").exists());
+    // A tampered CSR fails its signature check.
+    let mut csr = std::fs::read_to_string(d.path().join("td.csr")).unwrap();
+    // Flip one base64 character well inside the signed part.
+    let i = csr.find("-----\n").unwrap() + 6 + 60;
+    let c = if csr.as_bytes()[i] == b'A' { "B" } else { "A" };
+    csr.replace_range(i..i + 1, c);
+    std::fs::write(d.path().join("bad.csr"), csr).unwrap();
+    let out = ipcgate(&[
+        "cert",
+        "sign",
+        "--ca-dir",
+        dir,
+        "--csr",
+        &format!("{dir}/bad.csr"),
+        "--out",
+        &format!("{dir}/out"),
+        "--client",
+    ]);
+    assert!(!out.status.success());
+}
+
+#[tokio::test]
+async fn revocation_refuses_new_handshakes_and_closes_live_connections() {
+    let h = Harness::start_with(with_crl()).await;
+    let alice_cert = h
+        .pki
+        .ca
+        .issue(&LeafSpec {
+            spiffe: vec!["spiffe://test.local/alice".into()],
+            client: true,
+            ..Default::default()
+        })
+        .unwrap();
+    alice_cert.save(&h.pki.path("alice"), false).unwrap();
+    let alice_cfg = client_config(
+        &alice_cert.cert_pem,
+        &alice_cert.key_pem,
+        h.pki.ca.cert_pem(),
+    );
+    let mut alice = h.client(alice_cfg.clone());
+    let mut other = h.alice(); // another alice certificate, not revoked
+    alice.unary(req(b"before")).await.unwrap();
+    other.unary(req(b"before")).await.unwrap();
+    // A call in flight when the revocation lands may finish.
+    let mut slow = alice.clone();
+    let in_flight = tokio::spawn(async move {
+        slow.unary(ipcgate::pb::EchoRequest {
+            delay_ms: 400,
+            ..req(b"in-flight")
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let dir = h.pki.dir.path().to_str().unwrap().to_owned();
+    let out = ipcgate(&[
+        "cert",
+        "revoke",
+        "--ca-dir",
+        &dir,
+        "--cert",
+        &format!("{dir}/alice.pem"),
+        "--reason",
+        "key-compromise",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The file watcher reloads the CRL and closes alice's connection.
+    let hh = &h;
+    eventually("revoked connection closed", || {
+        closed(hh, "no_longer_verifies") == 1
+    })
+    .await;
+    assert_eq!(
+        in_flight.await.unwrap().unwrap().get_ref().payload,
+        b"in-flight"
+    );
+    // New handshakes with the revoked certificate fail...
+    let e = ipcgate::client::probe(&h.gw_sock, "localhost", alice_cfg)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("CertificateRevoked") || e.to_string().contains("alert"),
+        "{e}"
+    );
+    let e = alice.unary(req(b"after")).await.unwrap_err();
+    assert_ne!(e.code(), Code::Ok);
+    // ...and the other client never noticed.
+    for _ in 0..5 {
+        other.unary(req(b"after")).await.unwrap();
+    }
+    assert_eq!(closed(&h, "no_longer_verifies"), 1);
+}
+
+#[tokio::test]
+async fn server_certificate_rotates_under_load_without_a_failed_call() {
+    let h = Harness::start().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    // Two kinds of clients: one long-lived connection, and a fresh connection
+    // (full handshake) per call.
+    let mut long_lived = h.alice();
+    let cfg = h.pki.spiffe("spiffe://test.local/alice");
+    let (s, sock, c2) = (stop.clone(), h.gw_sock.clone(), cfg.clone());
+    let loop_task =
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !s.load(Ordering::SeqCst) {
+                let mut fresh = ipcgate::pb::echo_client::EchoClient::new(
+                    ipcgate::client::channel(sock.clone(), "localhost".into(), c2.clone()),
+                );
+                match fresh.unary(req(b"x")).await {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(format!("{e:?}")),
+                }
+                match long_lived.unary(req(b"y")).await {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(format!("long-lived: {e:?}")),
+                }
+            }
+            (ok, failed)
+        });
+    let mut served = Vec::new();
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let new = h
+            .pki
+            .ca
+            .issue(&LeafSpec {
+                dns: vec!["localhost".into()],
+                server: true,
+                ..Default::default()
+            })
+            .unwrap();
+        // Key first, then certificate, each by atomic rename (as `cert renew` does).
+        new.replace(&h.pki.path("gateway.pem"), Some(&h.pki.path("gateway.key")))
+            .unwrap();
+        let want = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, new.cert_der.as_ref());
+        let want = ipcgate::identity::hex(want.as_ref());
+        within("new connections get the new certificate", async {
+            loop {
+                let tls = ipcgate::client::connect(&h.gw_sock, "localhost", cfg.clone())
+                    .await
+                    .unwrap();
+                let got = ipcgate::identity::hex(
+                    aws_lc_rs::digest::digest(
+                        &aws_lc_rs::digest::SHA256,
+                        tls.get_ref().1.peer_certificates().unwrap()[0].as_ref(),
+                    )
+                    .as_ref(),
+                );
+                if got == want {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        served.push(want);
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed) = loop_task.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "calls failed during rotation: {failed:?}"
+    );
+    assert!(ok > 10, "{ok}");
+    assert_eq!(served.len(), 4);
+}
+
+#[tokio::test]
+async fn a_bad_certificate_file_at_reload_keeps_the_old_material() {
+    let h = Harness::start().await;
+    let mut alice = h.alice();
+    alice.unary(req(b"x")).await.unwrap();
+    std::fs::write(h.pki.path("gateway.pem"), "not a certificate").unwrap();
+    let report = h.reloader.tls.reload();
+    assert!(!report.ok);
+    assert!(report.error.unwrap().contains("gateway.pem"));
+    // Old material still in force: existing and new connections work.
+    alice.unary(req(b"x")).await.unwrap();
+    h.client(h.pki.spiffe("spiffe://test.local/alice"))
+        .unary(req(b"new"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_connection_does_not_outlive_its_certificate() {
+    let h = Harness::start().await;
+    let now = OffsetDateTime::now_utc();
+    let short = h
+        .pki
+        .ca
+        .issue(&LeafSpec {
+            spiffe: vec!["spiffe://test.local/alice".into()],
+            client: true,
+            validity: Some((
+                now - time::Duration::minutes(1),
+                now + time::Duration::seconds(2),
+            )),
+            ..Default::default()
+        })
+        .unwrap();
+    let cfg = client_config(&short.cert_pem, &short.key_pem, h.pki.ca.cert_pem());
+    let mut c = h.client(cfg.clone());
+    c.unary(req(b"while-valid")).await.unwrap();
+    let hh = &h;
+    eventually("expired connection closed", || closed(hh, "expired") == 1).await;
+    // Reconnecting with it is refused (X.509 times have whole seconds: step past
+    // the last valid one).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(ipcgate::client::probe(&h.gw_sock, "localhost", cfg)
+        .await
+        .is_err());
+    assert!(c.unary(req(b"after")).await.is_err());
+}
+
+#[tokio::test]
+async fn stale_crl_is_reported_and_enforced_by_default() {
+    for (keys, refused) in [
+        ("crl = [\"old.crl\"]", true),
+        ("crl = [\"old.crl\"]\ncrl_expired = \"allow\"", false),
+    ] {
+        let pki_probe = Pki::new();
+        // A CRL whose nextUpdate has passed, signed by the harness CA: written
+        // after the harness starts is too late, so sign it with a CA we then use.
+        let key =
+            rcgen::KeyPair::from_pem(&std::fs::read_to_string(pki_probe.path("ca.key")).unwrap())
+                .unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_pem(pki_probe.ca.cert_pem(), key).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let crl = rcgen::CertificateRevocationListParams {
+            this_update: now - time::Duration::days(10),
+            next_update: now - time::Duration::days(3),
+            crl_number: rcgen::SerialNumber::from_slice(&[1]),
+            issuing_distribution_point: None,
+            revoked_certs: Vec::new(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&issuer)
+        .unwrap();
+        let h = Harness::start_in(
+            pki_probe,
+            Opts {
+                tls_keys: keys.into(),
+                files: vec![("old.crl", crl.pem().unwrap())],
+                ..Default::default()
+            },
+        )
+        .await;
+        let stale = h
+            .metrics
+            .crl_stale
+            .get_or_create(&FileLabels {
+                file: h.pki.path("old.crl").display().to_string(),
+            })
+            .get();
+        assert_eq!(stale, 1, "{keys}");
+        let r = ipcgate::client::probe(
+            &h.gw_sock,
+            "localhost",
+            h.pki.spiffe("spiffe://test.local/alice"),
+        )
+        .await;
+        assert_eq!(r.is_err(), refused, "{keys}: {r:?}");
+    }
+}
+
+#[tokio::test]
+async fn crl_from_outside_the_bundle_stops_startup() {
+    let pki = Pki::new();
+    let other = Pki::new();
+    std::fs::copy(other.path("ca.crl"), pki.path("foreign.crl")).unwrap();
+    std::fs::write(pki.path("policy.json"), POLICY).unwrap();
+    std::fs::write(
+        pki.path("gw.toml"),
+        config_text_with(
+            &pki,
+            &pki.path("echo.sock"),
+            "",
+            "",
+            "crl = [\"foreign.crl\"]",
+        ),
+    )
+    .unwrap();
+    let cfg = ipcgate::config::Config::load(&pki.path("gw.toml")).unwrap();
+    let e = match ipcgate::Gateway::bind(cfg).await {
+        Ok(_) => panic!("a CRL from another CA was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("foreign.crl") && e.contains("not signed by any CA in the client_ca bundle"),
+        "{e}"
+    );
+}
+
+/// A CRL made by `openssl ca -gencrl`, with certificates issued by `openssl ca`.
+#[tokio::test]
+async fn openssl_ca_crl_is_honoured() {
+    let d = tempfile::tempdir().unwrap();
+    sh(
+        d.path(),
+        r#"
+mkdir -p db && : > db/index.txt && echo 1000 > db/serial && echo 1000 > db/crlnumber
+cat > ca.cnf <<'CNF'
+[ca]
+default_ca = myca
+[myca]
+dir = .
+database = db/index.txt
+serial = db/serial
+crlnumber = db/crlnumber
+new_certs_dir = db
+certificate = ca.pem
+private_key = ca.key
+default_md = sha256
+default_days = 1
+default_crl_days = 7
+policy = any
+copy_extensions = copy
+[any]
+commonName = supplied
+[client]
+extendedKeyUsage = clientAuth
+subjectAltName = $ENV::SAN
+CNF
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem -days 2 -subj '/CN=openssl test CA' \
+  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+for who in alice bob; do
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $who.key -out $who.csr -subj "/CN=$who" 2>/dev/null
+  SAN=URI:spiffe://test.local/$who openssl ca -batch -config ca.cnf -extensions client -in $who.csr -out $who.pem 2>/dev/null
+done
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout gateway.key -out gw.csr -subj '/CN=localhost' 2>/dev/null
+printf 'subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n' > gw.ext
+openssl x509 -req -in gw.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out gateway.pem -days 1 -extfile gw.ext 2>/dev/null
+SAN=x openssl ca -batch -config ca.cnf -revoke bob.pem -crl_reason keyCompromise 2>/dev/null
+SAN=x openssl ca -batch -config ca.cnf -gencrl -out ca.crl 2>/dev/null
+"#,
+    );
+    let backend_sock = d.path().join("echo.sock");
+    let _backend =
+        ipcgate::demo::spawn_backend(&backend_sock, ipcgate::demo::EchoService::default(), None)
+            .unwrap();
+    let policy = r#"{"name":"p","allow_rules":[{"name":"anyone","source":{"principals":["spiffe://test.local/*"]}}]}"#;
+    std::fs::write(d.path().join("policy.json"), policy).unwrap();
+    std::fs::write(
+        d.path().join("gw.toml"),
+        format!(
+            "[listen]\nuds = \"gw.sock\"\n[tls]\ncert = \"gateway.pem\"\nkey = \"gateway.key\"\nclient_ca = \"ca.pem\"\ncrl = [\"ca.crl\"]\n[policy]\nfile = \"policy.json\"\n[[route]]\nservice = \"*\"\nbackend = \"unix:{}\"\n",
+            backend_sock.display()
+        ),
+    )
+    .unwrap();
+    let gw =
+        ipcgate::Gateway::bind(ipcgate::config::Config::load(&d.path().join("gw.toml")).unwrap())
+            .await
+            .unwrap();
+    let sock = gw.socket_path().to_owned();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(gw.run(async {
+        let _ = rx.await;
+    }));
+    let cfg = |who: &str| {
+        ipcgate::client::config_from_files(
+            &d.path().join(format!("{who}.pem")),
+            &d.path().join(format!("{who}.key")),
+            &d.path().join("ca.pem"),
+        )
+        .unwrap()
+    };
+    ipcgate::client::probe(&sock, "localhost", cfg("alice"))
+        .await
+        .unwrap();
+    let e = ipcgate::client::probe(&sock, "localhost", cfg("bob"))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("CertificateRevoked") || e.to_string().contains("alert"),
+        "{e}"
+    );
+    let mut alice = ipcgate::pb::echo_client::EchoClient::new(ipcgate::client::channel(
+        sock,
+        "localhost".into(),
+        cfg("alice"),
+    ));
+    alice.unary(req(b"ok")).await.unwrap();
+    let _ = tx.send(());
+    task.await.unwrap();
+}
