@@ -558,3 +558,44 @@ fn proc_id(field: &str) -> u32 {
         .parse()
         .unwrap()
 }
+
+/// The README's "Certificate lifecycle" walk-through runs as written.
+#[test]
+fn readme_lifecycle_walkthrough_runs() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("## Certificate lifecycle")
+        .nth(1)
+        .expect("section");
+    let script = section
+        .split("```sh")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let bin_dir = Path::new(BIN).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .current_dir(d.path())
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("revoked:     no"), "{stdout}");
+    assert!(stdout.contains("Serial Number"), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is revoked"));
+}
