@@ -540,3 +540,42 @@ SAN=x openssl ca -batch -config ca.cnf -gencrl -out ca.crl 2>/dev/null
     let _ = tx.send(());
     task.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_ca_without_a_crl_is_refused_unless_allowed() {
+    for (keys, refused) in [
+        ("crl = [\"ca.crl\"]", true),
+        ("crl = [\"ca.crl\"]\nrevocation_unknown = \"allow\"", false),
+    ] {
+        let pki = Pki::new();
+        // A second CA in the bundle, with no CRL configured for it.
+        let other = ipcgate::ca::Ca::generate(
+            "second CA",
+            Duration::from_secs(3600),
+            ipcgate::ca::KeyType::EcdsaP256,
+        )
+        .unwrap();
+        let bundle = format!("{}{}", pki.ca.cert_pem(), other.cert_pem());
+        let client = other
+            .issue(&LeafSpec {
+                spiffe: vec!["spiffe://test.local/alice".into()],
+                client: true,
+                ..Default::default()
+            })
+            .unwrap();
+        let cfg = client_config(&client.cert_pem, &client.key_pem, pki.ca.cert_pem());
+        let h = Harness::start_in(
+            pki,
+            Opts {
+                tls_keys: keys.into(),
+                files: vec![("ca.pem", bundle)],
+                ..Default::default()
+            },
+        )
+        .await;
+        let r = ipcgate::client::probe(&h.gw_sock, "localhost", cfg).await;
+        assert_eq!(r.is_err(), refused, "{keys}: {r:?}");
+        // The CA with a CRL is served either way.
+        h.alice().unary(req(b"x")).await.unwrap();
+    }
+}
