@@ -478,7 +478,11 @@ impl Config {
     }
 }
 
-fn parse_mode(s: &str) -> Result<u32, String> {
+/// Parses an octal socket mode, refusing world-writable or owner-unwritable ones.
+///
+/// # Errors
+/// What is wrong with it.
+pub fn parse_mode(s: &str) -> Result<u32, String> {
     let digits = s.strip_prefix("0o").unwrap_or(s);
     let mode = u32::from_str_radix(digits, 8)
         .ok()

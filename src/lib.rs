@@ -34,6 +34,7 @@ pub mod proxy;
 pub mod reload;
 pub mod route;
 pub mod server;
+pub mod sidecar;
 pub mod tls;
 
 /// Code generated from `proto/demo/v1/echo.proto`: the example service used by the

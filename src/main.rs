@@ -47,6 +47,9 @@ enum Cmd {
     Policy(PolicyCmd),
     /// Make one gRPC call over a Unix socket with mutual TLS and print its status.
     Call(CallArgs),
+    /// Client-side sidecar: serve plaintext h2c on a local owner-only socket and
+    /// forward every call to the gateway over mutual TLS, verifying the gateway.
+    Connect(ConnectArgs),
     /// Re-issue the CA's CRL (<ca-dir>/ca.crl) before it expires.
     Crl {
         #[arg(long)]
@@ -230,6 +233,47 @@ struct CallArgs {
     data_hex: String,
     #[arg(long = "header", value_parser = header_arg)]
     headers: Vec<(String, String)>,
+}
+
+#[derive(Args)]
+struct ConnectArgs {
+    /// Local socket for legacy clients: unix:/path (or a plain path).
+    #[arg(long)]
+    listen: String,
+    /// Its permissions (octal).
+    #[arg(long, default_value = "0600")]
+    mode: String,
+    /// The gateway's socket: unix:/path (or a plain path).
+    #[arg(long)]
+    gateway: String,
+    /// This client's certificate and key, presented to the gateway.
+    #[arg(long)]
+    cert: PathBuf,
+    #[arg(long)]
+    key: PathBuf,
+    /// CA bundle to verify the gateway with.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// DNS name the gateway's certificate must carry (with --ca).
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// SPIFFE ID the gateway's certificate must carry instead (with --ca).
+    #[arg(long)]
+    server_spiffe: Option<String>,
+    /// Pinned SHA-256 of the gateway's certificate (hex, colons optional).
+    #[arg(long)]
+    server_sha256: Option<String>,
+    /// The account that must own the gateway's socket (checked before TLS).
+    #[arg(long)]
+    server_uid: Option<u32>,
+}
+
+fn unix_path(s: &str) -> PathBuf {
+    PathBuf::from(
+        s.strip_prefix("unix://")
+            .or(s.strip_prefix("unix:"))
+            .unwrap_or(s),
+    )
 }
 
 fn header_arg(s: &str) -> Result<(String, String), String> {
@@ -504,6 +548,44 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Policy(PolicyCmd::Explain(a)) => explain(a),
         Cmd::Call(a) => runtime()?.block_on(call(a)),
+        Cmd::Connect(a) => {
+            init_tracing("info");
+            let mode =
+                ipcgate::config::parse_mode(&a.mode).map_err(|m| anyhow::anyhow!("--mode: {m}"))?;
+            let roots = a.ca.as_deref().map(ipcgate::tls::load_roots).transpose()?;
+            let sha256 = a
+                .server_sha256
+                .as_deref()
+                .map(ipcgate::client::parse_fingerprint)
+                .transpose()
+                .map_err(|m| anyhow::anyhow!("--server-sha256: {m}"))?;
+            let trust = ipcgate::client::ServerTrust {
+                ca: roots,
+                spiffe_id: a.server_spiffe,
+                sha256,
+            };
+            let config = ipcgate::client::config_with(
+                ipcgate::tls::load_certs(&a.cert)?,
+                ipcgate::tls::load_key(&a.key)?,
+                trust,
+            )?;
+            let target = ipcgate::client::Target {
+                socket: unix_path(&a.gateway),
+                server_name: a.server_name,
+                config,
+                server_uid: a.server_uid,
+            };
+            runtime()?.block_on(async {
+                let sidecar = ipcgate::sidecar::Sidecar::bind(ipcgate::sidecar::SidecarConfig {
+                    listen: unix_path(&a.listen),
+                    mode,
+                    gateway: target,
+                })?;
+                sidecar.run(shutdown_signal()).await;
+                anyhow::Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -52,6 +52,8 @@ struct Conn {
 /// One backend and its connection pool.
 pub struct Backend {
     addr: config::Backend,
+    /// Dial with mutual TLS (the client sidecar's way to the gateway).
+    tls: Option<crate::client::Target>,
     /// Time to the backend's response headers.
     latency: Histogram,
     authority: Authority,
@@ -72,12 +74,25 @@ impl Backend {
         };
         Backend {
             addr,
+            tls: None,
             latency,
             authority,
             max_in_flight,
             conns: Mutex::new(Vec::new()),
             dialing: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// A backend reached over a Unix socket with mutual TLS, its server
+    /// verified as the target says.
+    pub fn tls(target: crate::client::Target, max_in_flight: usize, latency: Histogram) -> Backend {
+        let mut b = Backend::new(
+            config::Backend::Unix(target.socket.clone()),
+            max_in_flight,
+            latency,
+        );
+        b.tls = Some(target);
+        b
     }
 
     pub fn addr(&self) -> &config::Backend {
@@ -120,6 +135,14 @@ impl Backend {
 
     async fn dial(&self) -> io::Result<Conn> {
         let tx = match &self.addr {
+            _ if self.tls.is_some() => {
+                let t = self
+                    .tls
+                    .as_ref()
+                    .ok_or_else(|| io::Error::other("no TLS target"))?;
+                let s = crate::client::connect_to(t).await?;
+                handshake(s, STREAM_WINDOW, self.max_in_flight).await?
+            }
             config::Backend::Unix(path) => {
                 let s = tokio::net::UnixStream::connect(path).await?;
                 handshake(s, STREAM_WINDOW, self.max_in_flight).await?

@@ -2,6 +2,7 @@
 //! in the test, a real tonic backend, and the gateway in-process or as a process.
 
 mod cli;
+mod client;
 mod common;
 mod examples;
 mod identity;
