@@ -44,7 +44,11 @@ pub struct Admin {
 
 #[derive(Debug, Clone)]
 pub struct Listen {
+    /// The socket path (empty when systemd passes the socket in).
     pub uds: PathBuf,
+    /// Take the listening socket from systemd socket activation: the
+    /// `FileDescriptorName=` of the socket unit.
+    pub systemd: Option<String>,
     /// Permission bits of the socket file. Connecting needs write permission, so
     /// this decides which local accounts may even start a handshake.
     pub mode: u32,
@@ -219,7 +223,9 @@ struct RawConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawListen {
-    uds: Spanned<String>,
+    #[serde(default)]
+    uds: Option<Spanned<String>>,
+    systemd: Option<String>,
     mode: Option<Spanned<String>>,
     group: Option<u32>,
 }
@@ -313,13 +319,25 @@ impl Config {
             Some(m) => parse_mode(m.get_ref())
                 .map_err(|msg| err(Some(m.span()), format!("listen.mode: {msg}")))?,
         };
-        if raw.listen.uds.get_ref().is_empty() {
-            return Err(err(
-                Some(raw.listen.uds.span()),
-                "listen.uds is empty (write the socket path, e.g. \"/run/app/gateway.sock\")"
-                    .into(),
-            ));
-        }
+        let uds = match (&raw.listen.uds, &raw.listen.systemd) {
+            (Some(u), _) if u.get_ref().is_empty() => {
+                return Err(err(
+                    Some(u.span()),
+                    "listen.uds is empty (write the socket path, e.g. \"/run/app/gateway.sock\")".into(),
+                ))
+            }
+            (Some(u), None) => resolve(u.get_ref()),
+            (Some(u), Some(_)) => {
+                return Err(err(Some(u.span()), "give listen.uds or listen.systemd, not both".into()))
+            }
+            (None, Some(_)) => PathBuf::new(),
+            (None, None) => {
+                return Err(err(
+                    None,
+                    "[listen] needs uds = \"/run/app/gateway.sock\" (or systemd = \"<FileDescriptorName>\" under socket activation)".into(),
+                ))
+            }
+        };
 
         let mut routes: Vec<Route> = Vec::with_capacity(raw.route.len());
         for (i, r) in raw.route.iter().enumerate() {
@@ -452,7 +470,8 @@ impl Config {
             admin,
             source: path.to_owned(),
             listen: Listen {
-                uds: resolve(raw.listen.uds.get_ref()),
+                uds,
+                systemd: raw.listen.systemd.clone(),
                 mode,
                 group: raw.listen.group,
             },

@@ -35,6 +35,7 @@ pub mod reload;
 pub mod route;
 pub mod server;
 pub mod sidecar;
+pub mod systemd;
 pub mod tls;
 
 /// Code generated from `proto/demo/v1/echo.proto`: the example service used by the

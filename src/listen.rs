@@ -40,8 +40,8 @@ pub struct Uds {
     id: (u64, u64),
     /// `<socket>.lock`, locked for the gateway's lifetime so two gateways
     /// starting at once cannot both take the path (or remove each other's
-    /// socket as stale).
-    _lock: std::fs::File,
+    /// socket as stale). `None` for a socket systemd owns.
+    _lock: Option<std::fs::File>,
 }
 
 impl Uds {
@@ -136,7 +136,33 @@ impl Uds {
             listener,
             path: path.to_owned(),
             id: (meta.dev(), meta.ino()),
-            _lock: lock,
+            _lock: Some(lock),
+        })
+    }
+
+    /// Wraps a listening socket systemd passed in. The file is systemd's: it
+    /// is neither locked nor removed by the gateway.
+    ///
+    /// # Errors
+    /// The descriptor is not a listening Unix socket.
+    pub fn from_systemd(
+        name: &str,
+        listener: std::os::unix::net::UnixListener,
+    ) -> Result<Uds, ListenError> {
+        let bad = |e: io::Error| ListenError::Io {
+            path: PathBuf::from(format!("systemd socket {name:?}")),
+            source: e,
+        };
+        let addr = listener.local_addr().map_err(bad)?;
+        let path = addr.as_pathname().map(Path::to_owned).unwrap_or_default();
+        listener.set_nonblocking(true).map_err(bad)?;
+        let listener = UnixListener::from_std(listener).map_err(bad)?;
+        info!(path = %path.display(), fd_name = name, "listening on a socket from systemd");
+        Ok(Uds {
+            listener,
+            path,
+            id: (u64::MAX, u64::MAX),
+            _lock: None,
         })
     }
 
@@ -161,6 +187,9 @@ impl Uds {
 
 impl Drop for Uds {
     fn drop(&mut self) {
+        if self._lock.is_none() {
+            return; // systemd's socket
+        }
         // Unlinked while still locked, so no other gateway can hold it now.
         let _ = std::fs::remove_file(lock_path(&self.path));
         if let Ok(m) = std::fs::symlink_metadata(&self.path) {

@@ -328,9 +328,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Serve { config } => {
             init_tracing("info");
+            // Before any thread exists: taking them clears the environment.
+            let inherited = ipcgate::systemd::take_listeners();
             let config = ipcgate::config::Config::load(&config)?;
             runtime()?.block_on(async {
-                let gateway = ipcgate::Gateway::bind(config).await?;
+                let gateway = ipcgate::Gateway::bind_with(config, inherited).await?;
                 gateway.run(shutdown_signal()).await;
                 anyhow::Ok(())
             })?;

@@ -268,6 +268,7 @@ pub async fn run(reloader: Arc<Reloader>, watch: bool) {
             }
         };
         let r = reloader.clone();
+        crate::systemd::notify("RELOADING=1");
         let _ = tokio::task::spawn_blocking(move || {
             if policy {
                 r.policy.reload(&r.authz);
@@ -277,6 +278,7 @@ pub async fn run(reloader: Arc<Reloader>, watch: bool) {
             }
         })
         .await;
+        crate::systemd::notify("READY=1");
     }
 }
 

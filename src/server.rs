@@ -75,6 +75,18 @@ impl Gateway {
     /// # Errors
     /// [`GatewayError`] naming the file and what to fix.
     pub async fn bind(config: Config) -> Result<Gateway, GatewayError> {
+        Self::bind_with(config, Vec::new()).await
+    }
+
+    /// [`Gateway::bind`] with the sockets systemd passed in
+    /// ([`crate::systemd::take_listeners`]), used when `[listen] systemd` names one.
+    ///
+    /// # Errors
+    /// [`GatewayError`] naming the file and what to fix.
+    pub async fn bind_with(
+        config: Config,
+        mut inherited: Vec<(String, std::os::unix::net::UnixListener)>,
+    ) -> Result<Gateway, GatewayError> {
         let metrics = Arc::new(Metrics::new());
         let conns = Arc::new(Conns::default());
         let tls = Arc::new(TlsSource::load(
@@ -110,7 +122,25 @@ impl Gateway {
         })?;
         let authz = Arc::new(Authorizer::new(enforced, shadow, Some(auditor), &metrics));
         let router = Arc::new(Router::new(&config.routes, &config.limits, &metrics));
-        let listener = Uds::bind(&config.listen.uds, config.listen.mode, config.listen.group)?;
+        let listener = match &config.listen.systemd {
+            None => Uds::bind(&config.listen.uds, config.listen.mode, config.listen.group)?,
+            Some(name) => {
+                let pos = inherited.iter().position(|(n, _)| n == name).ok_or_else(|| {
+                    ListenError::Io {
+                        path: config.source.clone(),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            format!(
+                                "listen.systemd = {name:?}, but systemd passed no socket of that name (have: {:?}; set FileDescriptorName={name} in the .socket unit)",
+                                inherited.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>()
+                            ),
+                        ),
+                    }
+                })?;
+                let (n, l) = inherited.swap_remove(pos);
+                Uds::from_systemd(&n, l)?
+            }
+        };
         let admin = match &config.admin {
             Some(a) => Some(Uds::bind(&a.uds, a.mode, None)?),
             None => None,
@@ -175,6 +205,7 @@ impl Gateway {
         let max = self.shared.limits.max_connections;
         let slots = Arc::new(tokio::sync::Semaphore::new(max));
         tokio::pin!(shutdown);
+        crate::systemd::notify("READY=1");
         loop {
             let slot = tokio::select! {
                 () = &mut shutdown => break,
@@ -202,6 +233,7 @@ impl Gateway {
             }
         }
         info!("shutting down: no new connections, draining calls in flight");
+        crate::systemd::notify("STOPPING=1");
         drop(self.listener);
         reloader.abort();
         let _ = self.stop.send(true);

@@ -599,3 +599,165 @@ fn readme_lifecycle_walkthrough_runs() {
     assert!(stdout.contains("Serial Number"), "{stdout}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("is revoked"));
 }
+
+/// SIGTERM: no new connections, GOAWAY, a stream in flight runs to its end,
+/// then exit 0.
+#[tokio::test]
+async fn sigterm_lets_a_streaming_call_in_flight_finish() {
+    use tokio_stream::StreamExt;
+    let d = tempfile::tempdir().unwrap();
+    make_pki(d.path());
+    let backend_sock = d.path().join("echo.sock");
+    let _backend =
+        ipcgate::demo::spawn_backend(&backend_sock, ipcgate::demo::EchoService::default(), None)
+            .unwrap();
+    std::fs::write(d.path().join("policy.json"), POLICY).unwrap();
+    let cfg = d.path().join("gw.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[listen]\nuds = \"gw.sock\"\n[tls]\ncert = \"gateway.pem\"\nkey = \"gateway.key\"\nclient_ca = \"ca.pem\"\n[policy]\nfile = \"policy.json\"\n[[route]]\nservice = \"*\"\nbackend = \"unix:{}\"\n[limits]\ndrain_timeout = \"20s\"\n",
+            backend_sock.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sock = d.path().join("gw.sock");
+    within("gateway start", async {
+        while !sock.exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let cfg = ipcgate::client::config_from_files(
+        &d.path().join("alice.pem"),
+        &d.path().join("alice.key"),
+        &d.path().join("ca.pem"),
+    )
+    .unwrap();
+    let mut alice = ipcgate::pb::echo_client::EchoClient::new(ipcgate::client::channel(
+        sock.clone(),
+        "localhost".into(),
+        cfg,
+    ));
+    let mut s = alice
+        .server_stream(ipcgate::pb::EchoRequest {
+            count: 6,
+            delay_ms: 250,
+            ..req(b"drain")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    s.next().await.unwrap().unwrap();
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let mut n = 1;
+    while let Some(m) = within("stream after SIGTERM", s.next()).await {
+        m.unwrap();
+        n += 1;
+    }
+    assert_eq!(n, 6, "the stream in flight was cut");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    assert!(!sock.exists());
+}
+
+/// systemd: the listening socket comes from socket activation, and READY=1,
+/// RELOADING=1 and STOPPING=1 reach NOTIFY_SOCKET.
+#[tokio::test]
+async fn systemd_socket_activation_and_notify() {
+    let d = tempfile::tempdir().unwrap();
+    make_pki(d.path());
+    let backend_sock = d.path().join("echo.sock");
+    let _backend =
+        ipcgate::demo::spawn_backend(&backend_sock, ipcgate::demo::EchoService::default(), None)
+            .unwrap();
+    std::fs::write(d.path().join("policy.json"), POLICY).unwrap();
+    let cfg = d.path().join("gw.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[listen]\nsystemd = \"gateway\"\n[tls]\ncert = \"gateway.pem\"\nkey = \"gateway.key\"\nclient_ca = \"ca.pem\"\n[policy]\nfile = \"policy.json\"\nwatch = false\n[[route]]\nservice = \"*\"\nbackend = \"unix:{}\"\n",
+            backend_sock.display()
+        ),
+    )
+    .unwrap();
+    let notify_path = d.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let sock = d.path().join("activated.sock");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/socket_activate.py"
+    );
+    let mut child = Command::new("python3")
+        .arg(script)
+        .arg(&sock)
+        .arg("gateway")
+        .arg(BIN)
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let gateway_pid = line.trim().to_owned();
+    let recv = |notify: &std::os::unix::net::UnixDatagram| {
+        let mut buf = [0u8; 256];
+        let n = notify.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(recv(&notify), "READY=1");
+    let cfg = ipcgate::client::config_from_files(
+        &d.path().join("alice.pem"),
+        &d.path().join("alice.key"),
+        &d.path().join("ca.pem"),
+    )
+    .unwrap();
+    let mut alice = ipcgate::pb::echo_client::EchoClient::new(ipcgate::client::channel(
+        sock.clone(),
+        "localhost".into(),
+        cfg,
+    ));
+    alice.unary(req(b"activated")).await.unwrap();
+    assert!(Command::new("kill")
+        .args(["-HUP", &gateway_pid])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(recv(&notify), "RELOADING=1");
+    assert_eq!(recv(&notify), "READY=1");
+    assert!(Command::new("kill")
+        .args(["-TERM", &gateway_pid])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(recv(&notify), "STOPPING=1");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    // The socket is systemd's: the gateway leaves it.
+    assert!(sock.exists());
+}
