@@ -18,6 +18,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod authority;
 pub mod ca;
 pub mod client;
 pub mod config;

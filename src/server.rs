@@ -345,7 +345,8 @@ async fn serve_connection(shared: Arc<Shared>, stream: UnixStream, cred: Option<
         .max_header_list_size(shared.limits.max_header_list_size)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
-    let conn = http.serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc));
+    let io = TokioIo::new(crate::authority::NormalizeAuthority::new(tls));
+    let conn = http.serve_connection(io, TowerToHyperService::new(svc));
     tokio::pin!(conn);
 
     // The connection must not outlive its certificate. Timers are kept short

@@ -71,7 +71,8 @@ impl Sidecar {
                             });
                             let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
                             http.timer(TokioTimer::new());
-                            let conn = http.serve_connection(TokioIo::new(stream), svc);
+                            let io = TokioIo::new(crate::authority::NormalizeAuthority::new(stream));
+                            let conn = http.serve_connection(io, svc);
                             tokio::pin!(conn);
                             tokio::select! {
                                 r = conn.as_mut() => {

@@ -1,0 +1,314 @@
+//! Repairing `:authority` before the HTTP/2 library sees it.
+//!
+//! gRPC C-core (Python, Ruby, PHP, C++) and grpc-java's Netty transport send the
+//! Unix socket path as `:authority` by default (`/run/app.sock`, or
+//! `%2Frun%2Fapp.sock`). That is not a valid authority, and the h2 crate resets
+//! such a stream with PROTOCOL_ERROR before any application code runs, so these
+//! clients fail against every hyper/tonic server on a Unix socket.
+//!
+//! This filter sits between the socket (or TLS stream) and hyper. It passes every
+//! frame through untouched except header blocks: HEADERS (+ CONTINUATION) are
+//! decoded with the client's HPACK state, an unparseable `:authority` is
+//! replaced by `localhost`, and the block is re-encoded with literals only
+//! (never indexed), so the server's HPACK table is never touched and stays in
+//! step. Padding and priority fields are dropped (both optional).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, BufMut, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const HEADERS: u8 = 0x1;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
+const PRIORITY: u8 = 0x20;
+/// Largest frame we buffer (the server advertises 16 KiB; anything far larger is
+/// an error h2 will report, so it is passed through unparsed).
+const MAX_FRAME: usize = 1 << 20;
+/// Largest header block we reassemble from CONTINUATION frames.
+const MAX_BLOCK: usize = 256 << 10;
+/// Frame payload size we emit (the HTTP/2 default maximum).
+const OUT_FRAME: usize = 16_384;
+/// What replaces an invalid `:authority`.
+const REPLACEMENT: &[u8] = b"localhost";
+
+struct Pending {
+    stream: u32,
+    end_stream: bool,
+    block: Vec<u8>,
+}
+
+/// The filter. Reads are rewritten, writes pass straight through.
+pub struct NormalizeAuthority<T> {
+    inner: T,
+    raw: BytesMut,
+    out: BytesMut,
+    preface_seen: bool,
+    /// Something we cannot follow (not HTTP/2, oversized frame): pass the rest
+    /// through unchanged and let h2 judge it.
+    passthrough: bool,
+    decoder: loona_hpack::Decoder<'static>,
+    pending: Option<Pending>,
+    eof: bool,
+}
+
+impl<T> NormalizeAuthority<T> {
+    pub fn new(inner: T) -> Self {
+        let mut decoder = loona_hpack::Decoder::new();
+        // The client's encoder may not exceed what the server advertised; hyper
+        // keeps HPACK's default of 4096.
+        decoder.set_max_allowed_table_size(4096);
+        NormalizeAuthority {
+            inner,
+            raw: BytesMut::with_capacity(16 * 1024),
+            out: BytesMut::new(),
+            preface_seen: false,
+            passthrough: false,
+            decoder,
+            pending: None,
+            eof: false,
+        }
+    }
+
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    /// Moves complete frames from `raw` to `out`, rewriting header blocks.
+    fn process(&mut self) -> io::Result<()> {
+        if self.passthrough {
+            self.out.extend_from_slice(&self.raw.split());
+            return Ok(());
+        }
+        if !self.preface_seen {
+            let n = self.raw.len().min(PREFACE.len());
+            if self.raw[..n] != PREFACE[..n] {
+                self.passthrough = true;
+                return self.process();
+            }
+            if n < PREFACE.len() {
+                return Ok(());
+            }
+            self.out
+                .extend_from_slice(&self.raw.split_to(PREFACE.len()));
+            self.preface_seen = true;
+        }
+        while self.raw.len() >= 9 {
+            let len = (usize::from(self.raw[0]) << 16)
+                | (usize::from(self.raw[1]) << 8)
+                | usize::from(self.raw[2]);
+            if len > MAX_FRAME {
+                self.passthrough = true;
+                return self.process();
+            }
+            if self.raw.len() < 9 + len {
+                return Ok(());
+            }
+            let kind = self.raw[3];
+            let flags = self.raw[4];
+            let stream = u32::from_be_bytes([self.raw[5], self.raw[6], self.raw[7], self.raw[8]])
+                & 0x7fff_ffff;
+            let mut frame = self.raw.split_to(9 + len);
+            match (kind, &mut self.pending) {
+                (HEADERS, None) => {
+                    frame.advance(9);
+                    let mut payload = &frame[..];
+                    let end_stream = flags & END_STREAM != 0;
+                    if flags & PADDED != 0 {
+                        let pad = usize::from(*payload.first().ok_or_else(bad)?);
+                        payload = payload
+                            .get(1..payload.len().checked_sub(pad).ok_or_else(bad)?)
+                            .ok_or_else(bad)?;
+                    }
+                    if flags & PRIORITY != 0 {
+                        payload = payload.get(5..).ok_or_else(bad)?;
+                    }
+                    let p = Pending {
+                        stream,
+                        end_stream,
+                        block: payload.to_vec(),
+                    };
+                    if flags & END_HEADERS != 0 {
+                        self.emit(p)?;
+                    } else {
+                        self.pending = Some(p);
+                    }
+                }
+                (CONTINUATION, Some(p)) if p.stream == stream => {
+                    p.block.extend_from_slice(&frame[9..]);
+                    if p.block.len() > MAX_BLOCK {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "header block too large",
+                        ));
+                    }
+                    if flags & END_HEADERS != 0 {
+                        let p = self.pending.take().ok_or_else(bad)?;
+                        self.emit(p)?;
+                    }
+                }
+                // RFC 9113 §6.10: nothing may interleave with a header block.
+                (_, Some(_)) => return Err(bad()),
+                _ => self.out.extend_from_slice(&frame),
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes a complete header block, repairs `:authority`, re-encodes it.
+    fn emit(&mut self, p: Pending) -> io::Result<()> {
+        let headers = self
+            .decoder
+            .decode(&p.block)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("HPACK: {e:?}")))?;
+        let mut block = Vec::with_capacity(p.block.len() + 16);
+        for (name, value) in &headers {
+            let value: &[u8] = if name == b":authority"
+                && http::uri::Authority::try_from(value.as_slice()).is_err()
+            {
+                tracing::debug!(authority = %String::from_utf8_lossy(value), "replacing an invalid :authority");
+                REPLACEMENT
+            } else {
+                value
+            };
+            literal(&mut block, name, value);
+        }
+        let mut chunks = block.chunks(OUT_FRAME).peekable();
+        let mut first = true;
+        if block.is_empty() {
+            frame_header(
+                &mut self.out,
+                0,
+                HEADERS,
+                END_HEADERS | if p.end_stream { END_STREAM } else { 0 },
+                p.stream,
+            );
+            return Ok(());
+        }
+        while let Some(chunk) = chunks.next() {
+            let last = chunks.peek().is_none();
+            let (kind, mut flags) = if first {
+                (HEADERS, if p.end_stream { END_STREAM } else { 0 })
+            } else {
+                (CONTINUATION, 0)
+            };
+            if last {
+                flags |= END_HEADERS;
+            }
+            frame_header(&mut self.out, chunk.len(), kind, flags, p.stream);
+            self.out.extend_from_slice(chunk);
+            first = false;
+        }
+        Ok(())
+    }
+}
+
+fn bad() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "malformed HTTP/2 header frame")
+}
+
+fn frame_header(out: &mut BytesMut, len: usize, kind: u8, flags: u8, stream: u32) {
+    out.put_uint(len as u64, 3);
+    out.put_u8(kind);
+    out.put_u8(flags);
+    out.put_u32(stream);
+}
+
+/// HPACK "literal header field without indexing — new name" (RFC 7541 §6.2.2),
+/// no Huffman: the server's dynamic table is never used.
+fn literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.push(0x00);
+    integer(out, name.len(), 7, 0);
+    out.extend_from_slice(name);
+    integer(out, value.len(), 7, 0);
+    out.extend_from_slice(value);
+}
+
+/// HPACK integer with an `n`-bit prefix (RFC 7541 §5.1).
+fn integer(out: &mut Vec<u8>, mut v: usize, n: u8, first_bits: u8) {
+    let max = (1usize << n) - 1;
+    if v < max {
+        out.push(first_bits | v as u8);
+        return;
+    }
+    out.push(first_bits | max as u8);
+    v -= max;
+    while v >= 128 {
+        out.push((v % 128) as u8 | 0x80);
+        v /= 128;
+    }
+    out.push(v as u8);
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for NormalizeAuthority<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if !this.out.is_empty() {
+                let n = this.out.len().min(buf.remaining());
+                buf.put_slice(&this.out.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                // Whatever incomplete frame is left goes through as is.
+                if !this.raw.is_empty() {
+                    this.out.extend_from_slice(&this.raw.split());
+                    continue;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            this.raw.reserve(16 * 1024);
+            let mut tmp = [0u8; 16 * 1024];
+            let mut rb = ReadBuf::new(&mut tmp);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
+            if rb.filled().is_empty() {
+                this.eof = true;
+                continue;
+            }
+            this.raw.extend_from_slice(rb.filled());
+            this.process()?;
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for NormalizeAuthority<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests;
