@@ -17,7 +17,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -47,7 +47,8 @@ struct Pending {
 pub struct NormalizeAuthority<T> {
     inner: T,
     raw: BytesMut,
-    out: BytesMut,
+    /// Frames ready for the server, as zero-copy slices of what was read.
+    out: std::collections::VecDeque<Bytes>,
     preface_seen: bool,
     /// Something we cannot follow (not HTTP/2, oversized frame): pass the rest
     /// through unchanged and let h2 judge it.
@@ -66,7 +67,7 @@ impl<T> NormalizeAuthority<T> {
         NormalizeAuthority {
             inner,
             raw: BytesMut::with_capacity(16 * 1024),
-            out: BytesMut::new(),
+            out: std::collections::VecDeque::new(),
             preface_seen: false,
             passthrough: false,
             decoder,
@@ -82,7 +83,7 @@ impl<T> NormalizeAuthority<T> {
     /// Moves complete frames from `raw` to `out`, rewriting header blocks.
     fn process(&mut self) -> io::Result<()> {
         if self.passthrough {
-            self.out.extend_from_slice(&self.raw.split());
+            self.out.push_back(self.raw.split().freeze());
             return Ok(());
         }
         if !self.preface_seen {
@@ -95,7 +96,7 @@ impl<T> NormalizeAuthority<T> {
                 return Ok(());
             }
             self.out
-                .extend_from_slice(&self.raw.split_to(PREFACE.len()));
+                .push_back(self.raw.split_to(PREFACE.len()).freeze());
             self.preface_seen = true;
         }
         while self.raw.len() >= 9 {
@@ -154,7 +155,7 @@ impl<T> NormalizeAuthority<T> {
                 }
                 // RFC 9113 §6.10: nothing may interleave with a header block.
                 (_, Some(_)) => return Err(bad()),
-                _ => self.out.extend_from_slice(&frame),
+                _ => self.out.push_back(frame.freeze()),
             }
         }
         Ok(())
@@ -162,32 +163,26 @@ impl<T> NormalizeAuthority<T> {
 
     /// Decodes a complete header block, repairs `:authority`, re-encodes it.
     fn emit(&mut self, p: Pending) -> io::Result<()> {
-        let headers = self
-            .decoder
-            .decode(&p.block)
+        // Decoded straight into the new block: no per-header allocation.
+        let mut block = Vec::with_capacity(p.block.len() * 2 + 16);
+        self.decoder
+            .decode_with_cb(&p.block, |name, value| {
+                let value: &[u8] = if &*name == b":authority" && !valid_authority(&value) {
+                    tracing::debug!(authority = %String::from_utf8_lossy(&value), "replacing an invalid :authority");
+                    REPLACEMENT
+                } else {
+                    &value
+                };
+                literal(&mut block, &name, value);
+            })
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("HPACK: {e:?}")))?;
-        let mut block = Vec::with_capacity(p.block.len() + 16);
-        for (name, value) in &headers {
-            let value: &[u8] = if name == b":authority"
-                && http::uri::Authority::try_from(value.as_slice()).is_err()
-            {
-                tracing::debug!(authority = %String::from_utf8_lossy(value), "replacing an invalid :authority");
-                REPLACEMENT
-            } else {
-                value
-            };
-            literal(&mut block, name, value);
-        }
+        let mut out = BytesMut::with_capacity(block.len() + 9);
         let mut chunks = block.chunks(OUT_FRAME).peekable();
         let mut first = true;
         if block.is_empty() {
-            frame_header(
-                &mut self.out,
-                0,
-                HEADERS,
-                END_HEADERS | if p.end_stream { END_STREAM } else { 0 },
-                p.stream,
-            );
+            let flags = END_HEADERS | if p.end_stream { END_STREAM } else { 0 };
+            frame_header(&mut out, 0, HEADERS, flags, p.stream);
+            self.out.push_back(out.freeze());
             return Ok(());
         }
         while let Some(chunk) = chunks.next() {
@@ -200,12 +195,18 @@ impl<T> NormalizeAuthority<T> {
             if last {
                 flags |= END_HEADERS;
             }
-            frame_header(&mut self.out, chunk.len(), kind, flags, p.stream);
-            self.out.extend_from_slice(chunk);
+            frame_header(&mut out, chunk.len(), kind, flags, p.stream);
+            out.extend_from_slice(chunk);
             first = false;
         }
+        self.out.push_back(out.freeze());
         Ok(())
     }
+}
+
+/// What h2 accepts: a parseable URI authority (host, optional port).
+fn valid_authority(v: &[u8]) -> bool {
+    http::uri::Authority::try_from(v).is_ok()
 }
 
 fn bad() -> io::Error {
@@ -253,28 +254,32 @@ impl<T: AsyncRead + Unpin> AsyncRead for NormalizeAuthority<T> {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         loop {
-            if !this.out.is_empty() {
-                let n = this.out.len().min(buf.remaining());
-                buf.put_slice(&this.out.split_to(n));
+            if let Some(front) = this.out.front_mut() {
+                let n = front.len().min(buf.remaining());
+                buf.put_slice(&front.split_to(n));
+                if front.is_empty() {
+                    this.out.pop_front();
+                }
                 return Poll::Ready(Ok(()));
             }
             if this.eof {
                 // Whatever incomplete frame is left goes through as is.
                 if !this.raw.is_empty() {
-                    this.out.extend_from_slice(&this.raw.split());
+                    this.out.push_back(this.raw.split().freeze());
                     continue;
                 }
                 return Poll::Ready(Ok(()));
             }
             this.raw.reserve(16 * 1024);
-            let mut tmp = [0u8; 16 * 1024];
-            let mut rb = ReadBuf::new(&mut tmp);
-            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
-            if rb.filled().is_empty() {
+            let n = ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut this.inner),
+                cx,
+                &mut this.raw
+            ))?;
+            if n == 0 {
                 this.eof = true;
                 continue;
             }
-            this.raw.extend_from_slice(rb.filled());
             this.process()?;
         }
     }
@@ -307,6 +312,81 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for NormalizeAuthority<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The connection's byte stream with or without the repair (it can be turned
+/// off with `[listen] repair_authority = false`).
+pub enum MaybeRepaired<T> {
+    Repaired(NormalizeAuthority<T>),
+    Plain(T),
+}
+
+impl<T> MaybeRepaired<T> {
+    pub fn new(inner: T, repair: bool) -> Self {
+        if repair {
+            MaybeRepaired::Repaired(NormalizeAuthority::new(inner))
+        } else {
+            MaybeRepaired::Plain(inner)
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for MaybeRepaired<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeRepaired::Repaired(r) => Pin::new(r).poll_read(cx, buf),
+            MaybeRepaired::Plain(p) => Pin::new(p).poll_read(cx, buf),
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for MaybeRepaired<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            MaybeRepaired::Repaired(r) => Pin::new(r).poll_write(cx, buf),
+            MaybeRepaired::Plain(p) => Pin::new(p).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            MaybeRepaired::Repaired(r) => Pin::new(r).poll_write_vectored(cx, bufs),
+            MaybeRepaired::Plain(p) => Pin::new(p).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            MaybeRepaired::Repaired(r) => r.is_write_vectored(),
+            MaybeRepaired::Plain(p) => p.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeRepaired::Repaired(r) => Pin::new(r).poll_flush(cx),
+            MaybeRepaired::Plain(p) => Pin::new(p).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeRepaired::Repaired(r) => Pin::new(r).poll_shutdown(cx),
+            MaybeRepaired::Plain(p) => Pin::new(p).poll_shutdown(cx),
+        }
     }
 }
 

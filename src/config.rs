@@ -54,6 +54,9 @@ pub struct Listen {
     pub mode: u32,
     /// Numeric group to own the socket (with a group-writable `mode`).
     pub group: Option<u32>,
+    /// Repair the socket-path `:authority` gRPC C-core and Netty clients send
+    /// by default (see `authority.rs`).
+    pub repair_authority: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -227,6 +230,7 @@ struct RawListen {
     uds: Option<Spanned<String>>,
     systemd: Option<String>,
     mode: Option<Spanned<String>>,
+    repair_authority: Option<bool>,
     group: Option<u32>,
 }
 
@@ -472,6 +476,7 @@ impl Config {
             listen: Listen {
                 uds,
                 systemd: raw.listen.systemd.clone(),
+                repair_authority: raw.listen.repair_authority.unwrap_or(true),
                 mode,
                 group: raw.listen.group,
             },

@@ -54,6 +54,7 @@ struct Shared {
     limits: Limits,
     metrics: Arc<Metrics>,
     conns: Arc<Conns>,
+    repair_authority: bool,
     /// Becomes true when the gateway starts shutting down.
     stopping: watch::Receiver<bool>,
 }
@@ -162,6 +163,7 @@ impl Gateway {
                 metrics,
                 conns,
                 stopping,
+                repair_authority: config.listen.repair_authority,
             }),
             reloader,
             watch: config.policy.watch,
@@ -345,8 +347,8 @@ async fn serve_connection(shared: Arc<Shared>, stream: UnixStream, cred: Option<
         .max_header_list_size(shared.limits.max_header_list_size)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
-    let io = TokioIo::new(crate::authority::NormalizeAuthority::new(tls));
-    let conn = http.serve_connection(io, TowerToHyperService::new(svc));
+    let io = crate::authority::MaybeRepaired::new(tls, shared.repair_authority);
+    let conn = http.serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
     tokio::pin!(conn);
 
     // The connection must not outlive its certificate. Timers are kept short

@@ -47,7 +47,7 @@ async fn grpcio_client_allowed_and_denied() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !stderr.contains("No module named 'grpc'"),
-        "grpcio is not installed: `python3 -m pip install grpcio` (.ci/run does this)"
+        "grpcio is not installed: `python3 -m pip install grpcio` (scripts/test does this)"
     );
     assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(
