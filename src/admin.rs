@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tracing::debug;
 
-use crate::listen::Uds;
+use crate::listen::Listener;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 
@@ -26,9 +26,9 @@ pub struct Admin {
 }
 
 /// Serves the admin socket until the task is dropped.
-pub async fn serve(listener: Uds, admin: Arc<Admin>) {
+pub async fn serve(mut listener: Listener, admin: Arc<Admin>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok(crate::listen::Accepted { conn: stream, .. }) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             continue;
         };

@@ -17,13 +17,16 @@ use crate::duration;
 pub struct Config {
     /// The file this was loaded from (for messages).
     pub source: PathBuf,
-    pub listen: Listen,
+    /// Every socket the gateway listens on; all share the TLS setup, the policy
+    /// and the routes.
+    pub listen: Vec<Listen>,
     pub tls: Tls,
     pub policy: Policy,
     pub routes: Vec<Route>,
     pub limits: Limits,
     pub audit: Audit,
-    pub admin: Option<Admin>,
+    /// The admin endpoint: a Unix socket (or, on Windows, a named pipe).
+    pub admin: Option<Listen>,
 }
 
 /// Where `ipcgate_file_logger` writes, and how much it may fall behind.
@@ -35,28 +38,44 @@ pub struct Audit {
     pub queue: usize,
 }
 
-/// The admin socket: plain HTTP/1.1, protected by its file mode.
-#[derive(Debug, Clone)]
-pub struct Admin {
-    pub uds: PathBuf,
-    pub mode: u32,
-}
-
 #[derive(Debug, Clone)]
 pub struct Listen {
-    /// The socket path (empty when systemd passes the socket in).
-    pub uds: PathBuf,
-    /// Take the listening socket from systemd socket activation: the
-    /// `FileDescriptorName=` of the socket unit.
-    pub systemd: Option<String>,
+    pub at: ListenAt,
     /// Permission bits of the socket file. Connecting needs write permission, so
     /// this decides which local accounts may even start a handshake.
     pub mode: u32,
     /// Numeric group to own the socket (with a group-writable `mode`).
     pub group: Option<u32>,
+    /// Security descriptor of a named pipe in SDDL; `None` is the default DACL
+    /// of the pipe listener (the gateway's own account and SYSTEM only).
+    pub sddl: Option<String>,
     /// Repair the socket-path `:authority` gRPC C-core and Netty clients send
     /// by default (see `authority.rs`).
     pub repair_authority: bool,
+}
+
+/// Where one listener accepts connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAt {
+    /// A Unix domain socket path the gateway creates.
+    Uds(PathBuf),
+    /// A socket systemd passes in, by its `FileDescriptorName=`.
+    Systemd(String),
+    /// A TCP address, for clients on other hosts (same mTLS and policy).
+    Tcp(std::net::SocketAddr),
+    /// A Windows named pipe, `\\.\pipe\name`.
+    Pipe(String),
+}
+
+impl fmt::Display for ListenAt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAt::Uds(p) => write!(f, "unix:{}", p.display()),
+            ListenAt::Systemd(n) => write!(f, "systemd:{n}"),
+            ListenAt::Tcp(a) => write!(f, "tcp:{a}"),
+            ListenAt::Pipe(p) => write!(f, "pipe:{p}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -184,6 +203,9 @@ pub struct Limits {
     /// Client connections served at once; past this the gateway stops accepting
     /// until one closes (the kernel's backlog holds the rest).
     pub max_connections: usize,
+    /// A connection with no call forwarded and none in flight for this long is
+    /// closed (GOAWAY). Zero keeps idle connections open.
+    pub idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -195,6 +217,7 @@ impl Default for Limits {
             backend_streams_per_connection: 100,
             drain_timeout: Duration::from_secs(15),
             max_connections: 10_000,
+            idle_timeout: Duration::from_secs(3600),
         }
     }
 }
@@ -211,7 +234,7 @@ pub struct ConfigError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    listen: RawListen,
+    listen: RawListens,
     tls: RawTls,
     policy: RawPolicy,
     #[serde(default)]
@@ -220,7 +243,7 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     audit: RawAudit,
-    admin: Option<RawAdmin>,
+    admin: Option<RawListen>,
 }
 
 #[derive(Deserialize)]
@@ -228,10 +251,48 @@ struct RawConfig {
 struct RawListen {
     #[serde(default)]
     uds: Option<Spanned<String>>,
-    systemd: Option<String>,
+    systemd: Option<Spanned<String>>,
+    tcp: Option<Spanned<String>>,
+    pipe: Option<Spanned<String>>,
     mode: Option<Spanned<String>>,
+    sddl: Option<Spanned<String>>,
     repair_authority: Option<bool>,
-    group: Option<u32>,
+    group: Option<Spanned<u32>>,
+}
+
+/// `[listen]` (one listener) or `[[listen]]` (several). Written by hand rather
+/// than as an untagged enum, which would buffer the values and lose the spans
+/// that put line numbers in error messages.
+struct RawListens(Vec<RawListen>);
+
+impl<'de> Deserialize<'de> for RawListens {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawListens;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a [listen] table or [[listen]] tables")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawListens, A::Error> {
+                RawListen::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|l| RawListens(vec![l]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<RawListens, A::Error> {
+                let mut v = Vec::new();
+                while let Some(l) = seq.next_element()? {
+                    v.push(l);
+                }
+                Ok(RawListens(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Deserialize)]
@@ -263,13 +324,6 @@ struct RawAudit {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawAdmin {
-    uds: String,
-    mode: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawRoute {
     service: Spanned<String>,
     backend: Spanned<String>,
@@ -284,6 +338,7 @@ struct RawLimits {
     backend_streams_per_connection: Option<Spanned<usize>>,
     drain_timeout: Option<Spanned<String>>,
     max_connections: Option<Spanned<usize>>,
+    idle_timeout: Option<Spanned<String>>,
 }
 
 impl Config {
@@ -318,30 +373,25 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &str| base.join(p);
 
-        let mode = match &raw.listen.mode {
-            None => 0o600,
-            Some(m) => parse_mode(m.get_ref())
-                .map_err(|msg| err(Some(m.span()), format!("listen.mode: {msg}")))?,
-        };
-        let uds = match (&raw.listen.uds, &raw.listen.systemd) {
-            (Some(u), _) if u.get_ref().is_empty() => {
-                return Err(err(
-                    Some(u.span()),
-                    "listen.uds is empty (write the socket path, e.g. \"/run/app/gateway.sock\")".into(),
-                ))
+        let mut listen: Vec<Listen> = Vec::with_capacity(raw.listen.0.len());
+        for (i, l) in raw.listen.0.iter().enumerate() {
+            let key = if raw.listen.0.len() == 1 {
+                "listen".to_owned()
+            } else {
+                format!("listen[{i}]")
+            };
+            let l = parse_listen(l, &key, &resolve).map_err(|(span, m)| err(span, m))?;
+            if listen.iter().any(|x| x.at == l.at) {
+                return Err(err(None, format!("{key}: {} is listed twice", l.at)));
             }
-            (Some(u), None) => resolve(u.get_ref()),
-            (Some(u), Some(_)) => {
-                return Err(err(Some(u.span()), "give listen.uds or listen.systemd, not both".into()))
-            }
-            (None, Some(_)) => PathBuf::new(),
-            (None, None) => {
-                return Err(err(
-                    None,
-                    "[listen] needs uds = \"/run/app/gateway.sock\" (or systemd = \"<FileDescriptorName>\" under socket activation)".into(),
-                ))
-            }
-        };
+            listen.push(l);
+        }
+        if listen.is_empty() {
+            return Err(err(
+                None,
+                "[listen] needs uds = \"/run/app/gateway.sock\" (or tcp, pipe, or systemd = \"<FileDescriptorName>\" under socket activation)".into(),
+            ));
+        }
 
         let mut routes: Vec<Route> = Vec::with_capacity(raw.route.len());
         for (i, r) in raw.route.iter().enumerate() {
@@ -400,6 +450,12 @@ impl Config {
             Duration::ZERO,
             limits.drain_timeout,
         )?;
+        limits.idle_timeout = dur(
+            &l.idle_timeout,
+            "idle_timeout",
+            Duration::ZERO,
+            limits.idle_timeout,
+        )?;
         if let Some(v) = &l.max_concurrent_streams {
             if *v.get_ref() == 0 {
                 return Err(err(
@@ -457,14 +513,20 @@ impl Config {
         };
         let admin = match &raw.admin {
             None => None,
-            Some(a) => Some(Admin {
-                uds: resolve(&a.uds),
-                mode: match &a.mode {
-                    None => 0o600,
-                    Some(m) => parse_mode(m.get_ref())
-                        .map_err(|msg| err(Some(m.span()), format!("admin.mode: {msg}")))?,
-                },
-            }),
+            Some(a) => {
+                let l = parse_listen(a, "admin", &resolve).map_err(|(span, m)| err(span, m))?;
+                // The admin endpoint has no TLS: only a local, permission-checked
+                // socket may carry it.
+                if matches!(l.at, ListenAt::Tcp(_) | ListenAt::Systemd(_))
+                    || a.repair_authority.is_some()
+                {
+                    return Err(err(
+                        None,
+                        "[admin] takes uds = \"/run/app/ipcgate-admin.sock\" (pipe on Windows) and mode only: it has no TLS, so it is never served on TCP".into(),
+                    ));
+                }
+                Some(l)
+            }
         };
         Ok(Config {
             audit: Audit {
@@ -473,13 +535,7 @@ impl Config {
             },
             admin,
             source: path.to_owned(),
-            listen: Listen {
-                uds,
-                systemd: raw.listen.systemd.clone(),
-                repair_authority: raw.listen.repair_authority.unwrap_or(true),
-                mode,
-                group: raw.listen.group,
-            },
+            listen,
             tls: Tls {
                 cert: resolve(&raw.tls.cert),
                 key: resolve(&raw.tls.key),
@@ -500,6 +556,113 @@ impl Config {
             limits,
         })
     }
+}
+
+type Span = Option<std::ops::Range<usize>>;
+
+/// One listener: exactly one address, and only the options that apply to it.
+fn parse_listen(
+    l: &RawListen,
+    key: &str,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<Listen, (Span, String)> {
+    let given: Vec<(&str, &Spanned<String>)> = [
+        ("uds", &l.uds),
+        ("tcp", &l.tcp),
+        ("pipe", &l.pipe),
+        ("systemd", &l.systemd),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
+    .collect();
+    let (kind, value) = match given.as_slice() {
+        [one] => *one,
+        [] => {
+            return Err((
+                None,
+                format!("{key} needs one address: uds = \"/run/app/gateway.sock\", tcp = \"0.0.0.0:8443\", pipe = '\\\\.\\pipe\\app' (Windows) or systemd = \"<FileDescriptorName>\""),
+            ))
+        }
+        [_, (k, v), ..] => {
+            return Err((
+                Some(v.span()),
+                format!("{key}.{k}: one address per listener (use [[listen]] tables for several listeners)"),
+            ))
+        }
+    };
+    let text = value.get_ref();
+    let span = Some(value.span());
+    if text.is_empty() {
+        return Err((span, format!("{key}.{kind} is empty")));
+    }
+    let at = match kind {
+        "uds" if cfg!(windows) => {
+            return Err((span, format!("{key}.uds: Unix sockets are not served on Windows; use pipe = '\\\\.\\pipe\\name'")))
+        }
+        "uds" => ListenAt::Uds(resolve(text)),
+        "systemd" if cfg!(windows) => {
+            return Err((span, format!("{key}.systemd: socket activation is systemd's, not Windows'")))
+        }
+        "systemd" => ListenAt::Systemd(text.clone()),
+        "tcp" => ListenAt::Tcp(text.parse().map_err(|_| {
+            (span.clone(), format!("{key}.tcp = {text:?} is not an IP address and port (write e.g. \"127.0.0.1:8443\" or \"[::]:8443\")"))
+        })?),
+        _ if cfg!(unix) => {
+            return Err((span, format!("{key}.pipe: named pipes are Windows-only; use uds = \"/run/app/gateway.sock\"")))
+        }
+        _ => {
+            if !text.to_ascii_lowercase().starts_with(r"\\.\pipe\") || text.len() <= 9 {
+                return Err((span, format!(r"{key}.pipe = {text:?} is not a local pipe name (write '\\.\pipe\name')")));
+            }
+            ListenAt::Pipe(text.clone())
+        }
+    };
+    let file_backed = matches!(at, ListenAt::Uds(_));
+    let mode = match &l.mode {
+        None => 0o600,
+        Some(m) if !file_backed => {
+            return Err((
+                Some(m.span()),
+                format!("{key}.mode applies to uds listeners only"),
+            ))
+        }
+        Some(m) => {
+            parse_mode(m.get_ref()).map_err(|msg| (Some(m.span()), format!("{key}.mode: {msg}")))?
+        }
+    };
+    let group = match &l.group {
+        Some(g) if !file_backed => {
+            return Err((
+                Some(g.span()),
+                format!("{key}.group applies to uds listeners only"),
+            ))
+        }
+        g => g.as_ref().map(|g| *g.get_ref()),
+    };
+    let sddl = match &l.sddl {
+        Some(s) if !matches!(at, ListenAt::Pipe(_)) => {
+            return Err((
+                Some(s.span()),
+                format!("{key}.sddl applies to pipe listeners only"),
+            ))
+        }
+        Some(s) if s.get_ref().is_empty() => {
+            return Err((
+                Some(s.span()),
+                format!(
+                "{key}.sddl is empty (leave it out for the default: this account and SYSTEM only)"
+            ),
+            ))
+        }
+        s => s.as_ref().map(|s| s.get_ref().clone()),
+    };
+    Ok(Listen {
+        at,
+        mode,
+        group,
+        sddl,
+        repair_authority: l.repair_authority.unwrap_or(true),
+    })
 }
 
 /// Parses an octal socket mode, refusing world-writable or owner-unwritable ones.

@@ -25,6 +25,31 @@ pub struct Conns {
     live: Mutex<HashMap<u64, Entry>>,
 }
 
+/// Calls on one client connection, for the idle timeout: `started` moves with
+/// every forwarded call, `in_flight` counts those whose response is not done.
+#[derive(Default)]
+pub struct Activity {
+    pub started: AtomicU64,
+    pub in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// One forwarded call on a client connection, until its response body is dropped.
+pub struct Call(Arc<Activity>);
+
+impl Call {
+    pub fn new(a: &Arc<Activity>) -> Call {
+        a.started.fetch_add(1, Ordering::Relaxed);
+        a.in_flight.fetch_add(1, Ordering::Relaxed);
+        Call(a.clone())
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Removes the connection from the registry when dropped.
 pub struct Registration {
     conns: Arc<Conns>,

@@ -45,6 +45,8 @@ pub enum Body {
     Upstream {
         body: Incoming,
         _in_flight: Option<InFlight>,
+        /// The call on the client's connection (idle timeout).
+        _call: Option<crate::conns::Call>,
     },
     Empty,
 }

@@ -11,8 +11,9 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 /// may be reused once that process exits: treat it as a hint, uid/gid as facts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerCred {
-    pub uid: u32,
-    pub gid: u32,
+    /// Unix only; a named pipe's client has no uid.
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
     pub pid: Option<i32>,
 }
 
@@ -118,11 +119,19 @@ impl Peer {
         };
         peer.xfcc = peer.build_xfcc(by);
         peer.cred_header = cred.and_then(|c| {
-            let mut s = format!("uid={};gid={}", c.uid, c.gid);
-            if let Some(pid) = c.pid {
-                let _ = write!(s, ";pid={pid}");
+            let mut parts = Vec::with_capacity(3);
+            if let Some(uid) = c.uid {
+                parts.push(format!("uid={uid}"));
             }
-            HeaderValue::from_str(&s).ok()
+            if let Some(gid) = c.gid {
+                parts.push(format!("gid={gid}"));
+            }
+            if let Some(pid) = c.pid {
+                parts.push(format!("pid={pid}"));
+            }
+            HeaderValue::from_str(&parts.join(";"))
+                .ok()
+                .filter(|_| !parts.is_empty())
         });
         Ok(peer)
     }

@@ -603,8 +603,8 @@ fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
     let cred = match (a.uid, a.gid) {
         (None, None) => None,
         (uid, gid) => Some(ipcgate::identity::PeerCred {
-            uid: uid.unwrap_or(u32::MAX),
-            gid: gid.unwrap_or(u32::MAX),
+            uid,
+            gid,
             pid: None,
         }),
     };

@@ -25,6 +25,7 @@ use tower::Service;
 use tracing::{debug, warn};
 
 use crate::config;
+use crate::conns::{Activity, Call};
 use crate::grpc::{self, Code, InFlight};
 use crate::identity::Peer;
 use crate::route::Router;
@@ -196,6 +197,7 @@ impl Backend {
                     return resp.map(|body| grpc::Body::Upstream {
                         body,
                         _in_flight: Some(guard),
+                        _call: None,
                     });
                 }
                 Err(mut e) => match e.take_message() {
@@ -263,11 +265,16 @@ fn upstream_error(addr: &config::Backend, e: &hyper::Error) -> Response<grpc::Bo
 pub struct Proxy {
     router: Arc<Router>,
     peer: Arc<Peer>,
+    activity: Arc<Activity>,
 }
 
 impl Proxy {
-    pub fn new(router: Arc<Router>, peer: Arc<Peer>) -> Proxy {
-        Proxy { router, peer }
+    pub fn new(router: Arc<Router>, peer: Arc<Peer>, activity: Arc<Activity>) -> Proxy {
+        Proxy {
+            router,
+            peer,
+            activity,
+        }
     }
 }
 
@@ -298,7 +305,14 @@ impl Service<Request<Incoming>> for Proxy {
         if let Some(v) = self.peer.cred_header() {
             h.insert(PEER_CRED, v.clone());
         }
-        Box::pin(async move { Ok(backend.forward(req).await) })
+        let call = Call::new(&self.activity);
+        Box::pin(async move {
+            let mut resp = backend.forward(req).await;
+            if let grpc::Body::Upstream { _call, .. } = resp.body_mut() {
+                *_call = Some(call);
+            }
+            Ok(resp)
+        })
     }
 }
 

@@ -4,22 +4,22 @@
 
 use std::future::Future;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceBuilder;
 use tracing::{debug, info, warn};
 
 use crate::audit::Auditor;
-use crate::config::{Config, ConfigError, Limits};
-use crate::conns::Conns;
-use crate::identity::{Peer, PeerCred};
-use crate::listen::{ListenError, Uds};
+use crate::config::{Config, ConfigError, Limits, ListenAt};
+use crate::conns::{Activity, Conns};
+use crate::identity::Peer;
+use crate::listen::{Accepted, ListenError, Listener, Tcp};
 use crate::metrics::{Metrics, ReasonLabels};
 use crate::path::PathCheckLayer;
 use crate::policy::{Authorizer, AuthzLayer, PolicyError};
@@ -54,7 +54,6 @@ struct Shared {
     limits: Limits,
     metrics: Arc<Metrics>,
     conns: Arc<Conns>,
-    repair_authority: bool,
     /// Becomes true when the gateway starts shutting down.
     stopping: watch::Receiver<bool>,
 }
@@ -62,8 +61,9 @@ struct Shared {
 /// A bound, ready gateway. [`Gateway::bind`] does all the checking (config,
 /// certificates, policy, socket) so that a broken setup fails at start-up.
 pub struct Gateway {
-    listener: Uds,
-    admin: Option<Uds>,
+    /// Each listener with its `repair_authority` setting.
+    listeners: Vec<(Listener, bool)>,
+    admin: Option<Listener>,
     shared: Arc<Shared>,
     reloader: Arc<Reloader>,
     watch: bool,
@@ -123,27 +123,67 @@ impl Gateway {
         })?;
         let authz = Arc::new(Authorizer::new(enforced, shadow, Some(auditor), &metrics));
         let router = Arc::new(Router::new(&config.routes, &config.limits, &metrics));
-        let listener = match &config.listen.systemd {
-            None => Uds::bind(&config.listen.uds, config.listen.mode, config.listen.group)?,
-            Some(name) => {
-                let pos = inherited.iter().position(|(n, _)| n == name).ok_or_else(|| {
-                    ListenError::Io {
+        let mut listeners = Vec::with_capacity(config.listen.len());
+        for l in &config.listen {
+            let listener = match &l.at {
+                #[cfg(unix)]
+                ListenAt::Uds(path) => {
+                    Listener::Uds(crate::listen::Uds::bind(path, l.mode, l.group)?)
+                }
+                #[cfg(unix)]
+                ListenAt::Systemd(name) => {
+                    let pos = inherited.iter().position(|(n, _)| n == name).ok_or_else(|| {
+                        ListenError::Io {
+                            path: config.source.clone(),
+                            source: std::io::Error::new(
+                                std::io::ErrorKind::NotFound,
+                                format!(
+                                    "listen.systemd = {name:?}, but systemd passed no socket of that name (have: {:?}; set FileDescriptorName={name} in the .socket unit)",
+                                    inherited.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>()
+                                ),
+                            ),
+                        }
+                    })?;
+                    let (n, l) = inherited.swap_remove(pos);
+                    Listener::Uds(crate::listen::Uds::from_systemd(&n, l)?)
+                }
+                ListenAt::Tcp(addr) => Listener::Tcp(Tcp::bind(*addr)?),
+                #[cfg(windows)]
+                ListenAt::Pipe(name) => {
+                    Listener::Pipe(crate::listen::Pipe::bind(name, l.sddl.as_deref())?)
+                }
+                // Refused by Config::parse on this platform.
+                #[allow(unreachable_patterns)]
+                other => {
+                    return Err(GatewayError::Listen(ListenError::Io {
                         path: config.source.clone(),
                         source: std::io::Error::new(
-                            std::io::ErrorKind::NotFound,
-                            format!(
-                                "listen.systemd = {name:?}, but systemd passed no socket of that name (have: {:?}; set FileDescriptorName={name} in the .socket unit)",
-                                inherited.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>()
-                            ),
+                            std::io::ErrorKind::Unsupported,
+                            format!("{other}: not supported on this platform"),
                         ),
-                    }
-                })?;
-                let (n, l) = inherited.swap_remove(pos);
-                Uds::from_systemd(&n, l)?
-            }
-        };
+                    }))
+                }
+            };
+            listeners.push((listener, l.repair_authority));
+        }
         let admin = match &config.admin {
-            Some(a) => Some(Uds::bind(&a.uds, a.mode, None)?),
+            #[cfg(unix)]
+            Some(crate::config::Listen {
+                at: ListenAt::Uds(path),
+                mode,
+                ..
+            }) => Some(Listener::Uds(crate::listen::Uds::bind(path, *mode, None)?)),
+            #[cfg(windows)]
+            Some(crate::config::Listen {
+                at: ListenAt::Pipe(name),
+                sddl,
+                ..
+            }) => Some(Listener::Pipe(crate::listen::Pipe::bind(
+                name,
+                sddl.as_deref(),
+            )?)),
+            // Config::parse allows nothing else.
+            Some(_) => None,
             None => None,
         };
         let (stop, stopping) = watch::channel(false);
@@ -153,7 +193,7 @@ impl Gateway {
             authz: authz.clone(),
         });
         Ok(Gateway {
-            listener,
+            listeners,
             admin,
             shared: Arc::new(Shared {
                 tls,
@@ -163,7 +203,6 @@ impl Gateway {
                 metrics,
                 conns,
                 stopping,
-                repair_authority: config.listen.repair_authority,
             }),
             reloader,
             watch: config.policy.watch,
@@ -171,8 +210,21 @@ impl Gateway {
         })
     }
 
+    /// The first Unix socket the gateway listens on (empty if none).
     pub fn socket_path(&self) -> &Path {
-        self.listener.path()
+        self.listeners
+            .iter()
+            .find_map(|(l, _)| match l {
+                #[cfg(unix)]
+                Listener::Uds(u) => Some(u.path()),
+                _ => None,
+            })
+            .unwrap_or(Path::new(""))
+    }
+
+    /// Every address the gateway listens on, TCP ports resolved.
+    pub fn local_addrs(&self) -> Vec<ListenAt> {
+        self.listeners.iter().map(|(l, _)| l.local()).collect()
     }
 
     /// The policies in force; swapping one applies it to the next call on every
@@ -205,40 +257,25 @@ impl Gateway {
             ))
         });
         let max = self.shared.limits.max_connections;
+        // One pool of connection slots across all listeners.
         let slots = Arc::new(tokio::sync::Semaphore::new(max));
-        tokio::pin!(shutdown);
-        crate::systemd::notify("READY=1");
-        loop {
-            let slot = tokio::select! {
-                () = &mut shutdown => break,
-                slot = slots.clone().acquire_owned() => match slot {
-                    Ok(s) => s,
-                    Err(_) => break,
-                },
-            };
-            tokio::select! {
-                () = &mut shutdown => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, cred)) => {
-                        let shared = self.shared.clone();
-                        tokio::spawn(async move {
-                            serve_connection(shared, stream, cred).await;
-                            drop(slot);
-                        });
-                    }
-                    Err(e) => {
-                        // Out of descriptors or similar: back off instead of spinning.
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-            }
+        let mut accepting = tokio::task::JoinSet::new();
+        for (listener, repair) in self.listeners {
+            accepting.spawn(accept_loop(
+                listener,
+                repair,
+                self.shared.clone(),
+                slots.clone(),
+            ));
         }
+        crate::systemd::notify("READY=1");
+        shutdown.await;
         info!("shutting down: no new connections, draining calls in flight");
         crate::systemd::notify("STOPPING=1");
-        drop(self.listener);
         reloader.abort();
+        // Accept loops end (dropping their sockets) and every connection sends GOAWAY.
         let _ = self.stop.send(true);
+        while accepting.join_next().await.is_some() {}
         let drain = self.shared.limits.drain_timeout;
         // Every connection holds a slot until it is gone.
         let all = u32::try_from(max).unwrap_or(u32::MAX);
@@ -253,6 +290,44 @@ impl Gateway {
         }
         if let Some(a) = admin {
             a.abort();
+        }
+    }
+}
+
+/// Accepts on one listener until the gateway stops; each connection holds a
+/// slot of the shared `max_connections` pool for its lifetime.
+async fn accept_loop(
+    mut listener: Listener,
+    repair_authority: bool,
+    shared: Arc<Shared>,
+    slots: Arc<tokio::sync::Semaphore>,
+) {
+    let mut stopping = shared.stopping.clone();
+    loop {
+        let slot = tokio::select! {
+            _ = stopping.wait_for(|s| *s) => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            _ = stopping.wait_for(|s| *s) => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok(a) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    serve_connection(shared, a, repair_authority).await;
+                    drop(slot);
+                });
+            }
+            Err(e) => {
+                // Out of descriptors or similar: back off instead of spinning.
+                warn!(listener = %listener.local(), error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     }
 }
@@ -289,9 +364,15 @@ fn failure_reason(e: &std::io::Error) -> &'static str {
     }
 }
 
-async fn serve_connection(shared: Arc<Shared>, stream: UnixStream, cred: Option<PeerCred>) {
-    let uid = cred.map(|c| c.uid);
+async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_authority: bool) {
+    let Accepted {
+        conn: stream,
+        cred,
+        remote,
+    } = accepted;
+    let uid = cred.and_then(|c| c.uid);
     let pid = cred.and_then(|c| c.pid);
+    let remote = remote.map(tracing::field::display);
     let m = &shared.metrics;
     // The TLS material of this moment: a reload mid-handshake does not disturb it.
     let tls_state = shared.tls.current();
@@ -302,19 +383,19 @@ async fn serve_connection(shared: Arc<Shared>, stream: UnixStream, cred: Option<
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             m.handshake("failed", failure_reason(&e));
-            warn!(target: "ipcgate::tls", reason = %e, peer.uid = uid, peer.pid = pid, "handshake failed");
+            warn!(target: "ipcgate::tls", reason = %e, peer.uid = uid, peer.pid = pid, peer.addr = remote, "handshake failed");
             return;
         }
         Err(_) => {
             m.handshake("failed", "timeout");
-            warn!(target: "ipcgate::tls", reason = "timeout", peer.uid = uid, peer.pid = pid, "handshake failed");
+            warn!(target: "ipcgate::tls", reason = "timeout", peer.uid = uid, peer.pid = pid, peer.addr = remote, "handshake failed");
             return;
         }
     };
     let (_, conn) = tls.get_ref();
     if conn.alpn_protocol() != Some(b"h2") {
         m.handshake("failed", "no_alpn");
-        warn!(target: "ipcgate::tls", reason = "client did not negotiate ALPN h2", peer.uid = uid, peer.pid = pid, "handshake failed");
+        warn!(target: "ipcgate::tls", reason = "client did not negotiate ALPN h2", peer.uid = uid, peer.pid = pid, peer.addr = remote, "handshake failed");
         return;
     }
     let chain = conn.peer_certificates().unwrap_or(&[]);
@@ -322,7 +403,7 @@ async fn serve_connection(shared: Arc<Shared>, stream: UnixStream, cred: Option<
         Ok(p) => Arc::new(p),
         Err(e) => {
             m.handshake("failed", "unreadable_certificate");
-            warn!(target: "ipcgate::tls", reason = %e, peer.uid = uid, peer.pid = pid, "handshake failed");
+            warn!(target: "ipcgate::tls", reason = %e, peer.uid = uid, peer.pid = pid, peer.addr = remote, "handshake failed");
             return;
         }
     };
@@ -334,20 +415,26 @@ async fn serve_connection(shared: Arc<Shared>, stream: UnixStream, cred: Option<
         client.id = peer.principal(),
         peer.uid = uid,
         peer.pid = pid,
+        peer.addr = remote,
         "connection established"
     );
+    let activity = Arc::new(Activity::default());
 
     let svc = ServiceBuilder::new()
         .layer(PathCheckLayer)
         .layer(AuthzLayer::new(shared.authz.clone(), peer.clone()))
-        .service(Proxy::new(shared.router.clone(), peer.clone()));
+        .service(Proxy::new(
+            shared.router.clone(),
+            peer.clone(),
+            activity.clone(),
+        ));
     let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     http.timer(TokioTimer::new())
         .max_concurrent_streams(shared.limits.max_concurrent_streams)
         .max_header_list_size(shared.limits.max_header_list_size)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
-    let io = crate::authority::MaybeRepaired::new(tls, shared.repair_authority);
+    let io = crate::authority::MaybeRepaired::new(tls, repair_authority);
     let conn = http.serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
     tokio::pin!(conn);
 
@@ -363,6 +450,14 @@ async fn serve_connection(shared: Arc<Shared>, stream: UnixStream, cred: Option<
     let mut stopping = shared.stopping.clone();
     let drain = tokio::time::sleep(LONG_TIMER);
     tokio::pin!(drain);
+    // Idle: no call forwarded and none in flight for `idle_timeout`, checked in
+    // quarters so the close comes within 1-1.25x the timeout without a clock
+    // read per call.
+    let idle_timeout = shared.limits.idle_timeout;
+    let quarter = (idle_timeout / 4).max(Duration::from_millis(1));
+    let mut idle_tick = tokio::time::interval_at(tokio::time::Instant::now() + quarter, quarter);
+    idle_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut seen, mut quiet) = (0u64, 0u8);
     let mut closing = false;
     loop {
         let why = tokio::select! {
@@ -382,6 +477,18 @@ async fn serve_connection(shared: Arc<Shared>, stream: UnixStream, cred: Option<
                 "expired"
             }
             Ok(()) = stopping.changed(), if !closing => "shutdown",
+            _ = idle_tick.tick(), if !closing && !idle_timeout.is_zero() => {
+                let started = activity.started.load(Ordering::Relaxed);
+                if started != seen || activity.in_flight.load(Ordering::Relaxed) > 0 {
+                    (seen, quiet) = (started, 0);
+                    continue;
+                }
+                quiet += 1;
+                if quiet < 4 {
+                    continue;
+                }
+                "idle"
+            }
             () = &mut drain, if closing => {
                 warn!(client.id = peer.principal(), "calls still in flight after the drain bound: closing the connection");
                 break;
@@ -393,12 +500,22 @@ async fn serve_connection(shared: Arc<Shared>, stream: UnixStream, cred: Option<
         drain
             .as_mut()
             .reset(tokio::time::Instant::now() + shared.limits.drain_timeout);
-        if why == "expired" {
-            info!(target: "ipcgate::tls", reason = "expired", client.id = peer.principal(), "closing connection: client certificate expired");
-            m.connections_closed
-                .get_or_create(&ReasonLabels { reason: "expired" })
-                .inc();
+        match why {
+            "expired" => {
+                info!(target: "ipcgate::tls", reason = "expired", client.id = peer.principal(), "closing connection: client certificate expired");
+            }
+            "idle" => {
+                debug!(
+                    client.id = peer.principal(),
+                    ?idle_timeout,
+                    "closing idle connection"
+                );
+            }
+            _ => continue,
         }
+        m.connections_closed
+            .get_or_create(&ReasonLabels { reason: why })
+            .inc();
     }
     m.active_connections.dec();
 }

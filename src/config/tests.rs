@@ -25,8 +25,12 @@ backend = "http://127.0.0.1:50051"
 #[test]
 fn good_config_resolves_relative_paths() {
     let c = Config::parse(GOOD, Path::new("/etc/ipcgate/gateway.toml")).unwrap();
-    assert_eq!(c.listen.uds, Path::new("/etc/ipcgate/run/gw.sock"));
-    assert_eq!(c.listen.mode, 0o660);
+    assert_eq!(
+        c.listen[0].at,
+        ListenAt::Uds("/etc/ipcgate/run/gw.sock".into())
+    );
+    assert_eq!(c.listen[0].mode, 0o660);
+    assert_eq!(c.limits.idle_timeout, Duration::from_secs(3600));
     assert_eq!(c.tls.client_ca, Path::new("/etc/ipcgate/certs/ca.pem"));
     assert_eq!(
         c.routes[0].backend,
@@ -88,4 +92,91 @@ fn limits_are_checked() {
     .unwrap();
     assert_eq!(c.limits.handshake_timeout, Duration::from_secs(2));
     assert_eq!(c.limits.max_concurrent_streams, 50);
+}
+
+const MANY: &str = r#"
+[[listen]]
+uds = "run/gw.sock"
+mode = "0660"
+
+[[listen]]
+tcp = "127.0.0.1:8443"
+repair_authority = false
+
+[tls]
+cert = "c.pem"
+key = "c.key"
+client_ca = "ca.pem"
+
+[policy]
+file = "p.json"
+
+[[route]]
+service = "*"
+backend = "unix:/run/app/echo.sock"
+"#;
+
+#[test]
+fn several_listeners_each_with_its_options() {
+    let c = Config::parse(MANY, Path::new("/etc/ipcgate/gateway.toml")).unwrap();
+    assert_eq!(c.listen.len(), 2);
+    assert_eq!(
+        c.listen[0].at,
+        ListenAt::Uds("/etc/ipcgate/run/gw.sock".into())
+    );
+    assert!(c.listen[0].repair_authority);
+    assert_eq!(
+        c.listen[1].at,
+        ListenAt::Tcp("127.0.0.1:8443".parse().unwrap())
+    );
+    assert!(!c.listen[1].repair_authority);
+}
+
+#[test]
+fn listener_mistakes_are_refused_with_line_and_fix() {
+    // Two addresses in one table.
+    let e = error_of(&MANY.replace("mode = \"0660\"", "tcp = \"127.0.0.1:1\""));
+    assert!(
+        e.starts_with("gw.toml:4:") && e.contains("one address per listener"),
+        "{e}"
+    );
+    // Socket options on a TCP listener.
+    let e = error_of(&MANY.replace("repair_authority = false", "mode = \"0600\""));
+    assert!(
+        e.starts_with("gw.toml:8:") && e.contains("listen[1].mode applies to uds"),
+        "{e}"
+    );
+    // Not an address.
+    let e = error_of(&MANY.replace("127.0.0.1:8443", "localhost:8443"));
+    assert!(
+        e.starts_with("gw.toml:7:") && e.contains("not an IP address and port"),
+        "{e}"
+    );
+    // The same address twice.
+    let e = error_of(&MANY.replace("tcp = \"127.0.0.1:8443\"", "uds = \"run/gw.sock\""));
+    assert!(e.contains("listed twice"), "{e}");
+    // A table with no address at all.
+    let e = error_of(&MANY.replace("tcp = \"127.0.0.1:8443\"\n", ""));
+    assert!(e.contains("listen[1] needs one address"), "{e}");
+    // Unknown keys inside [[listen]] keep their line.
+    let e = error_of(&MANY.replace("repair_authority = false", "bogus = 1"));
+    assert!(e.starts_with("gw.toml:8:") && e.contains("bogus"), "{e}");
+    // Named pipes are Windows'.
+    #[cfg(unix)]
+    {
+        let e = error_of(&MANY.replace("tcp = \"127.0.0.1:8443\"", "pipe = '\\\\.\\pipe\\x'"));
+        assert!(e.contains("Windows-only"), "{e}");
+    }
+}
+
+#[test]
+fn idle_timeout_is_configurable_and_zero_disables() {
+    let c = Config::parse(
+        &MANY.replace("[tls]", "[limits]\nidle_timeout = \"0s\"\n\n[tls]"),
+        Path::new("gw.toml"),
+    )
+    .unwrap();
+    assert_eq!(c.limits.idle_timeout, Duration::ZERO);
+    let e = error_of(&MANY.replace("[tls]", "[limits]\nidle_timeout = \"soon\"\n\n[tls]"));
+    assert!(e.contains("limits.idle_timeout"), "{e}");
 }

@@ -48,8 +48,8 @@ fn peer_credentials_become_a_header() {
     let p = Peer::new(
         &[der],
         Some(PeerCred {
-            uid: 1000,
-            gid: 100,
+            uid: Some(1000),
+            gid: Some(100),
             pid: Some(42),
         }),
         None,

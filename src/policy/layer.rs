@@ -147,7 +147,7 @@ impl Authorizer {
             method = path,
             client.id = peer.principal(),
             client.sha256 = %peer.sha256_hex(),
-            peer.uid = peer.cred.map(|c| c.uid),
+            peer.uid = peer.cred.and_then(|c| c.uid),
             peer.pid = peer.cred.and_then(|c| c.pid),
             authz.rule = rule.unwrap_or("(no allow rule matched)"),
             policy.name = %policy.name,

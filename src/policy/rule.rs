@@ -59,8 +59,16 @@ impl Rule {
     }
 
     pub(super) fn cred_matches(&self, peer: &Peer) -> bool {
-        let uid_ok = self.uids.is_empty() || peer.cred.is_some_and(|c| self.uids.contains(&c.uid));
-        let gid_ok = self.gids.is_empty() || peer.cred.is_some_and(|c| self.gids.contains(&c.gid));
+        let uid_ok = self.uids.is_empty()
+            || peer
+                .cred
+                .and_then(|c| c.uid)
+                .is_some_and(|u| self.uids.contains(&u));
+        let gid_ok = self.gids.is_empty()
+            || peer
+                .cred
+                .and_then(|c| c.gid)
+                .is_some_and(|g| self.gids.contains(&g));
         uid_ok && gid_ok
     }
 
@@ -94,8 +102,8 @@ impl Rule {
             }
         }
         for (field, list, actual) in [
-            ("uids", &self.uids, peer.cred.map(|c| c.uid)),
-            ("gids", &self.gids, peer.cred.map(|c| c.gid)),
+            ("uids", &self.uids, peer.cred.and_then(|c| c.uid)),
+            ("gids", &self.gids, peer.cred.and_then(|c| c.gid)),
         ] {
             if list.is_empty() {
                 continue;

@@ -317,8 +317,8 @@ fn peer_cred(uid: u32, gid: u32) -> Peer {
     Peer::new(
         &[issued.cert_der],
         Some(crate::identity::PeerCred {
-            uid,
-            gid,
+            uid: Some(uid),
+            gid: Some(gid),
             pid: Some(1),
         }),
         None,

@@ -113,6 +113,8 @@ pub struct Opts {
     pub files: Vec<(&'static str, String)>,
     /// Extra keys for the `[tls]` table (e.g. `crl = ["ca.crl"]`).
     pub tls_keys: String,
+    /// Replaces the `[listen]` table (e.g. several `[[listen]]` tables).
+    pub listen: Option<String>,
 }
 
 /// A backend and a gateway in front of it, both in this process.
@@ -124,6 +126,8 @@ pub struct Harness {
     pub authz: std::sync::Arc<Authorizer>,
     pub metrics: std::sync::Arc<ipcgate::metrics::Metrics>,
     pub reloader: std::sync::Arc<ipcgate::reload::Reloader>,
+    /// Where the gateway listens (TCP ports resolved).
+    pub addrs: Vec<ipcgate::config::ListenAt>,
     backend_max_streams: Option<u32>,
     backend: Option<Backend>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -196,23 +200,24 @@ impl Harness {
         if opts.audit_file {
             extra.push_str("\n[audit]\nfile = \"audit.jsonl\"\n");
         }
-        std::fs::write(
-            &cfg_path,
-            config_text_with(
-                &pki,
-                &backend_sock,
-                &extra,
-                &opts.policy_keys,
-                &opts.tls_keys,
-            ),
-        )
-        .unwrap();
+        let mut text = config_text_with(
+            &pki,
+            &backend_sock,
+            &extra,
+            &opts.policy_keys,
+            &opts.tls_keys,
+        );
+        if let Some(l) = &opts.listen {
+            text = text.replace("[listen]\nuds = \"gateway.sock\"\n", l);
+        }
+        std::fs::write(&cfg_path, text).unwrap();
         let config = ipcgate::config::Config::load(&cfg_path).unwrap();
         let gateway = ipcgate::Gateway::bind(config).await.unwrap();
         let authz = gateway.authorizer();
         let metrics = gateway.metrics();
         let reloader = gateway.reloader();
         let gw_sock = gateway.socket_path().to_owned();
+        let addrs = gateway.local_addrs();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(gateway.run(async {
             let _ = rx.await;
@@ -225,6 +230,7 @@ impl Harness {
             authz,
             metrics,
             reloader,
+            addrs,
             backend_max_streams: opts.backend_max_streams,
             backend: Some(backend),
             stop: Some(tx),

@@ -7,6 +7,7 @@ mod common;
 mod examples;
 mod identity;
 mod lifecycle;
+mod listeners;
 mod mtls;
 mod ops;
 mod path;

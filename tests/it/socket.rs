@@ -117,7 +117,7 @@ async fn peer_credentials_are_read_at_accept() {
         .unwrap()
         .parse()
         .unwrap();
-    assert_eq!(cred.uid, uid);
+    assert_eq!(cred.uid, Some(uid));
 }
 
 #[tokio::test]

@@ -9,28 +9,8 @@ use std::path::{Path, PathBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::info;
 
+use super::{io_err, ListenError};
 use crate::identity::PeerCred;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ListenError {
-    #[error("{}: exists and is not a socket; refusing to replace it (remove it yourself or choose another listen.uds)", .0.display())]
-    NotSocket(PathBuf),
-    #[error("{}: another process is listening on this socket (stop it, or choose another listen.uds)", .0.display())]
-    InUse(PathBuf),
-    #[error("{}: the directory does not exist (create it, owned by the gateway's account, mode 0750 or stricter)", .0.display())]
-    NoDir(PathBuf),
-    #[error("{}: {why}; another account could replace the socket (use a directory only the gateway's account can write, e.g. systemd RuntimeDirectory=)", .dir.display())]
-    UnsafeDir { dir: PathBuf, why: String },
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
-}
-
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ListenError + '_ {
-    move |source| ListenError::Io {
-        path: path.to_owned(),
-        source,
-    }
-}
 
 /// A bound Unix socket that removes its file on drop if the file is still the one
 /// it created.
@@ -177,8 +157,8 @@ impl Uds {
     pub async fn accept(&self) -> io::Result<(UnixStream, Option<PeerCred>)> {
         let (stream, _) = self.listener.accept().await?;
         let cred = stream.peer_cred().ok().map(|c| PeerCred {
-            uid: c.uid(),
-            gid: c.gid(),
+            uid: Some(c.uid()),
+            gid: Some(c.gid()),
             pid: c.pid(),
         });
         Ok((stream, cred))
