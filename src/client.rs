@@ -13,7 +13,6 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use tokio::net::UnixStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint};
@@ -233,9 +232,17 @@ impl ServerCertVerifier for GatewayVerifier {
     }
 }
 
+/// The local transport to the gateway: a Unix socket, or on Windows a named pipe.
+#[cfg(unix)]
+pub type ClientIo = tokio::net::UnixStream;
+/// The local transport to the gateway: a Unix socket, or on Windows a named pipe.
+#[cfg(windows)]
+pub type ClientIo = tokio::net::windows::named_pipe::NamedPipeClient;
+
 /// Where and how to reach the gateway.
 #[derive(Clone)]
 pub struct Target {
+    /// The gateway's socket path (on Windows, its pipe name `\\.\pipe\...`).
     pub socket: PathBuf,
     /// Sent as SNI and checked against the certificate unless a SPIFFE ID or a
     /// pin is what identifies the gateway.
@@ -243,6 +250,7 @@ pub struct Target {
     pub config: Arc<ClientConfig>,
     /// The account that must own the listening socket (SO_PEERCRED), checked
     /// before anything is sent: a socket squatted by another account is refused.
+    /// Unix only (on Windows the pipe's first-instance rule and DACL do this job).
     pub server_uid: Option<u32>,
 }
 
@@ -255,7 +263,7 @@ pub async fn connect(
     socket: &Path,
     server_name: &str,
     config: Arc<ClientConfig>,
-) -> io::Result<TlsStream<UnixStream>> {
+) -> io::Result<TlsStream<ClientIo>> {
     connect_to(&Target {
         socket: socket.to_owned(),
         server_name: server_name.to_owned(),
@@ -269,10 +277,29 @@ pub async fn connect(
 ///
 /// # Errors
 /// Connect failure, a socket owned by the wrong account, or a failed handshake.
-pub async fn connect_to(t: &Target) -> io::Result<TlsStream<UnixStream>> {
+pub async fn connect_to(t: &Target) -> io::Result<TlsStream<ClientIo>> {
     let name = ServerName::try_from(t.server_name.clone())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let stream = UnixStream::connect(&t.socket).await?;
+    let stream = open(t).await?;
+    TlsConnector::from(t.config.clone())
+        .connect(name, stream)
+        .await
+}
+
+#[cfg(windows)]
+async fn open(t: &Target) -> io::Result<ClientIo> {
+    if t.server_uid.is_some() {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "server_uid is a Unix socket check; a named pipe has no owner uid",
+        ));
+    }
+    crate::listen::connect_pipe(&t.socket.to_string_lossy()).await
+}
+
+#[cfg(unix)]
+async fn open(t: &Target) -> io::Result<ClientIo> {
+    let stream = ClientIo::connect(&t.socket).await?;
     if let Some(want) = t.server_uid {
         let got = stream.peer_cred()?.uid();
         if got != want {
@@ -282,9 +309,7 @@ pub async fn connect_to(t: &Target) -> io::Result<TlsStream<UnixStream>> {
             ));
         }
     }
-    TlsConnector::from(t.config.clone())
-        .connect(name, stream)
-        .await
+    Ok(stream)
 }
 
 /// A tonic channel that dials the gateway's socket with mutual TLS. Connection

@@ -135,6 +135,8 @@ pub enum Backend {
     Unix(PathBuf),
     /// h2c over TCP, `host:port`.
     Tcp(String),
+    /// h2c over a Windows named pipe.
+    Pipe(String),
 }
 
 impl fmt::Display for Backend {
@@ -142,6 +144,7 @@ impl fmt::Display for Backend {
         match self {
             Backend::Unix(p) => write!(f, "unix:{}", p.display()),
             Backend::Tcp(a) => write!(f, "http://{a}"),
+            Backend::Pipe(p) => write!(f, "pipe:{p}"),
         }
     }
 }
@@ -152,6 +155,17 @@ impl Backend {
     /// # Errors
     /// A message naming the accepted forms.
     pub fn parse(s: &str, base: &Path) -> Result<Self, String> {
+        if let Some(rest) = s.strip_prefix("pipe:") {
+            if cfg!(unix) {
+                return Err(format!(
+                    "{s:?}: named pipes are Windows-only (write \"unix:/run/app/echo.sock\")"
+                ));
+            }
+            return Ok(Backend::Pipe(rest.to_owned()));
+        }
+        if s.starts_with("unix:") && cfg!(windows) {
+            return Err(format!("{s:?}: Unix sockets are not dialed on Windows (write \"pipe:\\\\.\\pipe\\name\" or \"http://127.0.0.1:50051\")"));
+        }
         if let Some(rest) = s.strip_prefix("unix:") {
             let path = rest.strip_prefix("//").unwrap_or(rest);
             if path.is_empty() {

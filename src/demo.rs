@@ -2,7 +2,7 @@
 //! a temporary CA and certificates, the backend, the gateway, then allowed and
 //! denied calls, each checked against what should happen.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -184,8 +184,9 @@ impl Echo for EchoService {
 ///
 /// # Errors
 /// The socket cannot be bound.
+#[cfg(unix)]
 pub fn spawn_backend(
-    path: &Path,
+    path: &std::path::Path,
     svc: EchoService,
     max_streams: Option<u32>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
@@ -283,21 +284,45 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     );
     println!("  (SPIFFE IDs spiffe://demo.local/alice and /mallory), outsider.pem (same SPIFFE ID as alice, another CA)");
 
-    let backend_sock = dir.join("echo.sock");
     let svc = EchoService::default();
-    let backend = spawn_backend(&backend_sock, svc.clone(), None)?;
+    #[cfg(unix)]
+    let (backend, backend_sock, gateway_sock, listen) = {
+        let backend_sock = dir.join("echo.sock");
+        let backend = spawn_backend(&backend_sock, svc.clone(), None)?;
+        let listen = "uds = \"gateway.sock\"\nmode = \"0600\"".to_owned();
+        let backend_sock = format!("unix:{}", backend_sock.display());
+        (backend, backend_sock, dir.join("gateway.sock"), listen)
+    };
+    // Windows: the backend on loopback TCP, the gateway on a named pipe.
+    #[cfg(windows)]
+    let (backend, backend_sock, gateway_sock, listen) = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let backend = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(EchoServer::new(svc.clone()))
+                .serve_with_incoming(incoming),
+        );
+        let pipe = format!(r"\\.\pipe\ipcgate-demo-{}", std::process::id());
+        let listen = format!("pipe = '{pipe}'");
+        (
+            backend,
+            format!("http://{addr}"),
+            PathBuf::from(pipe),
+            listen,
+        )
+    };
     std::fs::write(dir.join("policy.json"), DEMO_POLICY)?;
-    let gateway_sock = dir.join("gateway.sock");
     let config_text = format!(
-        "[listen]\nuds = \"gateway.sock\"\nmode = \"0600\"\n\n[tls]\ncert = \"gateway.pem\"\nkey = \"gateway.key\"\nclient_ca = \"ca.pem\"\n\n[policy]\nfile = \"policy.json\"\n\n[[route]]\nservice = \"demo.v1.Echo\"\nbackend = \"unix:{}\"\n",
-        backend_sock.display()
+        "[listen]\n{listen}\n\n[tls]\ncert = \"gateway.pem\"\nkey = \"gateway.key\"\nclient_ca = \"ca.pem\"\n\n[policy]\nfile = \"policy.json\"\n\n[[route]]\nservice = \"demo.v1.Echo\"\nbackend = \"{backend_sock}\"\n"
     );
     let config_path = dir.join("gateway.toml");
     std::fs::write(&config_path, config_text)?;
     let config = crate::config::Config::load(&config_path)?;
     let gateway = crate::Gateway::bind(config).await?;
     let policy = gateway.authorizer().enforced();
-    println!("  backend demo.v1.Echo on {}", backend_sock.display());
+    println!("  backend demo.v1.Echo on {backend_sock}");
     println!(
         "  gateway on {} with policy {:?} (policy/demo.json)",
         gateway_sock.display(),

@@ -36,7 +36,20 @@ pub mod reload;
 pub mod route;
 pub mod server;
 pub mod sidecar;
+#[cfg(unix)]
 pub mod systemd;
+/// Windows has no systemd: nothing to notify, no sockets passed in.
+#[cfg(not(unix))]
+pub mod systemd {
+    /// A socket passed in by the service manager; none exist here.
+    pub enum Inherited {}
+
+    pub fn notify(_state: &str) {}
+
+    pub fn take_listeners() -> Vec<(String, Inherited)> {
+        Vec::new()
+    }
+}
 pub mod tls;
 
 /// Code generated from `proto/demo/v1/echo.proto`: the example service used by the

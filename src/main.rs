@@ -722,6 +722,12 @@ fn decode_hex(s: &str) -> anyhow::Result<Vec<u8>> {
         .collect()
 }
 
+#[cfg(not(unix))]
+async fn shutdown_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(unix)]
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {

@@ -71,7 +71,9 @@ impl Backend {
             config::Backend::Tcp(a) => a
                 .parse()
                 .unwrap_or_else(|_| Authority::from_static("localhost")),
-            config::Backend::Unix(_) => Authority::from_static("localhost"),
+            config::Backend::Unix(_) | config::Backend::Pipe(_) => {
+                Authority::from_static("localhost")
+            }
         };
         Backend {
             addr,
@@ -144,14 +146,28 @@ impl Backend {
                 let s = crate::client::connect_to(t).await?;
                 handshake(s, STREAM_WINDOW, self.max_in_flight).await?
             }
+            #[cfg(unix)]
             config::Backend::Unix(path) => {
                 let s = tokio::net::UnixStream::connect(path).await?;
+                handshake(s, STREAM_WINDOW, self.max_in_flight).await?
+            }
+            #[cfg(windows)]
+            config::Backend::Pipe(name) => {
+                let s = crate::listen::connect_pipe(name).await?;
                 handshake(s, STREAM_WINDOW, self.max_in_flight).await?
             }
             config::Backend::Tcp(a) => {
                 let s = tokio::net::TcpStream::connect(a.as_str()).await?;
                 s.set_nodelay(true)?;
                 handshake(s, STREAM_WINDOW, self.max_in_flight).await?
+            }
+            // Config::parse refuses the other platform's kind.
+            #[allow(unreachable_patterns)]
+            other => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("{other}: not supported on this platform"),
+                ))
             }
         };
         debug!(backend = %self.addr, "backend connection opened");

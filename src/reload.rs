@@ -231,6 +231,7 @@ pub async fn run(reloader: Arc<Reloader>, watch: bool) {
     } else {
         None
     };
+    #[cfg(unix)]
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -238,6 +239,9 @@ pub async fn run(reloader: Arc<Reloader>, watch: bool) {
             None
         }
     };
+    // No SIGHUP on Windows: the watcher and the admin pipe reload.
+    #[cfg(not(unix))]
+    let mut hup: Option<tokio::sync::mpsc::Receiver<()>> = None;
     let mut crl_check = tokio::time::interval(Duration::from_secs(60));
     crl_check.tick().await;
     loop {

@@ -84,9 +84,10 @@ impl Gateway {
     ///
     /// # Errors
     /// [`GatewayError`] naming the file and what to fix.
+    #[cfg_attr(not(unix), allow(unused_mut, unused_variables))]
     pub async fn bind_with(
         config: Config,
-        mut inherited: Vec<(String, std::os::unix::net::UnixListener)>,
+        mut inherited: Vec<(String, crate::systemd::Inherited)>,
     ) -> Result<Gateway, GatewayError> {
         let metrics = Arc::new(Metrics::new());
         let conns = Arc::new(Conns::default());

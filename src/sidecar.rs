@@ -14,12 +14,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::{debug, info, warn};
 
 use crate::client::Target;
-use crate::listen::{ListenError, Uds};
+use crate::listen::{Accepted, ListenError, Listener};
 use crate::proxy::Backend;
 
 /// What the sidecar needs.
 pub struct SidecarConfig {
-    /// The plaintext socket legacy clients connect to.
+    /// The plaintext socket legacy clients connect to (on Windows a pipe name).
     pub listen: PathBuf,
     /// Its permission bits (default 0600: only this account's processes).
     pub mode: u32,
@@ -29,7 +29,8 @@ pub struct SidecarConfig {
 
 /// A bound sidecar.
 pub struct Sidecar {
-    listener: Uds,
+    listener: Listener,
+    path: PathBuf,
     gateway: Arc<Backend>,
 }
 
@@ -39,21 +40,28 @@ impl Sidecar {
     /// # Errors
     /// The socket cannot be bound safely.
     pub fn bind(cfg: SidecarConfig) -> Result<Sidecar, ListenError> {
-        let listener = Uds::bind(&cfg.listen, cfg.mode, None)?;
+        #[cfg(unix)]
+        let listener = Listener::Uds(crate::listen::Uds::bind(&cfg.listen, cfg.mode, None)?);
+        #[cfg(windows)]
+        let listener = Listener::Pipe(crate::listen::Pipe::bind(
+            &cfg.listen.to_string_lossy(),
+            None,
+        )?);
         let latency =
             prometheus_client::metrics::histogram::Histogram::new([0.001, 0.01, 0.1, 1.0]);
         Ok(Sidecar {
             listener,
+            path: cfg.listen,
             gateway: Arc::new(Backend::tls(cfg.gateway, 100, latency)),
         })
     }
 
     pub fn socket_path(&self) -> &Path {
-        self.listener.path()
+        &self.path
     }
 
     /// Serves until `shutdown` completes.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
@@ -61,7 +69,7 @@ impl Sidecar {
             tokio::select! {
                 () = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _)) => {
+                    Ok(Accepted { conn: stream, .. }) => {
                         let gateway = self.gateway.clone();
                         let mut stopping = stopping.clone();
                         tasks.spawn(async move {

@@ -6,6 +6,9 @@ use std::os::unix::net::{UnixDatagram, UnixListener};
 
 use tracing::{debug, warn};
 
+/// A listening socket systemd passed in.
+pub type Inherited = UnixListener;
+
 /// Sends a state line (`READY=1`, `RELOADING=1`, `STOPPING=1`, `STATUS=...`) to
 /// the service manager, if there is one.
 pub fn notify(state: &str) {

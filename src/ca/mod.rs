@@ -3,7 +3,6 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -443,9 +442,13 @@ fn random_serial() -> Result<SerialNumber, CaError> {
 
 /// Creates a file with `mode`; refuses to replace one unless `force`. Key files are
 /// created 0600 from the first byte, never chmod-ed after being written.
+#[cfg_attr(not(unix), allow(unused_variables))]
 fn write_file(path: &Path, data: &[u8], mode: u32, force: bool) -> Result<(), CaError> {
     let mut opts = OpenOptions::new();
-    opts.write(true).mode(mode);
+    opts.write(true);
+    // On Windows the file takes its directory's ACL: keep keys in a private directory.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, mode);
     if force {
         opts.create(true).truncate(true);
     } else {
@@ -463,6 +466,7 @@ fn write_file(path: &Path, data: &[u8], mode: u32, force: bool) -> Result<(), Ca
             }
         }
     })?;
+    #[cfg(unix)]
     if force {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
@@ -485,14 +489,16 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), Ca
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".ipcgate-")
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
-        .tempfile_in(dir)
-        .map_err(|e| CaError::Io {
-            path: dir.to_owned(),
-            source: e,
-        })?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".ipcgate-");
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(mode));
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut tmp = builder.tempfile_in(dir).map_err(|e| CaError::Io {
+        path: dir.to_owned(),
+        source: e,
+    })?;
     tmp.write_all(data)
         .and_then(|()| tmp.as_file().sync_all())
         .map_err(|e| CaError::Io {
