@@ -2,9 +2,13 @@
 //! Prints one JSON object with the result.
 //!
 //! ```text
-//! loadgen --socket S [--cert c.pem --key c.key --ca ca.pem] --mode unary|stream|bidi|handshake
+//! loadgen --socket S [--cert c.pem --key c.key --ca ca.pem] --mode unary|stream|bidi|handshake|idle
 //!         [--conns 1] [--inflight 1] [--duration 3s] [--warmup 1s] [--payload 64]
+//!         [--watch-pid P]
 //! ```
+//!
+//! TLS session resumption is off: every handshake is a full one, against every
+//! target alike.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,6 +32,10 @@ enum Mode {
     Bidi,
     /// A fresh connection (full TLS handshake) plus one unary call, repeated.
     Handshake,
+    /// Open `--conns` connections with one call each, hold them, and report how
+    /// much the RSS of `--watch-pid` grew per connection; then call on every
+    /// 100th to show idle connections still answer.
+    Idle,
 }
 
 #[derive(Parser)]
@@ -54,6 +62,9 @@ struct Args {
     payload: usize,
     #[arg(long, default_value = "")]
     label: String,
+    /// Process whose RSS `--mode idle` watches (the proxy).
+    #[arg(long)]
+    watch_pid: Option<u32>,
 }
 
 #[derive(Clone)]
@@ -95,13 +106,21 @@ fn client(ch: Channel) -> EchoClient<Channel> {
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let tls = match (&a.cert, &a.key, &a.ca) {
-        (Some(c), Some(k), Some(ca)) => Some(ipcgate::client::config_from_files(c, k, ca)?),
+        (Some(c), Some(k), Some(ca)) => {
+            let mut cfg = (*ipcgate::client::config_from_files(c, k, ca)?).clone();
+            cfg.resumption = rustls::client::Resumption::disabled();
+            Some(Arc::new(cfg))
+        }
         _ => None,
     };
     let dialer = Dialer {
         socket: a.socket.clone(),
         tls,
     };
+    if a.mode == Mode::Idle {
+        return idle(&a, &dialer).await;
+    }
+    let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut channels = Vec::new();
     if a.mode != Mode::Handshake {
         for _ in 0..a.conns {
@@ -117,6 +136,7 @@ async fn main() -> anyhow::Result<()> {
         let dialer = dialer.clone();
         let payload = vec![0x5a; a.payload];
         let mode = a.mode;
+        let total = total.clone();
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
             let mut bytes = 0u64;
@@ -135,6 +155,9 @@ async fn main() -> anyhow::Result<()> {
                                 ..Default::default()
                             })
                             .await;
+                        if r.is_ok() {
+                            total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                         if t >= measure_from {
                             match r {
                                 Ok(_) => hist.saturating_record(t.elapsed().as_micros() as u64),
@@ -221,6 +244,7 @@ async fn main() -> anyhow::Result<()> {
                         }
                     }
                 },
+                Mode::Idle => {}
             }
             (hist, bytes, errors)
         }));
@@ -235,17 +259,76 @@ async fn main() -> anyhow::Result<()> {
     }
     let secs = a.duration.as_secs_f64();
     println!(
-        "{{\"label\":{:?},\"mode\":\"{:?}\",\"conns\":{},\"inflight\":{},\"calls\":{},\"errors\":{},\"rps\":{:.1},\"p50_us\":{},\"p99_us\":{},\"mib_s\":{:.1}}}",
+        "{{\"label\":{:?},\"mode\":\"{:?}\",\"conns\":{},\"inflight\":{},\"calls\":{},\"calls_total\":{},\"errors\":{},\"rps\":{:.1},\"p50_us\":{},\"p99_us\":{},\"mib_s\":{:.1}}}",
         a.label,
         a.mode,
         a.conns,
         a.inflight,
         hist.len(),
+        total.load(std::sync::atomic::Ordering::Relaxed),
         errors,
         hist.len() as f64 / secs,
         hist.value_at_quantile(0.5),
         hist.value_at_quantile(0.99),
         bytes as f64 / secs / (1024.0 * 1024.0),
+    );
+    Ok(())
+}
+
+/// Resident set size of `pid` in KiB.
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS for pid {pid}"))
+}
+
+async fn idle(a: &Args, dialer: &Dialer) -> anyhow::Result<()> {
+    let pid = a
+        .watch_pid
+        .ok_or_else(|| anyhow::anyhow!("--mode idle needs --watch-pid"))?;
+    let before = rss_kib(pid)?;
+    let opened = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..a.conns {
+        let permit = opened.clone().acquire_owned().await?;
+        let dialer = dialer.clone();
+        tasks.spawn(async move {
+            let mut c = client(dialer.channel().await?);
+            c.unary(EchoRequest::default()).await?;
+            drop(permit);
+            anyhow::Ok(c)
+        });
+    }
+    let mut clients = Vec::with_capacity(a.conns);
+    let mut errors = 0u64;
+    while let Some(r) = tasks.join_next().await {
+        match r? {
+            Ok(c) => clients.push(c),
+            Err(_) => errors += 1,
+        }
+    }
+    // Let the proxy settle (buffers released after the first calls).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(pid)?;
+    let mut late_errors = 0u64;
+    for c in clients.iter_mut().step_by(100) {
+        if c.unary(EchoRequest::default()).await.is_err() {
+            late_errors += 1;
+        }
+    }
+    let held = clients.len().max(1) as f64;
+    println!(
+        "{{\"label\":{:?},\"mode\":\"Idle\",\"conns\":{},\"errors\":{},\"late_errors\":{},\"rss_before_kib\":{},\"rss_after_kib\":{},\"kib_per_conn\":{:.1}}}",
+        a.label,
+        clients.len(),
+        errors,
+        late_errors,
+        before,
+        after,
+        after.saturating_sub(before) as f64 / held
     );
     Ok(())
 }
