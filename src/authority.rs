@@ -12,12 +12,19 @@
 //! replaced by `localhost`, and the block is re-encoded with literals only
 //! (never indexed), so the server's HPACK table is never touched and stays in
 //! step. Padding and priority fields are dropped (both optional).
+//!
+//! The decision is made once per connection, on its first header block: the
+//! clients concerned send the same socket-path authority on every request. A
+//! connection whose first block needs no repair is passed through untouched
+//! from then on (h2 sees the client's own bytes, so its HPACK state is the
+//! client's), which costs well-behaved clients nothing after one decode; a
+//! later bad authority on such a connection meets h2's usual refusal.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -41,6 +48,8 @@ struct Pending {
     stream: u32,
     end_stream: bool,
     block: Vec<u8>,
+    /// The frames as received, kept while the first block is being judged.
+    frames: Vec<Bytes>,
 }
 
 /// The filter. Reads are rewritten, writes pass straight through.
@@ -55,6 +64,8 @@ pub struct NormalizeAuthority<T> {
     passthrough: bool,
     decoder: loona_hpack::Decoder<'static>,
     pending: Option<Pending>,
+    /// The first header block has been judged: rewrite every block from here on.
+    rewriting: bool,
     eof: bool,
 }
 
@@ -72,6 +83,7 @@ impl<T> NormalizeAuthority<T> {
             passthrough: false,
             decoder,
             pending: None,
+            rewriting: false,
             eof: false,
         }
     }
@@ -100,6 +112,9 @@ impl<T> NormalizeAuthority<T> {
             self.preface_seen = true;
         }
         while self.raw.len() >= 9 {
+            if self.passthrough {
+                return self.process();
+            }
             let len = (usize::from(self.raw[0]) << 16)
                 | (usize::from(self.raw[1]) << 8)
                 | usize::from(self.raw[2]);
@@ -114,11 +129,18 @@ impl<T> NormalizeAuthority<T> {
             let flags = self.raw[4];
             let stream = u32::from_be_bytes([self.raw[5], self.raw[6], self.raw[7], self.raw[8]])
                 & 0x7fff_ffff;
-            let mut frame = self.raw.split_to(9 + len);
+            let frame = self.raw.split_to(9 + len).freeze();
+            let keep = |f: &Bytes| {
+                if self.rewriting {
+                    Vec::new()
+                } else {
+                    vec![f.clone()]
+                }
+            };
             match (kind, &mut self.pending) {
                 (HEADERS, None) => {
-                    frame.advance(9);
-                    let mut payload = &frame[..];
+                    let frames = keep(&frame);
+                    let mut payload = &frame[9..];
                     let end_stream = flags & END_STREAM != 0;
                     if flags & PADDED != 0 {
                         let pad = usize::from(*payload.first().ok_or_else(bad)?);
@@ -133,6 +155,7 @@ impl<T> NormalizeAuthority<T> {
                         stream,
                         end_stream,
                         block: payload.to_vec(),
+                        frames,
                     };
                     if flags & END_HEADERS != 0 {
                         self.emit(p)?;
@@ -142,6 +165,9 @@ impl<T> NormalizeAuthority<T> {
                 }
                 (CONTINUATION, Some(p)) if p.stream == stream => {
                     p.block.extend_from_slice(&frame[9..]);
+                    if !p.frames.is_empty() {
+                        p.frames.push(frame.clone());
+                    }
                     if p.block.len() > MAX_BLOCK {
                         return Err(io::Error::new(
                             io::ErrorKind::InvalidData,
@@ -155,7 +181,7 @@ impl<T> NormalizeAuthority<T> {
                 }
                 // RFC 9113 §6.10: nothing may interleave with a header block.
                 (_, Some(_)) => return Err(bad()),
-                _ => self.out.push_back(frame.freeze()),
+                _ => self.out.push_back(frame),
             }
         }
         Ok(())
@@ -165,10 +191,12 @@ impl<T> NormalizeAuthority<T> {
     fn emit(&mut self, p: Pending) -> io::Result<()> {
         // Decoded straight into the new block: no per-header allocation.
         let mut block = Vec::with_capacity(p.block.len() * 2 + 16);
+        let mut repaired = false;
         self.decoder
             .decode_with_cb(&p.block, |name, value| {
                 let value: &[u8] = if &*name == b":authority" && !valid_authority(&value) {
                     tracing::debug!(authority = %String::from_utf8_lossy(&value), "replacing an invalid :authority");
+                    repaired = true;
                     REPLACEMENT
                 } else {
                     &value
@@ -176,6 +204,15 @@ impl<T> NormalizeAuthority<T> {
                 literal(&mut block, &name, value);
             })
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("HPACK: {e:?}")))?;
+        if !self.rewriting {
+            if !repaired {
+                // The first block is fine as sent: so is this connection.
+                self.out.extend(p.frames);
+                self.passthrough = true;
+                return Ok(());
+            }
+            self.rewriting = true;
+        }
         let mut out = BytesMut::with_capacity(block.len() + 9);
         let mut chunks = block.chunks(OUT_FRAME).peekable();
         let mut first = true;
@@ -254,6 +291,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for NormalizeAuthority<T> {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         loop {
+            // Nothing of ours left to hand over: read straight into the caller's
+            // buffer, no copy.
+            if this.passthrough && this.out.is_empty() && this.raw.is_empty() {
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
             if let Some(front) = this.out.front_mut() {
                 let n = front.len().min(buf.remaining());
                 buf.put_slice(&front.split_to(n));

@@ -211,3 +211,29 @@ async fn random_input_never_panics() {
         let _ = run(&input[..cut.max(PREFACE.len())]).await;
     }
 }
+
+#[tokio::test]
+async fn a_connection_whose_first_request_is_fine_is_passed_through_byte_for_byte() {
+    // Valid authority first: every byte reaches h2 as the client sent it,
+    // HPACK indexing included; the filter does no more work on this connection.
+    let mut enc = loona_hpack::Encoder::new();
+    let mut input = PREFACE.to_vec();
+    input.extend(frame(0x4, 0, 0, &[]));
+    for (i, auth) in [&b"localhost"[..], b"localhost", b"/run/app.sock"]
+        .iter()
+        .enumerate()
+    {
+        let block = encode(&mut enc, &request(auth));
+        // The first block split over a CONTINUATION, to show it is kept whole.
+        if i == 0 {
+            let (a, b) = block.split_at(block.len() / 2);
+            input.extend(frame(HEADERS, 0, 1, a));
+            input.extend(frame(CONTINUATION, END_HEADERS, 1, b));
+        } else {
+            input.extend(frame(HEADERS, END_HEADERS, 1 + 2 * i as u32, &block));
+        }
+        input.extend(frame(0x0, END_STREAM, 1 + 2 * i as u32, &[0, 0, 0, 0, 0]));
+    }
+    let out = run(&input).await.unwrap();
+    assert_eq!(out, input);
+}
