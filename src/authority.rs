@@ -359,6 +359,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for NormalizeAuthority<T> {
 
 /// The connection's byte stream with or without the repair (it can be turned
 /// off with `[listen] repair_authority = false`).
+// One per connection, never moved on the hot path: size does not matter here.
+#[allow(clippy::large_enum_variant)]
 pub enum MaybeRepaired<T> {
     Repaired(NormalizeAuthority<T>),
     Plain(T),
