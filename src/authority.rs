@@ -294,6 +294,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for NormalizeAuthority<T> {
             // Nothing of ours left to hand over: read straight into the caller's
             // buffer, no copy.
             if this.passthrough && this.out.is_empty() && this.raw.is_empty() {
+                if this.raw.capacity() > 0 {
+                    // An idle connection should not keep a 16 KiB buffer it
+                    // will never use again.
+                    this.raw = BytesMut::new();
+                }
                 return Pin::new(&mut this.inner).poll_read(cx, buf);
             }
             if let Some(front) = this.out.front_mut() {
