@@ -194,11 +194,27 @@ async fn main() -> anyhow::Result<()> {
                 Mode::Bidi => {
                     let mut c = client(ch.expect("channel"));
                     let (tx, rx) = tokio::sync::mpsc::channel(1);
-                    let mut replies = c
-                        .bidi(tokio_stream::wrappers::ReceiverStream::new(rx))
-                        .await
-                        .expect("bidi")
-                        .into_inner();
+                    // The first ping is queued before the call starts: a proxy
+                    // that holds response headers until the client's first
+                    // message (nginx 1.22) is measured instead of hanging.
+                    tx.send(EchoRequest {
+                        payload: payload.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("send");
+                    let call = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        c.bidi(tokio_stream::wrappers::ReceiverStream::new(rx)),
+                    )
+                    .await;
+                    let Ok(Ok(call)) = call else {
+                        return (hist, bytes, errors + 1);
+                    };
+                    let mut replies = call.into_inner();
+                    if !matches!(replies.next().await, Some(Ok(_))) {
+                        return (hist, bytes, errors + 1);
+                    }
                     loop {
                         let t = Instant::now();
                         if t >= end {
