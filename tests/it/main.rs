@@ -1,3 +1,4 @@
+#![cfg(unix)]
 //! Integration tests: real Unix sockets, real TLS handshakes with certificates made
 //! in the test, a real tonic backend, and the gateway in-process or as a process.
 
