@@ -331,6 +331,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// The gateway's runtime: `[runtime] threads` workers, unless
+/// TOKIO_WORKER_THREADS says otherwise (benchmark A/B runs).
+fn gateway_runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        b.worker_threads(threads);
+    }
+    Ok(b.enable_all().build()?)
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Serve { config } => {
@@ -338,7 +348,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // Before any thread exists: taking them clears the environment.
             let inherited = ipcgate::systemd::take_listeners();
             let config = ipcgate::config::Config::load(&config)?;
-            runtime()?.block_on(async {
+            gateway_runtime(config.threads)?.block_on(async {
                 let gateway = ipcgate::Gateway::bind_with(config, inherited).await?;
                 gateway.run(shutdown_signal()).await;
                 anyhow::Ok(())

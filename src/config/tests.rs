@@ -180,3 +180,18 @@ fn idle_timeout_is_configurable_and_zero_disables() {
     let e = error_of(&MANY.replace("[tls]", "[limits]\nidle_timeout = \"soon\"\n\n[tls]"));
     assert!(e.contains("limits.idle_timeout"), "{e}");
 }
+
+#[test]
+fn runtime_threads_default_to_half_the_cores_and_refuse_zero() {
+    let c = Config::parse(MANY, Path::new("gw.toml")).unwrap();
+    assert_eq!(c.threads, default_threads());
+    assert!(c.threads >= 1);
+    let c = Config::parse(
+        &format!("{MANY}\n[runtime]\nthreads = 3\n"),
+        Path::new("gw.toml"),
+    )
+    .unwrap();
+    assert_eq!(c.threads, 3);
+    let e = error_of(&format!("{MANY}\n[runtime]\nthreads = 0\n"));
+    assert!(e.contains("runtime.threads must be at least 1"), "{e}");
+}
