@@ -30,6 +30,12 @@ type ByLen = Vec<(usize, Map<Vec<u32>>)>;
 struct RuleSet {
     rules: Vec<Rule>,
     exact: Map<Vec<u32>>,
+    /// `/pkg.Service/*`: keyed by `/pkg.Service/`, one probe whatever the
+    /// number of services.
+    by_service: Map<Vec<u32>>,
+    /// `*/Method`: keyed by `/Method`.
+    by_method: Map<Vec<u32>>,
+    /// Other prefixes and suffixes, by length.
     prefix: ByLen,
     suffix: ByLen,
     any_path: Vec<u32>,
@@ -74,6 +80,19 @@ fn by_len(v: &mut ByLen, key: &str, i: u32) {
     add(v[pos].1.entry(key.into()).or_default(), i);
 }
 
+/// `/pkg.Service/`: what a `/pkg.Service/*` prefix covers, a whole service.
+fn is_service(prefix: &str) -> bool {
+    prefix.len() > 2
+        && prefix.starts_with('/')
+        && prefix.ends_with('/')
+        && !prefix[1..prefix.len() - 1].contains('/')
+}
+
+/// `/Method`: what a `*/Method` suffix covers, one method of every service.
+fn is_method(suffix: &str) -> bool {
+    suffix.len() > 1 && suffix.starts_with('/') && !suffix[1..].contains('/')
+}
+
 fn lookup<'m>(v: &'m ByLen, path: &str, prefix: bool) -> impl Iterator<Item = &'m Vec<u32>> + 'm {
     let path = path.to_owned();
     v.iter().filter_map(move |(len, map)| {
@@ -96,6 +115,13 @@ impl RuleSet {
             let t = p.text.as_str();
             match p.pattern {
                 Pattern::Present => add(&mut self.any_path, i),
+                Pattern::Prefix(_) if is_service(&t[..t.len() - 1]) => add(
+                    self.by_service.entry(t[..t.len() - 1].into()).or_default(),
+                    i,
+                ),
+                Pattern::Suffix(_) if is_method(&t[1..]) => {
+                    add(self.by_method.entry(t[1..].into()).or_default(), i)
+                }
                 Pattern::Prefix(_) => by_len(&mut self.prefix, &t[..t.len() - 1], i),
                 Pattern::Suffix(_) => by_len(&mut self.suffix, &t[1..], i),
                 Pattern::Exact(_) => add(self.exact.entry(t.into()).or_default(), i),
@@ -125,7 +151,10 @@ impl RuleSet {
         let mut candidates = Map::default();
         for (path, exact) in &self.exact {
             let mut c = exact.clone();
-            for l in lookup(&self.prefix, path, true).chain(lookup(&self.suffix, path, false)) {
+            for l in lookup(&self.prefix, path, true)
+                .chain(lookup(&self.suffix, path, false))
+                .chain(self.segments(path))
+            {
                 c.extend_from_slice(l);
             }
             c.sort_unstable();
@@ -137,6 +166,18 @@ impl RuleSet {
             candidates.insert(path.clone(), c.into_boxed_slice());
         }
         self.candidates = candidates;
+    }
+
+    /// The `/Service/*` and `*/Method` rules for a canonical `/Service/Method`.
+    fn segments<'s>(&'s self, path: &str) -> impl Iterator<Item = &'s Vec<u32>> + 's {
+        let (service, method) = match path.rfind('/') {
+            Some(i) if i > 0 => (
+                self.by_service.get(&path[..=i]),
+                self.by_method.get(&path[i..]),
+            ),
+            _ => (None, None),
+        };
+        service.into_iter().chain(method)
     }
 
     fn source_bits(&self, peer: &Peer) -> Box<[u64]> {
@@ -199,6 +240,9 @@ impl RuleSet {
             return self.rules.get(best as usize);
         }
         if let Some(l) = self.exact.get(path) {
+            scan(l);
+        }
+        for l in self.segments(path) {
             scan(l);
         }
         for (len, map) in &self.prefix {

@@ -460,3 +460,47 @@ fn explain_agrees_with_evaluate_and_says_why() {
         "{ops:?}"
     );
 }
+
+#[test]
+fn service_and_method_indexes_agree_with_a_plain_scan() {
+    // Every kind of path pattern, so each index is used both through the
+    // per-path candidate lists (paths named exactly) and through the fallback
+    // probes (paths not named); `ev` checks both against explain's rule-by-rule scan.
+    let p = policy(
+        r#"{"name":"affixes",
+        "deny_rules":[{"name":"d-secret","request":{"paths":["*/Secret"]}},
+                      {"name":"d-sec-prefix","request":{"paths":["/a.B/Sec*"]}}],
+        "allow_rules":[
+          {"name":"a-get-prefix","request":{"paths":["/a.B/Get*"]}},
+          {"name":"a-service","source":{"principals":["spiffe://t/alice"]},"request":{"paths":["/a.B/*"]}},
+          {"name":"a-method","request":{"paths":["*/Ping"]}},
+          {"name":"a-thing","request":{"paths":["*Thing"]}},
+          {"name":"a-exact","source":{"principals":["spiffe://t/bob"]},"request":{"paths":["/c.D/List", "/a.B/Put"]}},
+          {"name":"a-other-service","source":{"principals":["spiffe://t/bob"]},"request":{"paths":["/a.Bc/*"]}}
+        ]}"#,
+    );
+    let alice = peer(&["spiffe://t/alice"], &[], None);
+    let bob = peer(&["spiffe://t/bob"], &[], None);
+    let h = HeaderMap::new();
+    let expect = [
+        ("/a.B/Get", &alice, (true, Some("a-get-prefix"))),
+        ("/a.B/GetAll", &bob, (true, Some("a-get-prefix"))),
+        ("/a.B/Put", &alice, (true, Some("a-service"))),
+        ("/a.B/Put", &bob, (true, Some("a-exact"))),
+        ("/a.B/Other", &bob, (false, None)),
+        ("/a.B/Secret", &alice, (false, Some("d-secret"))),
+        ("/x.Y/Secret", &bob, (false, Some("d-secret"))),
+        ("/a.B/Secure", &alice, (false, Some("d-sec-prefix"))),
+        ("/x.Y/Ping", &bob, (true, Some("a-method"))),
+        ("/x.Y/PingPong", &bob, (false, None)),
+        ("/x.Y/AThing", &bob, (true, Some("a-thing"))),
+        ("/c.D/List", &bob, (true, Some("a-exact"))),
+        ("/c.D/List", &alice, (false, None)),
+        // `/a.B/*` covers the service a.B only, not a.Bc.
+        ("/a.Bc/Get", &alice, (false, None)),
+        ("/a.Bc/Get", &bob, (true, Some("a-other-service"))),
+    ];
+    for (path, who, want) in expect {
+        assert_eq!(ev(&p, path, &h, who), want, "{path}");
+    }
+}
