@@ -1,7 +1,7 @@
 //! A43 policies compiled for lookup: rules are indexed by their path patterns
-//! (exact paths in a hash map, prefixes and suffixes in one hash map per distinct
-//! length), so a decision touches only the rules that can match the path, and
-//! allocates nothing.
+//! (exact paths, whole services `/pkg.Svc/*` and methods `*/Method` in hash
+//! maps; other prefixes and suffixes in one hash map per distinct length), so a
+//! decision touches only the rules that can match the path, and allocates nothing.
 
 use std::collections::HashMap;
 use std::path::Path;
