@@ -277,18 +277,7 @@ impl Harness {
 
     /// Sends one raw HTTP/2 request over mTLS and returns (HTTP status, grpc-status).
     pub async fn raw(&self, method: http::Method, path: &str) -> (u16, Option<String>) {
-        let tls = ipcgate::client::connect(
-            &self.gw_sock,
-            "localhost",
-            self.pki.spiffe("spiffe://test.local/alice"),
-        )
-        .await
-        .unwrap();
-        let (mut tx, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
+        let (mut tx, _conn) = alice_h2(self).await;
         let uri = http::Uri::builder()
             .scheme("http")
             .authority("localhost")
@@ -327,6 +316,35 @@ impl Drop for Harness {
             let _ = s.send(());
         }
     }
+}
+
+/// One mTLS connection to the gateway as alice, driven by hyper's HTTP/2
+/// client; the task ends when the gateway closes the connection.
+pub async fn alice_h2<B>(
+    h: &Harness,
+) -> (
+    hyper::client::conn::http2::SendRequest<B>,
+    tokio::task::JoinHandle<()>,
+)
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tls = ipcgate::client::connect(
+        &h.gw_sock,
+        "localhost",
+        h.pki.spiffe("spiffe://test.local/alice"),
+    )
+    .await
+    .unwrap();
+    let (tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+        .await
+        .unwrap();
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (tx, task)
 }
 
 pub fn req(payload: &[u8]) -> ipcgate::pb::EchoRequest {

@@ -4,14 +4,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use ipcgate::config::ListenAt;
 use ipcgate::pb::echo_client::EchoClient;
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::common::{req, seen, within, Harness, Opts};
+use crate::common::{alice_h2, req, seen, within, Harness, Opts};
 
 /// A tonic channel over TCP with mutual TLS (the gateway's TCP listener).
 fn tcp_client(addr: SocketAddr, cfg: Arc<ClientConfig>) -> EchoClient<Channel> {
@@ -138,30 +138,6 @@ async fn uds_and_tcp_listeners_share_mtls_and_policy_but_only_uds_has_a_uid() {
 
 use rustls::pki_types::pem::PemObject;
 
-/// Opens one mTLS connection as alice and drives it with hyper; the returned
-/// task ends when the gateway closes the connection.
-async fn raw_conn(
-    h: &Harness,
-) -> (
-    hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>,
-    tokio::task::JoinHandle<()>,
-) {
-    let tls = ipcgate::client::connect(
-        &h.gw_sock,
-        "localhost",
-        h.pki.spiffe("spiffe://test.local/alice"),
-    )
-    .await
-    .unwrap();
-    let (tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-        .await
-        .unwrap();
-    let task = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    (tx, task)
-}
-
 #[tokio::test]
 async fn idle_connections_are_closed_busy_ones_are_not() {
     let h = Harness::start_with(Opts {
@@ -171,7 +147,7 @@ async fn idle_connections_are_closed_busy_ones_are_not() {
     .await;
 
     // An idle connection is closed after the timeout (GOAWAY, then EOF).
-    let (_tx, idle) = raw_conn(&h).await;
+    let (_tx, idle) = alice_h2::<http_body_util::Full<bytes::Bytes>>(&h).await;
     let t0 = Instant::now();
     within("idle close", idle).await.unwrap();
     let took = t0.elapsed();
@@ -196,7 +172,7 @@ async fn idle_connections_are_closed_busy_ones_are_not() {
     assert_eq!(n, 6, "a 1.5 s stream outlived a 400 ms idle timeout");
 
     // Calls keep a connection alive: one every 200 ms for 1.2 s on one connection.
-    let (mut tx, busy) = raw_conn(&h).await;
+    let (mut tx, busy) = alice_h2::<http_body_util::Full<bytes::Bytes>>(&h).await;
     for _ in 0..6 {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let r = http::Request::post("http://localhost/demo.v1.Echo/Unary")

@@ -430,18 +430,7 @@ async fn request_trailers_from_clients_are_not_forwarded() {
     });
 
     // A client sending a message followed by trailers.
-    let tls = ipcgate::client::connect(
-        &h.gw_sock,
-        "localhost",
-        h.pki.spiffe("spiffe://test.local/alice"),
-    )
-    .await
-    .unwrap();
-    let (mut tx, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let (mut tx, _conn) = crate::common::alice_h2(&h).await;
     let (mut body_tx, body) =
         http_body_util::channel::Channel::<bytes::Bytes, hyper::Error>::new(4);
     let req = http::Request::builder()
