@@ -209,6 +209,8 @@ impl<T> NormalizeAuthority<T> {
                 // The first block is fine as sent: so is this connection.
                 self.out.extend(p.frames);
                 self.passthrough = true;
+                // Its table is never consulted again.
+                self.decoder = loona_hpack::Decoder::new();
                 return Ok(());
             }
             self.rewriting = true;

@@ -543,6 +543,7 @@ impl Config {
                 // socket may carry it.
                 if matches!(l.at, ListenAt::Tcp(_) | ListenAt::Systemd(_))
                     || a.repair_authority.is_some()
+                    || a.group.is_some()
                 {
                     return Err(err(
                         None,

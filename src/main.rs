@@ -2,6 +2,11 @@
 //! flags and reports errors.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use ipcgate::ca::{Ca, KeyType, LeafSpec};
 
 /// mimalloc: per-thread free lists suit the many short-lived buffers of
 /// HTTP/2 proxying better than glibc's arenas: about a quarter less CPU per
@@ -9,11 +14,6 @@ use std::path::PathBuf;
 /// otherwise raise the resident memory of 10,000 idle connections by half.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use std::process::ExitCode;
-use std::time::Duration;
-
-use clap::{Args, Parser, Subcommand};
-use ipcgate::ca::{Ca, KeyType, LeafSpec};
 
 #[derive(Parser)]
 #[command(

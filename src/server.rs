@@ -258,16 +258,15 @@ impl Gateway {
             ))
         });
         let max = self.shared.limits.max_connections;
-        // One pool of connection slots across all listeners.
-        let slots = Arc::new(tokio::sync::Semaphore::new(max));
+        // A pool of connection slots per listener: peers on one listener (say,
+        // unauthenticated TCP clients stalling their handshakes) cannot take the
+        // slots of another (the local Unix socket).
+        let mut pools = Vec::with_capacity(self.listeners.len());
         let mut accepting = tokio::task::JoinSet::new();
         for (listener, repair) in self.listeners {
-            accepting.spawn(accept_loop(
-                listener,
-                repair,
-                self.shared.clone(),
-                slots.clone(),
-            ));
+            let slots = Arc::new(tokio::sync::Semaphore::new(max));
+            pools.push(slots.clone());
+            accepting.spawn(accept_loop(listener, repair, self.shared.clone(), slots));
         }
         crate::systemd::notify("READY=1");
         shutdown.await;
@@ -278,12 +277,14 @@ impl Gateway {
         let _ = self.stop.send(true);
         while accepting.join_next().await.is_some() {}
         let drain = self.shared.limits.drain_timeout;
-        // Every connection holds a slot until it is gone.
+        // Every connection holds a slot of its listener's pool until it is gone.
         let all = u32::try_from(max).unwrap_or(u32::MAX);
-        if tokio::time::timeout(drain, slots.acquire_many(all))
-            .await
-            .is_err()
-        {
+        let drained = async {
+            for slots in &pools {
+                let _ = slots.acquire_many(all).await;
+            }
+        };
+        if tokio::time::timeout(drain, drained).await.is_err() {
             warn!(
                 ?drain,
                 "drain timeout passed with calls still in flight; closing them"

@@ -195,3 +195,16 @@ fn runtime_threads_default_to_half_the_cores_and_refuse_zero() {
     let e = error_of(&format!("{MANY}\n[runtime]\nthreads = 0\n"));
     assert!(e.contains("runtime.threads must be at least 1"), "{e}");
 }
+
+#[test]
+fn admin_takes_a_socket_and_mode_only() {
+    let with = |admin: &str| error_of(&format!("{MANY}\n[admin]\n{admin}\n"));
+    for bad in [
+        "tcp = \"127.0.0.1:9000\"",
+        "uds = \"admin.sock\"\ngroup = 5",
+        "uds = \"admin.sock\"\nrepair_authority = true",
+    ] {
+        let e = with(bad);
+        assert!(e.contains("[admin] takes uds"), "{bad}: {e}");
+    }
+}

@@ -109,7 +109,11 @@ impl Listener {
             }
             Listener::Tcp(t) => {
                 let (s, addr) = t.listener.accept().await?;
-                s.set_nodelay(true)?;
+                // A peer that already reset is this connection's problem, not
+                // the listener's: no accept backoff for it.
+                if let Err(e) = s.set_nodelay(true) {
+                    tracing::debug!(%addr, error = %e, "TCP_NODELAY not set");
+                }
                 Ok(Accepted {
                     conn: Conn::Tcp(s),
                     cred: None,

@@ -182,7 +182,13 @@ impl Pipe {
     /// # Errors
     /// Creating the next instance failed.
     pub async fn accept(&mut self) -> io::Result<(NamedPipeServer, Option<PeerCred>)> {
-        self.next.connect().await?;
+        if let Err(e) = self.next.connect().await {
+            // A client that came and went before the connect (ERROR_NO_DATA)
+            // leaves this instance unusable: replace it, or every later accept
+            // would fail on it and clients would find the pipe busy forever.
+            self.next = create(&self.name, &self.descriptor, false)?;
+            return Err(e);
+        }
         // The next instance exists before this one is handed out, so a client
         // always finds one waiting and no other process can slip in a server.
         let next = create(&self.name, &self.descriptor, false)?;
@@ -227,6 +233,7 @@ fn create(name: &str, descriptor: &Descriptor, first: bool) -> io::Result<NamedP
 /// # Errors
 /// No such pipe, or access denied by its DACL.
 pub async fn connect_pipe(name: &str) -> io::Result<NamedPipeClient> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         match ClientOptions::new()
             .security_qos_flags(SECURITY_IDENTIFICATION)
@@ -235,6 +242,12 @@ pub async fn connect_pipe(name: &str) -> io::Result<NamedPipeClient> {
             Ok(c) => return Ok(c),
             // Every instance is busy for a moment; the server creates another.
             Err(e) if e.raw_os_error() == Some(ERROR_PIPE_BUSY as i32) => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("{name}: every pipe instance stayed busy for 10 s"),
+                    ));
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
             Err(e) => return Err(e),

@@ -443,9 +443,10 @@ impl Policy {
             ("allow_rules", "allow", &raw.allow_rules, &mut allow),
         ] {
             for (i, r) in rules.iter().enumerate() {
-                let rule =
+                let mut rule =
                     rule::compile(r, &format!("{kind}[{i}]"), rule_counter(decision, &r.name))
                         .map_err(|(f, m)| err(f, m))?;
+                rule.deny = decision == "deny";
                 set.push(rule);
             }
         }

@@ -26,6 +26,9 @@ pub struct Rule {
     principals: Option<Vec<Written>>,
     uids: Vec<u32>,
     gids: Vec<u32>,
+    /// A deny rule: a uid/gid condition it cannot check (no peer credentials:
+    /// TCP, named pipes) counts as met, so the rule fails closed.
+    pub(super) deny: bool,
     /// Kept for explanations; matching goes through the policy's path index.
     pub(super) paths: Vec<Written>,
     headers: Vec<HeaderMatch>,
@@ -59,17 +62,11 @@ impl Rule {
     }
 
     pub(super) fn cred_matches(&self, peer: &Peer) -> bool {
-        let uid_ok = self.uids.is_empty()
-            || peer
-                .cred
-                .and_then(|c| c.uid)
-                .is_some_and(|u| self.uids.contains(&u));
-        let gid_ok = self.gids.is_empty()
-            || peer
-                .cred
-                .and_then(|c| c.gid)
-                .is_some_and(|g| self.gids.contains(&g));
-        uid_ok && gid_ok
+        let check = |list: &[u32], v: Option<u32>| {
+            list.is_empty() || v.map_or(self.deny, |v| list.contains(&v))
+        };
+        check(&self.uids, peer.cred.and_then(|c| c.uid))
+            && check(&self.gids, peer.cred.and_then(|c| c.gid))
     }
 
     /// Why this rule does or does not match one call, condition by condition.
@@ -113,6 +110,10 @@ impl Rule {
                     Condition::met(field, format!("peer {v} is in {list:?}"))
                 }
                 Some(v) => Condition::unmet(field, format!("peer {v} is not in {list:?}")),
+                None if self.deny => Condition::met(
+                    field,
+                    "no socket peer credentials: a deny rule applies (fails closed)".into(),
+                ),
                 None => Condition::unmet(field, "no socket peer credentials".into()),
             });
         }
@@ -335,6 +336,7 @@ pub(super) fn compile(r: &RawRule, at: &str, hits: Counter) -> Result<Rule, (Str
         principals,
         uids,
         gids,
+        deny: false,
         paths: paths.iter().map(|p| Written::new(p)).collect(),
         headers,
         hits,

@@ -504,3 +504,34 @@ fn service_and_method_indexes_agree_with_a_plain_scan() {
         assert_eq!(ev(&p, path, &h, who), want, "{path}");
     }
 }
+
+#[test]
+fn uid_conditions_fail_closed_without_peer_credentials() {
+    // Over TCP or a named pipe there is no uid: an allow rule that needs one
+    // never matches, and a deny rule that names one applies.
+    let p = policy(
+        r#"{"name":"creds",
+        "deny_rules":[{"name":"no-www-admin","source":{"uids":[33]},"request":{"paths":["/a.B/Admin"]}}],
+        "allow_rules":[{"name":"alice-any","source":{"principals":["spiffe://t/alice"]}},
+                       {"name":"root-only","source":{"uids":[0]},"request":{"paths":["/a.B/Root"]}}]}"#,
+    );
+    let h = HeaderMap::new();
+    let no_cred = peer(&["spiffe://t/alice"], &[], None);
+    assert_eq!(
+        ev(&p, "/a.B/Admin", &h, &no_cred),
+        (false, Some("no-www-admin"))
+    );
+    assert_eq!(ev(&p, "/a.B/Get", &h, &no_cred), (true, Some("alice-any")));
+    let bob = peer(&["spiffe://t/bob"], &[], None);
+    assert_eq!(ev(&p, "/a.B/Root", &h, &bob), (false, None));
+    // With credentials the uid decides.
+    let uid_1000 = peer_cred(1000, 1);
+    assert_eq!(ev(&p, "/a.B/Admin", &h, &uid_1000), (false, None));
+    let uid_0 = peer_cred(0, 0);
+    assert_eq!(ev(&p, "/a.B/Root", &h, &uid_0), (true, Some("root-only")));
+    let uid_33 = peer_cred(33, 33);
+    assert_eq!(
+        ev(&p, "/a.B/Admin", &h, &uid_33),
+        (false, Some("no-www-admin"))
+    );
+}

@@ -200,3 +200,32 @@ async fn idle_connections_are_closed_busy_ones_are_not() {
     assert!(idle_closed >= 1, "idle closes are counted");
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn stalled_tcp_handshakes_cannot_take_the_unix_sockets_slots() {
+    // Each listener has its own max_connections pool: remote peers that open
+    // connections and never handshake fill the TCP pool, not the local one.
+    let h = Harness::start_with(Opts {
+        listen: Some(
+            "[[listen]]\nuds = \"gateway.sock\"\n\n[[listen]]\ntcp = \"127.0.0.1:0\"\n".into(),
+        ),
+        extra: "[limits]\nmax_connections = 2\nhandshake_timeout = \"60s\"\n".into(),
+        ..Opts::default()
+    })
+    .await;
+    let addr = tcp_addr(&h);
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        stalled.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Two local clients, each on its own connection, both kept open.
+    let mut first = h.alice();
+    let mut second = h.alice();
+    let r = within("a local call while TCP is full", first.unary(req(b"1"))).await;
+    assert!(r.is_ok(), "{r:?}");
+    let r = within("a second local connection", second.unary(req(b"2"))).await;
+    assert!(r.is_ok(), "{r:?}");
+    drop(stalled);
+    h.shutdown().await;
+}
