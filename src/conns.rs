@@ -30,23 +30,14 @@ pub struct Conns {
 #[derive(Default)]
 pub struct Activity {
     pub started: AtomicU64,
-    pub in_flight: std::sync::atomic::AtomicUsize,
+    pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-/// One forwarded call on a client connection, until its response body is dropped.
-pub struct Call(Arc<Activity>);
-
-impl Call {
-    pub fn new(a: &Arc<Activity>) -> Call {
-        a.started.fetch_add(1, Ordering::Relaxed);
-        a.in_flight.fetch_add(1, Ordering::Relaxed);
-        Call(a.clone())
-    }
-}
-
-impl Drop for Call {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+impl Activity {
+    /// Counts one forwarded call, in flight until the guard is dropped.
+    pub fn call(&self) -> crate::grpc::InFlight {
+        self.started.fetch_add(1, Ordering::Relaxed);
+        crate::grpc::InFlight::new(&self.in_flight)
     }
 }
 

@@ -46,7 +46,7 @@ pub enum Body {
         body: Incoming,
         _in_flight: Option<InFlight>,
         /// The call on the client's connection (idle timeout).
-        _call: Option<crate::conns::Call>,
+        _call: Option<InFlight>,
     },
     Empty,
 }

@@ -25,7 +25,7 @@ use tower::Service;
 use tracing::{debug, warn};
 
 use crate::config;
-use crate::conns::{Activity, Call};
+use crate::conns::Activity;
 use crate::grpc::{self, Code, InFlight};
 use crate::identity::Peer;
 use crate::route::Router;
@@ -321,7 +321,7 @@ impl Service<Request<Incoming>> for Proxy {
         if let Some(v) = self.peer.cred_header() {
             h.insert(PEER_CRED, v.clone());
         }
-        let call = Call::new(&self.activity);
+        let call = self.activity.call();
         Box::pin(async move {
             let mut resp = backend.forward(req).await;
             if let grpc::Body::Upstream { _call, .. } = resp.body_mut() {

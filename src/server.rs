@@ -84,7 +84,6 @@ impl Gateway {
     ///
     /// # Errors
     /// [`GatewayError`] naming the file and what to fix.
-    #[cfg_attr(not(unix), allow(unused_mut, unused_variables))]
     pub async fn bind_with(
         config: Config,
         mut inherited: Vec<(String, crate::systemd::Inherited)>,
@@ -126,65 +125,14 @@ impl Gateway {
         let router = Arc::new(Router::new(&config.routes, &config.limits, &metrics));
         let mut listeners = Vec::with_capacity(config.listen.len());
         for l in &config.listen {
-            let listener = match &l.at {
-                #[cfg(unix)]
-                ListenAt::Uds(path) => {
-                    Listener::Uds(crate::listen::Uds::bind(path, l.mode, l.group)?)
-                }
-                #[cfg(unix)]
-                ListenAt::Systemd(name) => {
-                    let pos = inherited.iter().position(|(n, _)| n == name).ok_or_else(|| {
-                        ListenError::Io {
-                            path: config.source.clone(),
-                            source: std::io::Error::new(
-                                std::io::ErrorKind::NotFound,
-                                format!(
-                                    "listen.systemd = {name:?}, but systemd passed no socket of that name (have: {:?}; set FileDescriptorName={name} in the .socket unit)",
-                                    inherited.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>()
-                                ),
-                            ),
-                        }
-                    })?;
-                    let (n, l) = inherited.swap_remove(pos);
-                    Listener::Uds(crate::listen::Uds::from_systemd(&n, l)?)
-                }
-                ListenAt::Tcp(addr) => Listener::Tcp(Tcp::bind(*addr)?),
-                #[cfg(windows)]
-                ListenAt::Pipe(name) => {
-                    Listener::Pipe(crate::listen::Pipe::bind(name, l.sddl.as_deref())?)
-                }
-                // Refused by Config::parse on this platform.
-                #[allow(unreachable_patterns)]
-                other => {
-                    return Err(GatewayError::Listen(ListenError::Io {
-                        path: config.source.clone(),
-                        source: std::io::Error::new(
-                            std::io::ErrorKind::Unsupported,
-                            format!("{other}: not supported on this platform"),
-                        ),
-                    }))
-                }
-            };
-            listeners.push((listener, l.repair_authority));
+            listeners.push((
+                bind_listener(l, &mut inherited, &config.source)?,
+                l.repair_authority,
+            ));
         }
+        // Config::parse lets the admin endpoint be a Unix socket or a pipe only.
         let admin = match &config.admin {
-            #[cfg(unix)]
-            Some(crate::config::Listen {
-                at: ListenAt::Uds(path),
-                mode,
-                ..
-            }) => Some(Listener::Uds(crate::listen::Uds::bind(path, *mode, None)?)),
-            #[cfg(windows)]
-            Some(crate::config::Listen {
-                at: ListenAt::Pipe(name),
-                sddl,
-                ..
-            }) => Some(Listener::Pipe(crate::listen::Pipe::bind(
-                name,
-                sddl.as_deref(),
-            )?)),
-            // Config::parse allows nothing else.
-            Some(_) => None,
+            Some(a) => Some(bind_listener(a, &mut inherited, &config.source)?),
             None => None,
         };
         let (stop, stopping) = watch::channel(false);
@@ -294,6 +242,51 @@ impl Gateway {
             a.abort();
         }
     }
+}
+
+/// Binds one configured listener (or takes it from systemd's sockets).
+// Without systemd (Windows) nothing is taken out of `inherited`.
+#[cfg_attr(not(unix), allow(unused_variables, clippy::ptr_arg))]
+fn bind_listener(
+    l: &crate::config::Listen,
+    inherited: &mut Vec<(String, crate::systemd::Inherited)>,
+    source: &Path,
+) -> Result<Listener, ListenError> {
+    Ok(match &l.at {
+        #[cfg(unix)]
+        ListenAt::Uds(path) => Listener::Uds(crate::listen::Uds::bind(path, l.mode, l.group)?),
+        #[cfg(unix)]
+        ListenAt::Systemd(name) => {
+            let pos = inherited.iter().position(|(n, _)| n == name).ok_or_else(|| {
+                ListenError::Io {
+                    path: source.to_owned(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!(
+                            "listen.systemd = {name:?}, but systemd passed no socket of that name (have: {:?}; set FileDescriptorName={name} in the .socket unit)",
+                            inherited.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>()
+                        ),
+                    ),
+                }
+            })?;
+            let (n, l) = inherited.swap_remove(pos);
+            Listener::Uds(crate::listen::Uds::from_systemd(&n, l)?)
+        }
+        ListenAt::Tcp(addr) => Listener::Tcp(Tcp::bind(*addr)?),
+        #[cfg(windows)]
+        ListenAt::Pipe(name) => Listener::Pipe(crate::listen::Pipe::bind(name, l.sddl.as_deref())?),
+        // Refused by Config::parse on this platform.
+        #[allow(unreachable_patterns)]
+        other => {
+            return Err(ListenError::Io {
+                path: source.to_owned(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    format!("{other}: not supported on this platform"),
+                ),
+            })
+        }
+    })
 }
 
 /// Accepts on one listener until the gateway stops; each connection holds a
