@@ -3,15 +3,12 @@
 //! (CI runs it).
 #![cfg(windows)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use ipcgate::ca::{Ca, KeyType, LeafSpec};
 use ipcgate::listen::{connect_pipe, ListenError, Pipe};
 use ipcgate::pb::echo_client::EchoClient;
 use ipcgate::pb::echo_server::EchoServer;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 fn name(tag: &str) -> String {
     format!(r"\\.\pipe\ipcgate-test-{tag}-{}", std::process::id())
@@ -120,15 +117,12 @@ async fn the_gateway_serves_mtls_and_policy_on_a_pipe() {
                 ..Default::default()
             })
             .unwrap();
-        let chain = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(ca.cert_pem().as_bytes()) {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let config: Arc<rustls::ClientConfig> = ipcgate::client::config(chain, key, roots).unwrap();
+        let out = dir
+            .path()
+            .join(spiffe.rsplit('/').next().unwrap_or("client"));
+        let (cert, key) = issued.save(&out, true).unwrap();
+        let config =
+            ipcgate::client::config_from_files(&cert, &key, &dir.path().join("ca.pem")).unwrap();
         EchoClient::new(ipcgate::client::channel(
             pipe.clone().into(),
             "localhost".into(),
