@@ -6,7 +6,7 @@
 //! such a stream with PROTOCOL_ERROR before any application code runs, so these
 //! clients fail against every hyper/tonic server on a Unix socket.
 //!
-//! This filter sits between the socket (or TLS stream) and hyper. It passes every
+//! This filter sits between the socket (or TLS stream) and h2. It passes every
 //! frame through untouched except header blocks: HEADERS (+ CONTINUATION) are
 //! decoded with the client's HPACK state, an unparseable `:authority` is
 //! replaced by `localhost`, and the block is re-encoded with literals only
@@ -72,8 +72,8 @@ pub struct NormalizeAuthority<T> {
 impl<T> NormalizeAuthority<T> {
     pub fn new(inner: T) -> Self {
         let mut decoder = loona_hpack::Decoder::new();
-        // The client's encoder may not exceed what the server advertised; hyper
-        // keeps HPACK's default of 4096.
+        // The client's encoder may not exceed what the server advertised; the
+        // gateway (h2) keeps HPACK's default of 4096.
         decoder.set_max_allowed_table_size(4096);
         NormalizeAuthority {
             inner,

@@ -12,7 +12,6 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{HeaderValue, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use hyper::body::Incoming;
 
 /// gRPC status codes the gateway itself answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +42,10 @@ impl Code {
 /// untouched, or nothing (trailers-only answers).
 pub enum Body {
     Upstream {
-        body: Incoming,
+        body: h2::RecvStream,
+        /// The rest of the client's request body on its way to the backend:
+        /// polled with the response, so a call needs no task of its own.
+        request: Option<crate::proxy::Pump>,
         _in_flight: Option<InFlight>,
         /// The call on the client's connection (idle timeout).
         _call: Option<InFlight>,
@@ -51,16 +53,47 @@ pub enum Body {
     Empty,
 }
 
+impl Body {
+    /// Moves the client's request body on towards the backend. The server polls
+    /// this whether or not its client has room for more of the response, so a
+    /// client that is slow to read never stalls what it sends.
+    pub fn poll_request(&mut self, cx: &mut Context<'_>) {
+        if let Body::Upstream { request, .. } = self {
+            if request.as_mut().is_some_and(|p| p.poll(cx).is_ready()) {
+                *request = None;
+            }
+        }
+    }
+}
+
 impl HttpBody for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = h2::Error;
 
+    /// Data is handed out with its flow-control window already released: the
+    /// caller moves it on at once, and holds the next frame back until the
+    /// receiving side has room (the same contract as hyper's `Incoming`).
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
         match self.get_mut() {
-            Body::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
+            Body::Upstream { body, .. } => match body.poll_data(cx) {
+                Poll::Ready(Some(Ok(data))) => {
+                    // Only fails when the stream is already gone; the next
+                    // poll reports that.
+                    let _ = body.flow_control().release_capacity(data.len());
+                    Poll::Ready(Some(Ok(Frame::data(data))))
+                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => match body.poll_trailers(cx) {
+                    Poll::Ready(Ok(Some(t))) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
+                    Poll::Ready(Ok(None)) => Poll::Ready(None),
+                    Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+                    Poll::Pending => Poll::Pending,
+                },
+                Poll::Pending => Poll::Pending,
+            },
             Body::Empty => Poll::Ready(None),
         }
     }
@@ -74,7 +107,7 @@ impl HttpBody for Body {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Body::Upstream { body, .. } => body.size_hint(),
+            Body::Upstream { .. } => SizeHint::default(),
             Body::Empty => SizeHint::with_exact(0),
         }
     }

@@ -3,10 +3,11 @@
 //!
 //! Data flows one way: [`listen`] accepts a socket and reads the peer's credentials,
 //! [`tls`] completes the mTLS handshake, [`identity`] turns the verified chain into a
-//! [`identity::Peer`] once per connection, then per request the tower stack in
-//! [`server`] checks the path ([`path`]), asks the [`policy`], picks a [`route`] and
-//! hands the call to [`proxy`], which forwards HTTP/2 frames to the backend without
-//! decoding them.
+//! [`identity::Peer`] once per connection, [`http2`] serves the connection's calls in
+//! its own task, and per call the tower stack in [`server`] checks the path
+//! ([`path`]), asks the [`policy`], picks a [`route`] and hands the call to
+//! [`proxy`], which forwards the body and trailers to the backend frame by frame,
+//! never decoding them.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -26,6 +27,7 @@ pub mod conns;
 pub mod demo;
 pub mod duration;
 pub mod grpc;
+pub mod http2;
 pub mod identity;
 pub mod listen;
 pub mod metrics;

@@ -1,25 +1,27 @@
 //! Forwarding to backends: pooled HTTP/2 (h2c) connections over Unix sockets or
 //! TCP, bodies and trailers moved frame by frame, never decoded.
 //!
-//! Cancellation needs no code here: when the client resets its stream, hyper drops
-//! the response future and body, and dropping them resets the backend stream with
-//! CANCEL. `grpc-timeout` is an ordinary header and passes through unchanged.
+//! A call costs no task of its own: the request body is moved by a [`Pump`]
+//! polled with the response, in the client connection's task. Cancellation needs
+//! no code here: when the client resets its stream, the connection drops the
+//! response future and body, and dropping the backend stream's handles resets it
+//! with CANCEL. `grpc-timeout` is an ordinary header and passes through unchanged.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use h2::client::SendRequest;
+use h2::{RecvStream, SendStream};
 use http::header::HeaderName;
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
-use hyper::body::Incoming;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::metrics::histogram::Histogram;
 use tower::Service;
 use tracing::{debug, warn};
@@ -42,12 +44,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const STREAM_WINDOW: u32 = 1 << 20;
 /// Connections one backend pool may hold.
 const MAX_CONNS_PER_BACKEND: usize = 64;
+/// Largest response header block taken from a backend (hyper's default).
+const MAX_HEADER_LIST: u32 = 16 << 10;
 /// HTTP/2's largest window (2^31 - 1).
 const MAX_WINDOW: u32 = (1 << 31) - 1;
 
 struct Conn {
-    tx: SendRequest<RequestBody>,
+    tx: SendRequest<Bytes>,
     in_flight: Arc<AtomicUsize>,
+    /// Set by the connection's task when it ends.
+    closed: Arc<AtomicBool>,
 }
 
 /// One backend and its connection pool.
@@ -104,9 +110,9 @@ impl Backend {
 
     /// The least busy live connection with room for another call, counted as busy
     /// with this call before the lock is released.
-    fn pick_ready(&self) -> Option<(SendRequest<RequestBody>, InFlight)> {
+    fn pick_ready(&self) -> Option<(SendRequest<Bytes>, InFlight)> {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        conns.retain(|c| !c.tx.is_closed());
+        conns.retain(|c| !c.closed.load(Ordering::Relaxed));
         // At the connection cap, the least busy connection takes the call even
         // when full (HTTP/2 queues it) rather than the pool growing without bound.
         let at_cap = conns.len() >= MAX_CONNS_PER_BACKEND;
@@ -117,7 +123,7 @@ impl Backend {
             .map(|c| (c.tx.clone(), InFlight::new(&c.in_flight)))
     }
 
-    async fn pick(&self) -> io::Result<(SendRequest<RequestBody>, InFlight)> {
+    async fn pick(&self) -> io::Result<(SendRequest<Bytes>, InFlight)> {
         if let Some(c) = self.pick_ready() {
             return Ok(c);
         }
@@ -137,6 +143,8 @@ impl Backend {
     }
 
     async fn dial(&self) -> io::Result<Conn> {
+        let closed = Arc::new(AtomicBool::new(false));
+        let c = closed.clone();
         let tx = match &self.addr {
             _ if self.tls.is_some() => {
                 let t = self
@@ -144,22 +152,22 @@ impl Backend {
                     .as_ref()
                     .ok_or_else(|| io::Error::other("no TLS target"))?;
                 let s = crate::client::connect_to(t).await?;
-                handshake(s, STREAM_WINDOW, self.max_in_flight).await?
+                handshake(s, STREAM_WINDOW, self.max_in_flight, c).await?
             }
             #[cfg(unix)]
             config::Backend::Unix(path) => {
                 let s = tokio::net::UnixStream::connect(path).await?;
-                handshake(s, STREAM_WINDOW, self.max_in_flight).await?
+                handshake(s, STREAM_WINDOW, self.max_in_flight, c).await?
             }
             #[cfg(windows)]
             config::Backend::Pipe(name) => {
                 let s = crate::listen::connect_pipe(name).await?;
-                handshake(s, STREAM_WINDOW, self.max_in_flight).await?
+                handshake(s, STREAM_WINDOW, self.max_in_flight, c).await?
             }
             config::Backend::Tcp(a) => {
                 let s = tokio::net::TcpStream::connect(a.as_str()).await?;
                 s.set_nodelay(true)?;
-                handshake(s, STREAM_WINDOW, self.max_in_flight).await?
+                handshake(s, STREAM_WINDOW, self.max_in_flight, c).await?
             }
             // Config::parse refuses the other platform's kind.
             #[allow(unreachable_patterns)]
@@ -174,29 +182,30 @@ impl Backend {
         Ok(Conn {
             tx,
             in_flight: Arc::new(AtomicUsize::new(0)),
+            closed,
         })
     }
 
     /// Sends one call to the backend and returns its response, or the gRPC error
     /// that says why it could not be delivered.
-    pub async fn forward(&self, req: Request<Incoming>) -> Response<grpc::Body> {
-        let mut req = req.map(RequestBody);
+    pub async fn forward(&self, req: Request<RecvStream>) -> Response<grpc::Body> {
+        let (mut parts, body) = req.into_parts();
         let uri = {
-            let parts = req.uri().clone().into_parts();
-            let mut p = http::uri::Parts::default();
-            p.scheme = Some(Scheme::HTTP);
-            p.authority = Some(parts.authority.unwrap_or_else(|| self.authority.clone()));
-            p.path_and_query = parts.path_and_query;
-            Uri::from_parts(p)
+            let p = std::mem::take(&mut parts.uri).into_parts();
+            let mut u = http::uri::Parts::default();
+            u.scheme = Some(Scheme::HTTP);
+            u.authority = Some(p.authority.unwrap_or_else(|| self.authority.clone()));
+            u.path_and_query = p.path_and_query;
+            Uri::from_parts(u)
         };
         match uri {
-            Ok(u) => *req.uri_mut() = u,
+            Ok(u) => parts.uri = u,
             Err(_) => return grpc::status(Code::Internal, "cannot build the backend URI"),
         }
-        // A call is retried only when hyper hands it back unsent (the pooled
-        // connection closed under us); once sent, it belongs to the backend.
+        // A call is retried only on a pooled connection found closed before it
+        // was sent; once sent, it belongs to the backend.
         for _ in 0..3 {
-            let (mut tx, guard) = match self.pick().await {
+            let (tx, guard) = match self.pick().await {
                 Ok(c) => c,
                 Err(e) => {
                     warn!(backend = %self.addr, error = %e, "backend unavailable");
@@ -206,24 +215,35 @@ impl Backend {
                     );
                 }
             };
+            let Ok(mut tx) = tx.ready().await else {
+                continue;
+            };
             let start = std::time::Instant::now();
-            match tx.try_send_request(req).await {
+            let eos = body.is_end_stream();
+            let (mut response, send) = match tx.send_request(Request::from_parts(parts, ()), eos) {
+                Ok(r) => r,
+                Err(e) => return upstream_error(&self.addr, &e),
+            };
+            let mut pump = (!eos).then(|| Pump { recv: body, send });
+            let resp = std::future::poll_fn(|cx| {
+                if pump.as_mut().is_some_and(|p| p.poll(cx).is_ready()) {
+                    pump = None;
+                }
+                Pin::new(&mut response).poll(cx)
+            })
+            .await;
+            return match resp {
                 Ok(resp) => {
                     self.latency.observe(start.elapsed().as_secs_f64());
-                    return resp.map(|body| grpc::Body::Upstream {
+                    resp.map(|body| grpc::Body::Upstream {
                         body,
+                        request: pump,
                         _in_flight: Some(guard),
                         _call: None,
-                    });
+                    })
                 }
-                Err(mut e) => match e.take_message() {
-                    Some(r) => {
-                        req = r;
-                        continue;
-                    }
-                    None => return upstream_error(&self.addr, &e.into_error()),
-                },
-            }
+                Err(e) => upstream_error(&self.addr, &e),
+            };
         }
         grpc::status(
             Code::Unavailable,
@@ -232,7 +252,12 @@ impl Backend {
     }
 }
 
-async fn handshake<T>(io: T, window: u32, streams: usize) -> io::Result<SendRequest<RequestBody>>
+async fn handshake<T>(
+    io: T,
+    window: u32,
+    streams: usize,
+    closed: Arc<AtomicBool>,
+) -> io::Result<SendRequest<Bytes>>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
@@ -240,34 +265,29 @@ where
     // reading its responses can only fill its own streams' windows, never stall
     // the other calls sharing this connection.
     let conn_window = window.saturating_mul(u32::try_from(streams).unwrap_or(u32::MAX));
-    let (tx, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .initial_stream_window_size(window)
+    let (tx, conn) = h2::client::Builder::new()
+        .initial_window_size(window)
         .initial_connection_window_size(conn_window.min(MAX_WINDOW))
-        .handshake(TokioIo::new(io))
+        .max_header_list_size(MAX_HEADER_LIST)
+        .max_send_buffer_size(1 << 20)
+        .enable_push(false)
+        .handshake::<_, Bytes>(io)
         .await
         .map_err(io::Error::other)?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             debug!(error = %e, "backend connection closed");
         }
+        closed.store(true, Ordering::Relaxed);
     });
     Ok(tx)
 }
 
 /// gRPC's mapping of HTTP/2 reset codes (doc/PROTOCOL-HTTP2.md); a connection that
 /// failed without a reset is UNAVAILABLE.
-fn upstream_error(addr: &config::Backend, e: &hyper::Error) -> Response<grpc::Body> {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    let mut reason = None;
-    while let Some(s) = src {
-        if let Some(h) = s.downcast_ref::<h2::Error>() {
-            reason = h.reason();
-            break;
-        }
-        src = s.source();
-    }
-    let code = match reason {
+fn upstream_error(addr: &config::Backend, e: &h2::Error) -> Response<grpc::Body> {
+    let code = match e.reason() {
+        _ if e.is_go_away() || e.is_io() => Code::Unavailable,
         Some(h2::Reason::CANCEL) => Code::Cancelled,
         Some(h2::Reason::REFUSED_STREAM) | None => Code::Unavailable,
         Some(_) => Code::Internal,
@@ -294,7 +314,7 @@ impl Proxy {
     }
 }
 
-impl Service<Request<Incoming>> for Proxy {
+impl Service<Request<RecvStream>> for Proxy {
     type Response = Response<grpc::Body>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<grpc::Body>, Infallible>> + Send>>;
@@ -303,7 +323,7 @@ impl Service<Request<Incoming>> for Proxy {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut req: Request<RecvStream>) -> Self::Future {
         let service = crate::path::split(req.uri().path())
             .map(|(s, _)| s)
             .unwrap_or("");
@@ -337,29 +357,57 @@ impl Service<Request<Incoming>> for Proxy {
 /// gRPC clients never send request trailers, and some servers (grpc-go) answer a
 /// second HEADERS frame on a stream by closing the whole connection with
 /// PROTOCOL_ERROR, which would cut every other client's calls sharing it.
-pub struct RequestBody(Incoming);
+///
+/// Flow control is end to end: a frame's window is released to the client only
+/// once the backend stream has room for it, so the gateway holds at most one
+/// frame per stream beyond what the backend accepted.
+pub struct Pump {
+    recv: RecvStream,
+    send: SendStream<Bytes>,
+}
 
-impl http_body::Body for RequestBody {
-    type Data = bytes::Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+impl Pump {
+    /// Ready when the body is through, or the stream is over on either side.
+    pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
-            match Pin::new(&mut self.0).poll_frame(cx) {
-                Poll::Ready(Some(Ok(f))) if f.is_trailers() => continue,
-                other => return other,
+            if self.send.poll_reset(cx).is_ready() {
+                // The backend reset its stream: the response says why.
+                return Poll::Ready(());
+            }
+            // One byte asks h2 for room; it queues the whole next frame and sends
+            // it as the backend's window allows.
+            self.send.reserve_capacity(1);
+            if self.send.capacity() == 0 {
+                match self.send.poll_capacity(cx) {
+                    Poll::Ready(Some(Ok(_))) => continue,
+                    Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(()),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            match self.recv.poll_data(cx) {
+                Poll::Ready(Some(Ok(data))) => {
+                    let n = data.len();
+                    let eos = self.recv.is_end_stream();
+                    if self.send.send_data(data, eos).is_err() {
+                        return Poll::Ready(());
+                    }
+                    let _ = self.recv.flow_control().release_capacity(n);
+                    if eos {
+                        return Poll::Ready(());
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    self.send
+                        .send_reset(e.reason().unwrap_or(h2::Reason::CANCEL));
+                    return Poll::Ready(());
+                }
+                // The end, perhaps with trailers, which are dropped.
+                Poll::Ready(None) => {
+                    let _ = self.send.send_data(Bytes::new(), true);
+                    return Poll::Ready(());
+                }
+                Poll::Pending => return Poll::Pending,
             }
         }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.0.size_hint()
     }
 }

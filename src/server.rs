@@ -8,8 +8,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceBuilder;
@@ -18,6 +16,7 @@ use tracing::{debug, info, warn};
 use crate::audit::Auditor;
 use crate::config::{Config, ConfigError, Limits, ListenAt};
 use crate::conns::{Activity, Conns};
+use crate::http2;
 use crate::identity::Peer;
 use crate::listen::{Accepted, ListenError, Listener, Tcp};
 use crate::metrics::{Metrics, ReasonLabels};
@@ -423,15 +422,33 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
             peer.clone(),
             activity.clone(),
         ));
-    let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    http.timer(TokioTimer::new())
-        .max_concurrent_streams(shared.limits.max_concurrent_streams)
-        .max_header_list_size(shared.limits.max_header_list_size)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
+    let settings = http2::Settings {
+        max_concurrent_streams: shared.limits.max_concurrent_streams,
+        max_header_list_size: shared.limits.max_header_list_size,
+        keep_alive: Duration::from_secs(30),
+    };
     let io = crate::authority::MaybeRepaired::new(tls, repair_authority);
-    let conn = http.serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
-    tokio::pin!(conn);
+    // The HTTP/2 preface is part of the handshake budget: a client that finished
+    // TLS and then says nothing is dropped like one that never finished it.
+    let conn = match tokio::time::timeout(
+        shared.limits.handshake_timeout,
+        http2::handshake(io, settings),
+    )
+    .await
+    {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            debug!(client.id = peer.principal(), error = %e, "HTTP/2 handshake failed");
+            m.active_connections.dec();
+            return;
+        }
+        Err(_) => {
+            debug!(client.id = peer.principal(), "no HTTP/2 preface in time");
+            m.active_connections.dec();
+            return;
+        }
+    };
+    let mut conn = http2::Serve::new(conn, svc, settings);
 
     // The connection must not outlive its certificate. Timers are kept short
     // (tokio caps long sleeps) and re-armed until notAfter.
@@ -456,7 +473,7 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
     let mut closing = false;
     loop {
         let why = tokio::select! {
-            r = conn.as_mut() => {
+            r = &mut conn => {
                 if let Err(e) = r {
                     debug!(client.id = peer.principal(), error = %e, "connection ended with an error");
                 }
@@ -491,7 +508,7 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
         };
         // GOAWAY: no new calls; calls in flight may finish within the bound.
         closing = true;
-        conn.as_mut().graceful_shutdown();
+        conn.graceful_shutdown();
         drain
             .as_mut()
             .reset(tokio::time::Instant::now() + shared.limits.drain_timeout);

@@ -10,12 +10,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::{debug, info, warn};
 
 use crate::client::Target;
 use crate::listen::{Accepted, ListenError, Listener};
 use crate::proxy::Backend;
+
+/// HTTP/2 towards local clients: the gateway's own defaults.
+const SETTINGS: crate::http2::Settings = crate::http2::Settings {
+    max_concurrent_streams: 200,
+    max_header_list_size: 16 << 10,
+    keep_alive: Duration::from_secs(30),
+};
 
 /// What the sidecar needs.
 pub struct SidecarConfig {
@@ -73,17 +79,21 @@ impl Sidecar {
                         let gateway = self.gateway.clone();
                         let mut stopping = stopping.clone();
                         tasks.spawn(async move {
-                            let svc = hyper::service::service_fn(move |req| {
+                            let svc = tower::service_fn(move |req| {
                                 let gateway = gateway.clone();
                                 async move { Ok::<_, Infallible>(gateway.forward(req).await) }
                             });
-                            let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-                            http.timer(TokioTimer::new());
-                            let io = TokioIo::new(crate::authority::NormalizeAuthority::new(stream));
-                            let conn = http.serve_connection(io, svc);
-                            tokio::pin!(conn);
+                            let io = crate::authority::NormalizeAuthority::new(stream);
+                            let conn = match crate::http2::handshake(io, SETTINGS).await {
+                                Ok(c) => c,
+                                Err(e) => {
+                                    debug!(error = %e, "sidecar connection ended before HTTP/2");
+                                    return;
+                                }
+                            };
+                            let mut conn = crate::http2::Serve::new(conn, svc, SETTINGS);
                             tokio::select! {
-                                r = conn.as_mut() => {
+                                r = &mut conn => {
                                     if let Err(e) = r {
                                         debug!(error = %e, "sidecar connection ended");
                                     }
@@ -91,7 +101,7 @@ impl Sidecar {
                                 }
                                 _ = stopping.changed() => {}
                             }
-                            conn.as_mut().graceful_shutdown();
+                            conn.graceful_shutdown();
                             let _ = tokio::time::timeout(Duration::from_secs(15), conn).await;
                         });
                     }

@@ -1,0 +1,235 @@
+//! Serving one client connection's HTTP/2: h2's connection and every call on it
+//! polled by the connection's own task.
+//!
+//! hyper gives each stream a task and each request body another; for a proxy
+//! whose calls are a header block and a frame or two, that scheduling was a good
+//! share of the cost, and every task woke the connection to write its few bytes
+//! alone. Here the streams wait in one `FuturesUnordered`, the connection writes
+//! what they queued in one go when the task yields, and only the backend
+//! connections run elsewhere.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use h2::server::{Connection, SendResponse};
+use h2::{Ping, PingPong, Reason, RecvStream, SendStream};
+use http::{Request, Response};
+use http_body::Body as _;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tower::Service;
+
+use crate::grpc;
+
+/// The connection settings the gateway offers its clients.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    pub max_concurrent_streams: u32,
+    pub max_header_list_size: u32,
+    /// A ping this often; a connection that has not answered the previous one by
+    /// then is closed (a peer that vanished without a FIN).
+    pub keep_alive: Duration,
+}
+
+/// hyper's server defaults, kept: 1 MiB windows, 16 KiB frames, 400 KiB send
+/// buffer per stream, 1024 locally caused resets before the peer is cut off.
+const WINDOW: u32 = 1 << 20;
+const MAX_FRAME: u32 = 16 << 10;
+const MAX_SEND_BUFFER: usize = 400 << 10;
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
+/// Completes the HTTP/2 preface and settings exchange.
+///
+/// # Errors
+/// The client did not speak HTTP/2.
+pub async fn handshake<T>(io: T, s: Settings) -> Result<Connection<T, Bytes>, h2::Error>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    h2::server::Builder::new()
+        .initial_window_size(WINDOW)
+        .initial_connection_window_size(WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+        .max_concurrent_streams(s.max_concurrent_streams)
+        .max_header_list_size(s.max_header_list_size)
+        .handshake(io)
+        .await
+}
+
+type Call = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// One client connection: runs until the client goes, the connection fails, or
+/// a graceful shutdown has let every call finish.
+pub struct Serve<T, S> {
+    conn: Connection<T, Bytes>,
+    svc: S,
+    calls: FuturesUnordered<Call>,
+    ping: Option<PingPong>,
+    awaiting_pong: bool,
+    keep_alive: tokio::time::Interval,
+}
+
+impl<T, S> Serve<T, S>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    S: Service<Request<RecvStream>, Response = Response<grpc::Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    pub fn new(mut conn: Connection<T, Bytes>, svc: S, s: Settings) -> Self {
+        let ping = conn.ping_pong();
+        let mut keep_alive =
+            tokio::time::interval_at(tokio::time::Instant::now() + s.keep_alive, s.keep_alive);
+        keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Serve {
+            conn,
+            svc,
+            calls: FuturesUnordered::new(),
+            ping,
+            awaiting_pong: false,
+            keep_alive,
+        }
+    }
+
+    /// GOAWAY: no new calls; those in flight may finish.
+    pub fn graceful_shutdown(&mut self) {
+        self.conn.graceful_shutdown();
+    }
+
+    fn poll_keep_alive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(ping) = self.ping.as_mut() else {
+            return Poll::Pending;
+        };
+        if self.awaiting_pong {
+            match ping.poll_pong(cx) {
+                Poll::Ready(Ok(_)) => self.awaiting_pong = false,
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Pending => {}
+            }
+        }
+        while self.keep_alive.poll_tick(cx).is_ready() {
+            if self.awaiting_pong {
+                tracing::debug!("no answer to the keep-alive ping: closing the connection");
+                return Poll::Ready(());
+            }
+            if ping.send_ping(Ping::opaque()).is_err() {
+                return Poll::Ready(());
+            }
+            self.awaiting_pong = true;
+        }
+        Poll::Pending
+    }
+}
+
+impl<T, S> Future for Serve<T, S>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    S: Service<Request<RecvStream>, Response = Response<grpc::Body>, Error = Infallible> + Unpin,
+    S::Future: Send + 'static,
+{
+    type Output = Result<(), h2::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let me = self.get_mut();
+        if me.poll_keep_alive(cx).is_ready() {
+            return Poll::Ready(Ok(()));
+        }
+        // Calls first: what they queue is written by the connection's poll below.
+        while let Poll::Ready(Some(())) = me.calls.poll_next_unpin(cx) {}
+        loop {
+            // Every service in the gateway is always ready; polling keeps the
+            // tower contract.
+            if me.svc.poll_ready(cx).is_pending() {
+                return Poll::Pending;
+            }
+            match ready!(me.conn.poll_accept(cx)) {
+                Some(Ok((req, respond))) => {
+                    let call = respond_with(me.svc.call(req), respond);
+                    me.calls.push(Box::pin(call));
+                    // Started at once: a unary call usually gets as far as the
+                    // backend within this poll.
+                    while let Poll::Ready(Some(())) = me.calls.poll_next_unpin(cx) {}
+                }
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}
+
+/// Waits for the response while watching for the client's reset, then sends it.
+async fn respond_with<F>(fut: F, mut respond: SendResponse<Bytes>)
+where
+    F: Future<Output = Result<Response<grpc::Body>, Infallible>>,
+{
+    let mut fut = std::pin::pin!(fut);
+    let resp = std::future::poll_fn(|cx| {
+        if respond.poll_reset(cx).is_ready() {
+            // Dropping the call resets the backend stream.
+            return Poll::Ready(None);
+        }
+        fut.as_mut().poll(cx).map(Some)
+    })
+    .await;
+    let Some(Ok(resp)) = resp else { return };
+    let (head, mut body) = resp.into_parts();
+    let eos = body.is_end_stream();
+    let Ok(mut send) = respond.send_response(Response::from_parts(head, ()), eos) else {
+        return;
+    };
+    if !eos {
+        std::future::poll_fn(|cx| send_body(&mut body, &mut send, cx)).await;
+    }
+}
+
+/// The backend's response body to the client, frame by frame, as the client's
+/// window allows; a backend failure mid-body resets the client's stream.
+fn send_body(
+    body: &mut grpc::Body,
+    send: &mut SendStream<Bytes>,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    body.poll_request(cx);
+    loop {
+        if send.poll_reset(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        send.reserve_capacity(1);
+        if send.capacity() == 0 {
+            match ready!(send.poll_capacity(cx)) {
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Poll::Ready(()),
+            }
+        }
+        match ready!(Pin::new(&mut *body).poll_frame(cx)) {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    let eos = body.is_end_stream();
+                    if send.send_data(data, eos).is_err() || eos {
+                        return Poll::Ready(());
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        let _ = send.send_trailers(trailers);
+                    }
+                    return Poll::Ready(());
+                }
+            },
+            Some(Err(e)) => {
+                send.send_reset(e.reason().unwrap_or(Reason::INTERNAL_ERROR));
+                return Poll::Ready(());
+            }
+            None => {
+                let _ = send.send_data(Bytes::new(), true);
+                return Poll::Ready(());
+            }
+        }
+    }
+}
