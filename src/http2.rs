@@ -24,6 +24,7 @@ use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower::Service;
 
+use crate::coalesce::{self, Coalesce, Flusher};
 use crate::grpc;
 
 /// The connection settings the gateway offers its clients.
@@ -43,15 +44,22 @@ const MAX_FRAME: u32 = 16 << 10;
 const MAX_SEND_BUFFER: usize = 400 << 10;
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
+/// A connection past its preface, its writes gathered per poll.
+pub struct Handshaken<T> {
+    conn: Connection<Coalesce<T>, Bytes>,
+    flusher: Flusher<T>,
+}
+
 /// Completes the HTTP/2 preface and settings exchange.
 ///
 /// # Errors
 /// The client did not speak HTTP/2.
-pub async fn handshake<T>(io: T, s: Settings) -> Result<Connection<T, Bytes>, h2::Error>
+pub async fn handshake<T>(io: T, s: Settings) -> Result<Handshaken<T>, h2::Error>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    h2::server::Builder::new()
+    let (io, flusher) = coalesce::new(io);
+    let handshake = h2::server::Builder::new()
         .initial_window_size(WINDOW)
         .initial_connection_window_size(WINDOW)
         .max_frame_size(MAX_FRAME)
@@ -59,8 +67,17 @@ where
         .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
         .max_concurrent_streams(s.max_concurrent_streams)
         .max_header_list_size(s.max_header_list_size)
-        .handshake(io)
-        .await
+        .handshake(io);
+    tokio::pin!(handshake);
+    // The server's SETTINGS are written during the handshake: flushed on every
+    // poll of it like any other write.
+    let conn = std::future::poll_fn(|cx| {
+        let r = handshake.as_mut().poll(cx);
+        let _ = flusher.poll_flush(cx);
+        r
+    })
+    .await?;
+    Ok(Handshaken { conn, flusher })
 }
 
 type Call = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -68,7 +85,8 @@ type Call = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// One client connection: runs until the client goes, the connection fails, or
 /// a graceful shutdown has let every call finish.
 pub struct Serve<T, S> {
-    conn: Connection<T, Bytes>,
+    conn: Connection<Coalesce<T>, Bytes>,
+    flusher: Flusher<T>,
     svc: S,
     calls: FuturesUnordered<Call>,
     ping: Option<PingPong>,
@@ -82,13 +100,15 @@ where
     S: Service<Request<RecvStream>, Response = Response<grpc::Body>, Error = Infallible>,
     S::Future: Send + 'static,
 {
-    pub fn new(mut conn: Connection<T, Bytes>, svc: S, s: Settings) -> Self {
+    pub fn new(h: Handshaken<T>, svc: S, s: Settings) -> Self {
+        let Handshaken { mut conn, flusher } = h;
         let ping = conn.ping_pong();
         let mut keep_alive =
             tokio::time::interval_at(tokio::time::Instant::now() + s.keep_alive, s.keep_alive);
         keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Serve {
             conn,
+            flusher,
             svc,
             calls: FuturesUnordered::new(),
             ping,
@@ -137,29 +157,51 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let me = self.get_mut();
+        let r = me.poll_calls(cx);
+        // Everything this poll wrote goes out together. A write that fails is
+        // reported by the connection on its next poll; the socket is readable
+        // then, so that comes at once.
+        let _ = me.flusher.poll_flush(cx);
+        r
+    }
+}
+
+impl<T, S> Serve<T, S>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    S: Service<Request<RecvStream>, Response = Response<grpc::Body>, Error = Infallible> + Unpin,
+    S::Future: Send + 'static,
+{
+    fn poll_calls(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), h2::Error>> {
+        let me = self;
         if me.poll_keep_alive(cx).is_ready() {
             return Poll::Ready(Ok(()));
         }
-        // Calls first: what they queue is written by the connection's poll below.
-        while let Poll::Ready(Some(())) = me.calls.poll_next_unpin(cx) {}
-        loop {
-            // Every service in the gateway is always ready; polling keeps the
-            // tower contract.
-            if me.svc.poll_ready(cx).is_pending() {
-                return Poll::Pending;
-            }
-            match ready!(me.conn.poll_accept(cx)) {
-                Some(Ok((req, respond))) => {
-                    let call = respond_with(me.svc.call(req), respond);
-                    me.calls.push(Box::pin(call));
-                    // Started at once: a unary call usually gets as far as the
-                    // backend within this poll.
-                    while let Poll::Ready(Some(())) = me.calls.poll_next_unpin(cx) {}
+        // Two rounds of calls then connection: the first read usually brings a
+        // call's HEADERS and DATA together, and h2 hands out the stream on its
+        // HEADERS; the second round lets the call take its DATA on to the
+        // backend in this same wake-up (one write there, not two), and writes
+        // what the calls answered into this poll's flush.
+        for _ in 0..2 {
+            while let Poll::Ready(Some(())) = me.calls.poll_next_unpin(cx) {}
+            loop {
+                // Every service in the gateway is always ready; polling keeps
+                // the tower contract.
+                if me.svc.poll_ready(cx).is_pending() {
+                    return Poll::Pending;
                 }
-                Some(Err(e)) => return Poll::Ready(Err(e)),
-                None => return Poll::Ready(Ok(())),
+                match me.conn.poll_accept(cx) {
+                    Poll::Ready(Some(Ok((req, respond)))) => {
+                        let call = respond_with(me.svc.call(req), respond);
+                        me.calls.push(Box::pin(call));
+                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                    Poll::Ready(None) => return Poll::Ready(Ok(())),
+                    Poll::Pending => break,
+                }
             }
         }
+        Poll::Pending
     }
 }
 

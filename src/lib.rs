@@ -22,6 +22,7 @@ pub mod audit;
 pub mod authority;
 pub mod ca;
 pub mod client;
+pub mod coalesce;
 pub mod config;
 pub mod conns;
 pub mod demo;

@@ -224,7 +224,11 @@ impl Backend {
                 Ok(r) => r,
                 Err(e) => return upstream_error(&self.addr, &e),
             };
-            let mut pump = (!eos).then(|| Pump { recv: body, send });
+            let mut pump = (!eos).then(|| Pump {
+                recv: body,
+                send,
+                overdraft: 0,
+            });
             let resp = std::future::poll_fn(|cx| {
                 if pump.as_mut().is_some_and(|p| p.poll(cx).is_ready()) {
                     pump = None;
@@ -265,17 +269,32 @@ where
     // reading its responses can only fill its own streams' windows, never stall
     // the other calls sharing this connection.
     let conn_window = window.saturating_mul(u32::try_from(streams).unwrap_or(u32::MAX));
-    let (tx, conn) = h2::client::Builder::new()
+    // Requests queued in one wake-up of this connection's task go out in one
+    // write (see `coalesce`).
+    let (io, flusher) = crate::coalesce::new(io);
+    let handshake = h2::client::Builder::new()
         .initial_window_size(window)
         .initial_connection_window_size(conn_window.min(MAX_WINDOW))
         .max_header_list_size(MAX_HEADER_LIST)
         .max_send_buffer_size(1 << 20)
         .enable_push(false)
-        .handshake::<_, Bytes>(io)
-        .await
-        .map_err(io::Error::other)?;
+        .handshake::<_, Bytes>(io);
+    tokio::pin!(handshake);
+    let (tx, mut conn) = std::future::poll_fn(|cx| {
+        let r = handshake.as_mut().poll(cx);
+        let _ = flusher.poll_flush(cx);
+        r
+    })
+    .await
+    .map_err(io::Error::other)?;
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
+        let r = std::future::poll_fn(|cx| {
+            let r = Pin::new(&mut conn).poll(cx);
+            let _ = flusher.poll_flush(cx);
+            r
+        })
+        .await;
+        if let Err(e) = r {
             debug!(error = %e, "backend connection closed");
         }
         closed.store(true, Ordering::Relaxed);
@@ -364,7 +383,15 @@ impl Service<Request<RecvStream>> for Proxy {
 pub struct Pump {
     recv: RecvStream,
     send: SendStream<Bytes>,
+    /// Bytes handed to h2 beyond the capacity it had granted.
+    overdraft: usize,
 }
+
+/// What a request may queue before the backend grants the stream any window:
+/// h2 grants none until the stream's HEADERS are written, and without this the
+/// first DATA frame would wait for that, costing a second write and a second
+/// wake-up of the backend on every call.
+const OVERDRAFT: usize = 16 << 10;
 
 impl Pump {
     /// Ready when the body is through, or the stream is over on either side.
@@ -377,7 +404,10 @@ impl Pump {
             // One byte asks h2 for room; it queues the whole next frame and sends
             // it as the backend's window allows.
             self.send.reserve_capacity(1);
-            if self.send.capacity() == 0 {
+            let capacity = self.send.capacity();
+            if capacity > 0 {
+                self.overdraft = 0;
+            } else if self.overdraft >= OVERDRAFT {
                 match self.send.poll_capacity(cx) {
                     Poll::Ready(Some(Ok(_))) => continue,
                     Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(()),
@@ -387,6 +417,7 @@ impl Pump {
             match self.recv.poll_data(cx) {
                 Poll::Ready(Some(Ok(data))) => {
                     let n = data.len();
+                    self.overdraft += n.saturating_sub(capacity);
                     let eos = self.recv.is_end_stream();
                     if self.send.send_data(data, eos).is_err() {
                         return Poll::Ready(());

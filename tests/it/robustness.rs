@@ -81,6 +81,44 @@ async fn bad_clients_are_dropped_and_others_unaffected() {
     alice.unary(req(b"after")).await.unwrap();
 }
 
+/// A client that finishes TLS and then never sends the HTTP/2 preface holds a
+/// connection slot: it is dropped when the handshake timeout runs out, like one
+/// that never finished TLS, and the slot is free again.
+#[tokio::test]
+async fn silence_after_tls_is_dropped_after_the_handshake_timeout() {
+    let h = Harness::start_with(Opts {
+        extra: "[limits]\nmax_connections = 1\nhandshake_timeout = \"500ms\"\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let cfg = h.pki.spiffe("spiffe://test.local/alice");
+    let mut tls = ipcgate::client::connect(&h.gw_sock, "localhost", cfg)
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    // The server's SETTINGS may come first; then the close.
+    within("silent TLS client dropped", async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(
+        start.elapsed() >= Duration::from_millis(400),
+        "closed before the timeout: {:?}",
+        start.elapsed()
+    );
+    // The one slot is free again.
+    let mut alice = h.alice();
+    within("call after the silent client", alice.unary(req(b"x")))
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn http1_over_tls_is_dropped() {
     let h = Harness::start().await;
