@@ -59,12 +59,13 @@ fn decisions(c: &mut Criterion) {
         assert!(p.evaluate(&allowed, &headers, &caller).allowed());
         let denied = "/other.Svc/Nope";
         assert!(!p.evaluate(denied, &headers, &caller).allowed());
-        // What a connection does per call: sources decided once per connection.
-        let src = p.source_match(&caller);
+        // What a connection does per call: sources decided once per connection,
+        // then each method's decision remembered by the connection.
+        let mut src = p.source_match(&caller);
         c.bench_function(&format!("decide_allow_{n}_rules"), |b| {
             b.iter(|| {
                 black_box(
-                    p.evaluate_for(black_box(&allowed), &headers, &caller, &src)
+                    p.evaluate_for(black_box(&allowed), &headers, &caller, &mut src)
                         .allowed(),
                 )
             })
@@ -72,10 +73,35 @@ fn decisions(c: &mut Criterion) {
         c.bench_function(&format!("decide_deny_{n}_rules"), |b| {
             b.iter(|| {
                 black_box(
-                    p.evaluate_for(black_box(denied), &headers, &caller, &src)
+                    p.evaluate_for(black_box(denied), &headers, &caller, &mut src)
                         .allowed(),
                 )
             })
+        });
+        // A connection's first call to a method: the indexes, no memo.
+        c.bench_function(&format!("first_call_allow_{n}_rules"), |b| {
+            b.iter_batched_ref(
+                || p.source_match(&caller),
+                |src| {
+                    black_box(
+                        p.evaluate_for(black_box(&allowed), &headers, &caller, src)
+                            .allowed(),
+                    )
+                },
+                criterion::BatchSize::SmallInput,
+            )
+        });
+        c.bench_function(&format!("first_call_deny_{n}_rules"), |b| {
+            b.iter_batched_ref(
+                || p.source_match(&caller),
+                |src| {
+                    black_box(
+                        p.evaluate_for(black_box(denied), &headers, &caller, src)
+                            .allowed(),
+                    )
+                },
+                criterion::BatchSize::SmallInput,
+            )
         });
         // The once-per-connection part.
         c.bench_function(&format!("source_match_{n}_rules"), |b| {

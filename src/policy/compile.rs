@@ -51,11 +51,31 @@ struct RuleSet {
 }
 
 /// Which rules' sources (principals, uids, gids) match one connection's peer:
-/// fixed for the connection's lifetime under one policy, so computed once.
+/// fixed for the connection's lifetime under one policy, so computed once; and
+/// the decisions the connection has had, by path.
+///
+/// A decision that no header condition took part in depends only on the path
+/// for this peer, so the connection's next call to that method costs one probe
+/// of a map the size of the methods it uses, however large the policy.
 #[derive(Debug)]
 pub struct SourceMatch {
     deny: Box<[u64]>,
     allow: Box<[u64]>,
+    memo: Map<Memoized>,
+}
+
+/// Paths one connection remembers decisions for; a client calling more
+/// methods than this is decided through the indexes each time.
+const MEMO_PATHS: usize = 64;
+const NONE: u32 = u32::MAX;
+
+/// The deny and allow rule (`NONE` if none) that decided a path, and its
+/// method counters.
+#[derive(Debug)]
+struct Memoized {
+    deny: u32,
+    allow: u32,
+    counters: MethodCounters,
 }
 
 fn bit(bits: &[u64], i: u32) -> bool {
@@ -208,16 +228,19 @@ impl RuleSet {
         bits.into_boxed_slice()
     }
 
-    /// The first rule, in file order, that matches. With `src`, the sources are
-    /// already decided for this peer and only the request conditions remain.
-    fn first_match(
+    /// The first rule, in file order, that matches (`NONE` if none), and
+    /// whether a header condition took part in finding it. With `src`, the
+    /// sources are already decided for this peer and only the request
+    /// conditions remain.
+    fn first_index(
         &self,
         path: &str,
         headers: &HeaderMap,
         peer: &Peer,
         src: Option<&[u64]>,
-    ) -> Option<&Rule> {
-        let mut best = u32::MAX;
+    ) -> (u32, bool) {
+        let mut best = NONE;
+        let mut by_headers = false;
         let mut scan = |list: &[u32]| {
             for &i in list {
                 if i >= best {
@@ -225,8 +248,16 @@ impl RuleSet {
                 }
                 let rule = &self.rules[i as usize];
                 let hit = match src {
-                    Some(bits) => bit(bits, i) && rule.headers_match(headers),
-                    None => rule.matches(headers, peer),
+                    Some(bits) => {
+                        bit(bits, i) && {
+                            by_headers |= rule.has_headers();
+                            rule.headers_match(headers)
+                        }
+                    }
+                    None => {
+                        by_headers |= rule.has_headers();
+                        rule.matches(headers, peer)
+                    }
                 };
                 if hit {
                     best = i;
@@ -237,7 +268,7 @@ impl RuleSet {
         if let Some(c) = self.candidates.get(path) {
             scan(c);
             scan(&self.any_path);
-            return self.rules.get(best as usize);
+            return (best, by_headers);
         }
         if let Some(l) = self.exact.get(path) {
             scan(l);
@@ -261,7 +292,7 @@ impl RuleSet {
             }
         }
         scan(&self.any_path);
-        self.rules.get(best as usize)
+        (best, by_headers)
     }
 }
 
@@ -333,7 +364,7 @@ pub struct LoadContext<'a> {
     pub file_logger: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct MethodCounters {
     allow: Counter,
     deny: Counter,
@@ -501,9 +532,9 @@ impl Policy {
         path: &str,
         headers: &HeaderMap,
         peer: &Peer,
-        src: &SourceMatch,
+        src: &mut SourceMatch,
     ) -> Decision<'_> {
-        self.decide(path, headers, peer, Some(src))
+        self.decide_for(path, headers, peer, src, false)
     }
 
     /// Which rules' sources match this peer; valid for this policy only.
@@ -511,6 +542,7 @@ impl Policy {
         SourceMatch {
             deny: self.deny.source_bits(peer),
             allow: self.allow.source_bits(peer),
+            memo: Map::default(),
         }
     }
 
@@ -521,19 +553,77 @@ impl Policy {
         peer: &Peer,
         src: Option<&SourceMatch>,
     ) -> Decision<'_> {
-        if let Some(rule) = self
+        let (deny, _) = self
             .deny
-            .first_match(path, headers, peer, src.map(|s| &*s.deny))
-        {
+            .first_index(path, headers, peer, src.map(|s| &*s.deny));
+        if deny != NONE {
+            return self.decision(deny, NONE);
+        }
+        let (allow, _) = self
+            .allow
+            .first_index(path, headers, peer, src.map(|s| &*s.allow));
+        self.decision(NONE, allow)
+    }
+
+    fn decision(&self, deny: u32, allow: u32) -> Decision<'_> {
+        if let Some(rule) = self.deny.rules.get(deny as usize) {
             return Decision::Deny { rule: Some(rule) };
         }
-        match self
-            .allow
-            .first_match(path, headers, peer, src.map(|s| &*s.allow))
-        {
+        match self.allow.rules.get(allow as usize) {
             Some(rule) => Decision::Allow { rule },
             None => Decision::Deny { rule: None },
         }
+    }
+
+    /// A decision from the connection's memo, or worked out and remembered
+    /// when headers played no part; with `count`, counted in the rule and
+    /// method metrics.
+    fn decide_for<'p>(
+        &'p self,
+        path: &str,
+        headers: &HeaderMap,
+        peer: &Peer,
+        src: &mut SourceMatch,
+        count: bool,
+    ) -> Decision<'p> {
+        let (d, counters) = match src.memo.get(path) {
+            Some(m) => (self.decision(m.deny, m.allow), &m.counters),
+            None => {
+                let (deny, deny_headers) =
+                    self.deny.first_index(path, headers, peer, Some(&src.deny));
+                let (allow, allow_headers) = if deny == NONE {
+                    self.allow
+                        .first_index(path, headers, peer, Some(&src.allow))
+                } else {
+                    (NONE, false)
+                };
+                let counters = self.methods.get(path).unwrap_or(&self.other_methods);
+                if !deny_headers && !allow_headers && src.memo.len() < MEMO_PATHS {
+                    src.memo.insert(
+                        path.into(),
+                        Memoized {
+                            deny,
+                            allow,
+                            counters: counters.clone(),
+                        },
+                    );
+                }
+                (self.decision(deny, allow), counters)
+            }
+        };
+        if count {
+            match d {
+                Decision::Allow { rule } => {
+                    rule.hits.inc();
+                    counters.allow.inc();
+                }
+                Decision::Deny { rule } => {
+                    rule.map_or(&self.default_deny, |r| &r.hits).inc();
+                    counters.deny.inc();
+                }
+            }
+        }
+        d
     }
 
     /// [`Policy::evaluate_for`], counted in the rule and method metrics.
@@ -542,21 +632,9 @@ impl Policy {
         path: &str,
         headers: &HeaderMap,
         peer: &Peer,
-        src: &SourceMatch,
+        src: &mut SourceMatch,
     ) -> Decision<'_> {
-        let d = self.evaluate_for(path, headers, peer, src);
-        let m = self.methods.get(path).unwrap_or(&self.other_methods);
-        match d {
-            Decision::Allow { rule } => {
-                rule.hits.inc();
-                m.allow.inc();
-            }
-            Decision::Deny { rule } => {
-                rule.map_or(&self.default_deny, |r| &r.hits).inc();
-                m.deny.inc();
-            }
-        }
-        d
+        self.decide_for(path, headers, peer, src, true)
     }
 
     /// Every rule's verdict on one call, and the decision they add up to — the

@@ -90,7 +90,7 @@ impl Authorizer {
         path: &str,
         headers: &http::HeaderMap,
         peer: &Arc<Peer>,
-        memo: &ConnMemo,
+        memo: &mut ConnMemo,
     ) -> Result<(), String> {
         let policy = self.enforced.load();
         let d = memo.enforced.with(&policy, peer, |src| {
@@ -161,11 +161,12 @@ impl Authorizer {
     }
 }
 
-/// Which rule sources match this connection's peer, remembered per policy: the
-/// peer never changes on a connection, so only a policy swap recomputes it.
+/// Which rule sources match this connection's peer, and the decisions it has
+/// had, remembered per policy: the peer never changes on a connection, so only a
+/// policy swap starts afresh.
 #[derive(Default)]
 struct SourceMemo {
-    cell: ArcSwapOption<Memo>,
+    cell: Option<Memo>,
 }
 
 struct Memo {
@@ -174,21 +175,25 @@ struct Memo {
 }
 
 impl SourceMemo {
-    fn with<R>(&self, policy: &Arc<Policy>, peer: &Peer, f: impl FnOnce(&SourceMatch) -> R) -> R {
-        let cur = self.cell.load();
-        if let Some(m) = cur.as_ref().filter(|m| Arc::ptr_eq(&m.policy, policy)) {
-            return f(&m.src);
-        }
-        let m = Arc::new(Memo {
-            policy: policy.clone(),
-            src: policy.source_match(peer),
-        });
-        let r = f(&m.src);
-        self.cell.store(Some(m));
-        r
+    fn with<R>(
+        &mut self,
+        policy: &Arc<Policy>,
+        peer: &Peer,
+        f: impl FnOnce(&mut SourceMatch) -> R,
+    ) -> R {
+        let m = match &mut self.cell {
+            Some(m) if Arc::ptr_eq(&m.policy, policy) => m,
+            cell => cell.insert(Memo {
+                policy: policy.clone(),
+                src: policy.source_match(peer),
+            }),
+        };
+        f(&mut m.src)
     }
 }
 
+/// Owned by the connection's service: calls on one connection are decided one
+/// at a time, in its task.
 #[derive(Default)]
 struct ConnMemo {
     enforced: SourceMemo,
@@ -200,17 +205,12 @@ struct ConnMemo {
 pub struct AuthzLayer {
     authz: Arc<Authorizer>,
     peer: Arc<Peer>,
-    memo: Arc<ConnMemo>,
 }
 
 impl AuthzLayer {
     /// One layer per connection: it holds the connection's peer and memo.
     pub fn new(authz: Arc<Authorizer>, peer: Arc<Peer>) -> Self {
-        AuthzLayer {
-            authz,
-            peer,
-            memo: Arc::default(),
-        }
+        AuthzLayer { authz, peer }
     }
 }
 
@@ -222,17 +222,16 @@ impl<S> Layer<S> for AuthzLayer {
             inner,
             authz: self.authz.clone(),
             peer: self.peer.clone(),
-            memo: self.memo.clone(),
+            memo: ConnMemo::default(),
         }
     }
 }
 
-#[derive(Clone)]
 pub struct Authz<S> {
     inner: S,
     authz: Arc<Authorizer>,
     peer: Arc<Peer>,
-    memo: Arc<ConnMemo>,
+    memo: ConnMemo,
 }
 
 impl<S, B> Service<Request<B>> for Authz<S>
@@ -250,7 +249,7 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         match self
             .authz
-            .decide(req.uri().path(), req.headers(), &self.peer, &self.memo)
+            .decide(req.uri().path(), req.headers(), &self.peer, &mut self.memo)
         {
             Ok(()) => Either::Right(self.inner.call(req)),
             Err(msg) => Either::Left(futures_util::future::ready(Ok(grpc::status(

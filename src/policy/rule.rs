@@ -41,6 +41,12 @@ impl Rule {
         self.source_matches(peer) && self.headers_match(headers)
     }
 
+    /// Whether the rule looks at request headers, so that its verdict on a path
+    /// can change from call to call.
+    pub(super) fn has_headers(&self) -> bool {
+        !self.headers.is_empty()
+    }
+
     pub(super) fn headers_match(&self, headers: &HeaderMap) -> bool {
         self.headers.iter().all(|h| h.matches(headers))
     }

@@ -30,11 +30,20 @@ fn peer(spiffe: &[&str], dns: &[&str], cn: Option<&str>) -> Peer {
 /// route to it: the plain scan, the per-connection source bits, and explain.
 fn ev<'a>(p: &'a Policy, path: &str, h: &HeaderMap, peer: &Peer) -> (bool, Option<&'a str>) {
     let d = p.evaluate(path, h, peer);
-    let fast = p.evaluate_for(path, h, peer, &p.source_match(peer));
+    let mut src = p.source_match(peer);
+    let fast = p.evaluate_for(path, h, peer, &mut src);
     assert_eq!(
         (d.allowed(), d.rule()),
         (fast.allowed(), fast.rule()),
         "{path}: indexed and memoized decisions differ"
+    );
+    // Asked again on the same connection: from its memo when headers played
+    // no part, and the same answer either way.
+    let again = p.evaluate_for(path, h, peer, &mut src);
+    assert_eq!(
+        (d.allowed(), d.rule()),
+        (again.allowed(), again.rule()),
+        "{path}: the connection's memo changed the decision"
     );
     let e = p.explain(path, h, peer);
     assert_eq!(
@@ -534,4 +543,37 @@ fn uid_conditions_fail_closed_without_peer_credentials() {
         ev(&p, "/a.B/Admin", &h, &uid_33),
         (false, Some("no-www-admin"))
     );
+}
+
+/// A connection's memo keeps only decisions no header condition took part in:
+/// the same method is denied with one header value and allowed without it on
+/// one connection, in either order.
+#[test]
+fn memo_never_keeps_a_decision_that_headers_made() {
+    let p = policy(
+        r#"{"name":"p",
+        "deny_rules":[{"name":"banned","request":{"paths":["/a.B/Get"],"headers":[{"key":"x-role","values":["banned"]}]}}],
+        "allow_rules":[{"name":"alice","source":{"principals":["spiffe://t/alice"]},"request":{"paths":["/a.B/*"]}}]}"#,
+    );
+    let alice = peer(&["spiffe://t/alice"], &[], None);
+    let mut banned = HeaderMap::new();
+    banned.insert("x-role", "banned".parse().unwrap());
+    let plain = HeaderMap::new();
+    for order in [[&banned, &plain], [&plain, &banned]] {
+        let mut src = p.source_match(&alice);
+        for _ in 0..2 {
+            for h in order {
+                let d = p.evaluate_for("/a.B/Get", h, &alice, &mut src);
+                assert_eq!(d.allowed(), h.is_empty(), "{h:?}");
+            }
+        }
+    }
+    // A path no header rule covers is remembered and stays right.
+    let mut src = p.source_match(&alice);
+    for h in [&banned, &plain, &banned] {
+        assert_eq!(
+            p.evaluate_for("/a.B/List", h, &alice, &mut src).rule(),
+            Some("alice")
+        );
+    }
 }
