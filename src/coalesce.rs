@@ -108,6 +108,8 @@ impl<T: AsyncWrite + Unpin> Flusher<T> {
             Poll::Ready(Err(e)) => {
                 s.failed = Some(e.kind());
                 s.buf = Vec::new();
+                // The connection learns of it on its next poll: make that now.
+                cx.waker().wake_by_ref();
                 Poll::Ready(())
             }
             Poll::Pending => Poll::Pending,

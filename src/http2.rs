@@ -177,13 +177,16 @@ where
         if me.poll_keep_alive(cx).is_ready() {
             return Poll::Ready(Ok(()));
         }
-        // Two rounds of calls then connection: the first read usually brings a
-        // call's HEADERS and DATA together, and h2 hands out the stream on its
-        // HEADERS; the second round lets the call take its DATA on to the
-        // backend in this same wake-up (one write there, not two), and writes
-        // what the calls answered into this poll's flush.
-        for _ in 0..2 {
+        // Calls, then the connection, until a round accepts no new call: the
+        // first read usually brings a call's HEADERS and DATA together and h2
+        // hands out the stream on its HEADERS; the next round lets the call take
+        // its DATA on to the backend in this same wake-up (one write there, not
+        // two) and writes what the calls answered into this poll's flush. A new
+        // call has no waker registered until it is first polled, so none may be
+        // left unpolled when this returns.
+        for round in 0.. {
             while let Poll::Ready(Some(())) = me.calls.poll_next_unpin(cx) {}
+            let mut accepted = false;
             loop {
                 // Every service in the gateway is always ready; polling keeps
                 // the tower contract.
@@ -194,11 +197,21 @@ where
                     Poll::Ready(Some(Ok((req, respond)))) => {
                         let call = respond_with(me.svc.call(req), respond);
                         me.calls.push(Box::pin(call));
+                        accepted = true;
                     }
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
                     Poll::Ready(None) => return Poll::Ready(Ok(())),
                     Poll::Pending => break,
                 }
+            }
+            if !accepted {
+                break;
+            }
+            if round == 8 {
+                // A client opening streams faster than they are served: let
+                // other tasks run, and come straight back.
+                cx.waker().wake_by_ref();
+                break;
             }
         }
         Poll::Pending
@@ -237,6 +250,10 @@ fn send_body(
     send: &mut SendStream<Bytes>,
     cx: &mut Context<'_>,
 ) -> Poll<()> {
+    // A client's reset is seen before any more of its request body moves on.
+    if send.poll_reset(cx).is_ready() {
+        return Poll::Ready(());
+    }
     body.poll_request(cx);
     loop {
         if send.poll_reset(cx).is_ready() {
@@ -265,7 +282,12 @@ fn send_body(
                 }
             },
             Some(Err(e)) => {
-                send.send_reset(e.reason().unwrap_or(Reason::INTERNAL_ERROR));
+                // NO_ERROR would read as a clean end; the body did not end.
+                let reason = e
+                    .reason()
+                    .filter(|r| *r != Reason::NO_ERROR)
+                    .unwrap_or(Reason::INTERNAL_ERROR);
+                send.send_reset(reason);
                 return Poll::Ready(());
             }
             None => {

@@ -378,8 +378,10 @@ impl Service<Request<RecvStream>> for Proxy {
 /// PROTOCOL_ERROR, which would cut every other client's calls sharing it.
 ///
 /// Flow control is end to end: a frame's window is released to the client only
-/// once the backend stream has room for it, so the gateway holds at most one
-/// frame per stream beyond what the backend accepted.
+/// once it is handed to the backend stream, and the next frame is taken only
+/// when that stream has room, so the gateway holds little beyond what the
+/// backend accepted: one frame, or up to [`OVERDRAFT`] (at most 16 frames)
+/// while a new stream waits for its first window.
 pub struct Pump {
     recv: RecvStream,
     send: SendStream<Bytes>,
@@ -417,7 +419,9 @@ impl Pump {
             match self.recv.poll_data(cx) {
                 Poll::Ready(Some(Ok(data))) => {
                     let n = data.len();
-                    self.overdraft += n.saturating_sub(capacity);
+                    // Each frame counts at least 1 KiB: h2 keeps an entry per
+                    // queued frame, so many tiny frames must not slip under.
+                    self.overdraft += n.max(1 << 10).saturating_sub(capacity);
                     let eos = self.recv.is_end_stream();
                     if self.send.send_data(data, eos).is_err() {
                         return Poll::Ready(());
@@ -428,8 +432,11 @@ impl Pump {
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    self.send
-                        .send_reset(e.reason().unwrap_or(h2::Reason::CANCEL));
+                    let reason = e
+                        .reason()
+                        .filter(|r| *r != h2::Reason::NO_ERROR)
+                        .unwrap_or(h2::Reason::CANCEL);
+                    self.send.send_reset(reason);
                     return Poll::Ready(());
                 }
                 // The end, perhaps with trailers, which are dropped.

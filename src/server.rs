@@ -371,9 +371,9 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
     // The TLS material of this moment: a reload mid-handshake does not disturb it.
     let tls_state = shared.tls.current();
     let acceptor = TlsAcceptor::from(tls_state.config.clone());
-    let tls = match tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(stream))
-        .await
-    {
+    // One budget for TLS and the HTTP/2 preface together.
+    let deadline = tokio::time::Instant::now() + shared.limits.handshake_timeout;
+    let tls = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             m.handshake("failed", failure_reason(&e));
@@ -428,14 +428,9 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
         keep_alive: Duration::from_secs(30),
     };
     let io = crate::authority::MaybeRepaired::new(tls, repair_authority);
-    // The HTTP/2 preface is part of the handshake budget: a client that finished
+    // The HTTP/2 preface is inside the handshake budget: a client that finished
     // TLS and then says nothing is dropped like one that never finished it.
-    let conn = match tokio::time::timeout(
-        shared.limits.handshake_timeout,
-        http2::handshake(io, settings),
-    )
-    .await
-    {
+    let conn = match tokio::time::timeout_at(deadline, http2::handshake(io, settings)).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             debug!(client.id = peer.principal(), error = %e, "HTTP/2 handshake failed");

@@ -64,9 +64,11 @@ pub struct SourceMatch {
     memo: Map<Memoized>,
 }
 
-/// Paths one connection remembers decisions for; a client calling more
-/// methods than this is decided through the indexes each time.
-const MEMO_PATHS: usize = 64;
+/// Paths one connection remembers decisions for, and the longest path
+/// remembered: a client calling more (or longer-named) methods is decided
+/// through the indexes each time, and can make the memo hold at most ~4 KiB.
+const MEMO_PATHS: usize = 32;
+const MEMO_PATH_LEN: usize = 128;
 const NONE: u32 = u32::MAX;
 
 /// The deny and allow rule (`NONE` if none) that decided a path, and its
@@ -598,7 +600,11 @@ impl Policy {
                     (NONE, false)
                 };
                 let counters = self.methods.get(path).unwrap_or(&self.other_methods);
-                if !deny_headers && !allow_headers && src.memo.len() < MEMO_PATHS {
+                if !deny_headers
+                    && !allow_headers
+                    && src.memo.len() < MEMO_PATHS
+                    && path.len() <= MEMO_PATH_LEN
+                {
                     src.memo.insert(
                         path.into(),
                         Memoized {
