@@ -25,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tower::Service;
 
 use crate::coalesce::{self, Coalesce, Flusher};
+use crate::config::Limits;
 use crate::grpc;
 
 /// The connection settings the gateway offers its clients.
@@ -36,6 +37,18 @@ pub struct Settings {
     /// then is closed (a peer that vanished without a FIN).
     pub keep_alive: Duration,
 }
+
+impl Settings {
+    pub fn new(limits: &Limits) -> Settings {
+        Settings {
+            max_concurrent_streams: limits.max_concurrent_streams,
+            max_header_list_size: limits.max_header_list_size,
+            keep_alive: KEEP_ALIVE,
+        }
+    }
+}
+
+const KEEP_ALIVE: Duration = Duration::from_secs(30);
 
 /// hyper's server defaults, kept: 1 MiB windows, 16 KiB frames, 400 KiB send
 /// buffer per stream, 1024 locally caused resets before the peer is cut off.
@@ -145,36 +158,9 @@ where
         }
         Poll::Pending
     }
-}
 
-impl<T, S> Future for Serve<T, S>
-where
-    T: AsyncRead + AsyncWrite + Unpin,
-    S: Service<Request<RecvStream>, Response = Response<grpc::Body>, Error = Infallible> + Unpin,
-    S::Future: Send + 'static,
-{
-    type Output = Result<(), h2::Error>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let me = self.get_mut();
-        let r = me.poll_calls(cx);
-        // Everything this poll wrote goes out together. A write that fails is
-        // reported by the connection on its next poll; the socket is readable
-        // then, so that comes at once.
-        let _ = me.flusher.poll_flush(cx);
-        r
-    }
-}
-
-impl<T, S> Serve<T, S>
-where
-    T: AsyncRead + AsyncWrite + Unpin,
-    S: Service<Request<RecvStream>, Response = Response<grpc::Body>, Error = Infallible> + Unpin,
-    S::Future: Send + 'static,
-{
     fn poll_calls(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), h2::Error>> {
-        let me = self;
-        if me.poll_keep_alive(cx).is_ready() {
+        if self.poll_keep_alive(cx).is_ready() {
             return Poll::Ready(Ok(()));
         }
         // Calls, then the connection, until a round accepts no new call: the
@@ -185,18 +171,18 @@ where
         // call has no waker registered until it is first polled, so none may be
         // left unpolled when this returns.
         for round in 0.. {
-            while let Poll::Ready(Some(())) = me.calls.poll_next_unpin(cx) {}
+            while let Poll::Ready(Some(())) = self.calls.poll_next_unpin(cx) {}
             let mut accepted = false;
             loop {
                 // Every service in the gateway is always ready; polling keeps
                 // the tower contract.
-                if me.svc.poll_ready(cx).is_pending() {
+                if self.svc.poll_ready(cx).is_pending() {
                     return Poll::Pending;
                 }
-                match me.conn.poll_accept(cx) {
+                match self.conn.poll_accept(cx) {
                     Poll::Ready(Some(Ok((req, respond)))) => {
-                        let call = respond_with(me.svc.call(req), respond);
-                        me.calls.push(Box::pin(call));
+                        let call = respond_with(self.svc.call(req), respond);
+                        self.calls.push(Box::pin(call));
                         accepted = true;
                     }
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
@@ -215,6 +201,25 @@ where
             }
         }
         Poll::Pending
+    }
+}
+
+impl<T, S> Future for Serve<T, S>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    S: Service<Request<RecvStream>, Response = Response<grpc::Body>, Error = Infallible> + Unpin,
+    S::Future: Send + 'static,
+{
+    type Output = Result<(), h2::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let me = self.get_mut();
+        let r = me.poll_calls(cx);
+        // Everything this poll wrote goes out together. A write that fails is
+        // reported by the connection on its next poll; the socket is readable
+        // then, so that comes at once.
+        let _ = me.flusher.poll_flush(cx);
+        r
     }
 }
 
@@ -256,9 +261,7 @@ fn send_body(
     }
     body.poll_request(cx);
     loop {
-        if send.poll_reset(cx).is_ready() {
-            return Poll::Ready(());
-        }
+        // A reset from here on shows as an error from poll_capacity or send_data.
         send.reserve_capacity(1);
         if send.capacity() == 0 {
             match ready!(send.poll_capacity(cx)) {

@@ -143,31 +143,29 @@ impl Backend {
     }
 
     async fn dial(&self) -> io::Result<Conn> {
-        let closed = Arc::new(AtomicBool::new(false));
-        let c = closed.clone();
-        let tx = match &self.addr {
+        let conn = match &self.addr {
             _ if self.tls.is_some() => {
                 let t = self
                     .tls
                     .as_ref()
                     .ok_or_else(|| io::Error::other("no TLS target"))?;
                 let s = crate::client::connect_to(t).await?;
-                handshake(s, STREAM_WINDOW, self.max_in_flight, c).await?
+                handshake(s, STREAM_WINDOW, self.max_in_flight).await?
             }
             #[cfg(unix)]
             config::Backend::Unix(path) => {
                 let s = tokio::net::UnixStream::connect(path).await?;
-                handshake(s, STREAM_WINDOW, self.max_in_flight, c).await?
+                handshake(s, STREAM_WINDOW, self.max_in_flight).await?
             }
             #[cfg(windows)]
             config::Backend::Pipe(name) => {
                 let s = crate::listen::connect_pipe(name).await?;
-                handshake(s, STREAM_WINDOW, self.max_in_flight, c).await?
+                handshake(s, STREAM_WINDOW, self.max_in_flight).await?
             }
             config::Backend::Tcp(a) => {
                 let s = tokio::net::TcpStream::connect(a.as_str()).await?;
                 s.set_nodelay(true)?;
-                handshake(s, STREAM_WINDOW, self.max_in_flight, c).await?
+                handshake(s, STREAM_WINDOW, self.max_in_flight).await?
             }
             // Config::parse refuses the other platform's kind.
             #[allow(unreachable_patterns)]
@@ -179,11 +177,7 @@ impl Backend {
             }
         };
         debug!(backend = %self.addr, "backend connection opened");
-        Ok(Conn {
-            tx,
-            in_flight: Arc::new(AtomicUsize::new(0)),
-            closed,
-        })
+        Ok(conn)
     }
 
     /// Sends one call to the backend and returns its response, or the gRPC error
@@ -256,12 +250,7 @@ impl Backend {
     }
 }
 
-async fn handshake<T>(
-    io: T,
-    window: u32,
-    streams: usize,
-    closed: Arc<AtomicBool>,
-) -> io::Result<SendRequest<Bytes>>
+async fn handshake<T>(io: T, window: u32, streams: usize) -> io::Result<Conn>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
@@ -287,6 +276,8 @@ where
     })
     .await
     .map_err(io::Error::other)?;
+    let closed = Arc::new(AtomicBool::new(false));
+    let ended = closed.clone();
     tokio::spawn(async move {
         let r = std::future::poll_fn(|cx| {
             let r = Pin::new(&mut conn).poll(cx);
@@ -297,9 +288,13 @@ where
         if let Err(e) = r {
             debug!(error = %e, "backend connection closed");
         }
-        closed.store(true, Ordering::Relaxed);
+        ended.store(true, Ordering::Relaxed);
     });
-    Ok(tx)
+    Ok(Conn {
+        tx,
+        in_flight: Arc::new(AtomicUsize::new(0)),
+        closed,
+    })
 }
 
 /// gRPC's mapping of HTTP/2 reset codes (doc/PROTOCOL-HTTP2.md); a connection that

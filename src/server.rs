@@ -422,23 +422,19 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
             peer.clone(),
             activity.clone(),
         ));
-    let settings = http2::Settings {
-        max_concurrent_streams: shared.limits.max_concurrent_streams,
-        max_header_list_size: shared.limits.max_header_list_size,
-        keep_alive: Duration::from_secs(30),
-    };
+    let settings = http2::Settings::new(&shared.limits);
     let io = crate::authority::MaybeRepaired::new(tls, repair_authority);
     // The HTTP/2 preface is inside the handshake budget: a client that finished
     // TLS and then says nothing is dropped like one that never finished it.
     let conn = match tokio::time::timeout_at(deadline, http2::handshake(io, settings)).await {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            debug!(client.id = peer.principal(), error = %e, "HTTP/2 handshake failed");
-            m.active_connections.dec();
-            return;
-        }
-        Err(_) => {
-            debug!(client.id = peer.principal(), "no HTTP/2 preface in time");
+        failed => {
+            match failed {
+                Ok(Err(e)) => {
+                    debug!(client.id = peer.principal(), error = %e, "HTTP/2 handshake failed");
+                }
+                _ => debug!(client.id = peer.principal(), "no HTTP/2 preface in time"),
+            }
             m.active_connections.dec();
             return;
         }

@@ -16,13 +16,6 @@ use crate::client::Target;
 use crate::listen::{Accepted, ListenError, Listener};
 use crate::proxy::Backend;
 
-/// HTTP/2 towards local clients: the gateway's own defaults.
-const SETTINGS: crate::http2::Settings = crate::http2::Settings {
-    max_concurrent_streams: 200,
-    max_header_list_size: 16 << 10,
-    keep_alive: Duration::from_secs(30),
-};
-
 /// What the sidecar needs.
 pub struct SidecarConfig {
     /// The plaintext socket legacy clients connect to (on Windows a pipe name).
@@ -83,15 +76,17 @@ impl Sidecar {
                                 let gateway = gateway.clone();
                                 async move { Ok::<_, Infallible>(gateway.forward(req).await) }
                             });
+                            // HTTP/2 towards local clients: the gateway's default limits.
+                            let settings = crate::http2::Settings::new(&crate::config::Limits::default());
                             let io = crate::authority::NormalizeAuthority::new(stream);
-                            let conn = match crate::http2::handshake(io, SETTINGS).await {
+                            let conn = match crate::http2::handshake(io, settings).await {
                                 Ok(c) => c,
                                 Err(e) => {
                                     debug!(error = %e, "sidecar connection ended before HTTP/2");
                                     return;
                                 }
                             };
-                            let mut conn = crate::http2::Serve::new(conn, svc, SETTINGS);
+                            let mut conn = crate::http2::Serve::new(conn, svc, settings);
                             tokio::select! {
                                 r = &mut conn => {
                                     if let Err(e) = r {

@@ -524,7 +524,8 @@ impl Policy {
 
     /// Deny rules first, then allow rules; no match is a denial (gRFC A43).
     pub fn evaluate(&self, path: &str, headers: &HeaderMap, peer: &Peer) -> Decision<'_> {
-        self.decide(path, headers, peer, None)
+        let (deny, allow, _) = self.indices(path, headers, peer, None);
+        self.decision(deny, allow)
     }
 
     /// [`Policy::evaluate`] with the peer's sources decided up front by
@@ -548,23 +549,26 @@ impl Policy {
         }
     }
 
-    fn decide(
+    /// Deny rules first, then allow rules: the deciding rule of each (`NONE`
+    /// if none; allow is not looked at once a deny rule matched), and whether a
+    /// header condition took part.
+    fn indices(
         &self,
         path: &str,
         headers: &HeaderMap,
         peer: &Peer,
         src: Option<&SourceMatch>,
-    ) -> Decision<'_> {
-        let (deny, _) = self
-            .deny
-            .first_index(path, headers, peer, src.map(|s| &*s.deny));
+    ) -> (u32, u32, bool) {
+        let (deny, deny_headers) =
+            self.deny
+                .first_index(path, headers, peer, src.map(|s| &*s.deny));
         if deny != NONE {
-            return self.decision(deny, NONE);
+            return (deny, NONE, deny_headers);
         }
-        let (allow, _) = self
-            .allow
-            .first_index(path, headers, peer, src.map(|s| &*s.allow));
-        self.decision(NONE, allow)
+        let (allow, allow_headers) =
+            self.allow
+                .first_index(path, headers, peer, src.map(|s| &*s.allow));
+        (NONE, allow, deny_headers || allow_headers)
     }
 
     fn decision(&self, deny: u32, allow: u32) -> Decision<'_> {
@@ -591,20 +595,9 @@ impl Policy {
         let (d, counters) = match src.memo.get(path) {
             Some(m) => (self.decision(m.deny, m.allow), &m.counters),
             None => {
-                let (deny, deny_headers) =
-                    self.deny.first_index(path, headers, peer, Some(&src.deny));
-                let (allow, allow_headers) = if deny == NONE {
-                    self.allow
-                        .first_index(path, headers, peer, Some(&src.allow))
-                } else {
-                    (NONE, false)
-                };
+                let (deny, allow, by_headers) = self.indices(path, headers, peer, Some(src));
                 let counters = self.methods.get(path).unwrap_or(&self.other_methods);
-                if !deny_headers
-                    && !allow_headers
-                    && src.memo.len() < MEMO_PATHS
-                    && path.len() <= MEMO_PATH_LEN
-                {
+                if !by_headers && src.memo.len() < MEMO_PATHS && path.len() <= MEMO_PATH_LEN {
                     src.memo.insert(
                         path.into(),
                         Memoized {
