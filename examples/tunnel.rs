@@ -55,9 +55,8 @@ async fn main() -> anyhow::Result<()> {
                 return;
             };
             // 16 KiB each way: a full TLS record's plaintext per read.
-            let _ =
-                tokio::io::copy_bidirectional_with_sizes(&mut tls, &mut up, 16 << 10, 16 << 10)
-                    .await;
+            let _ = tokio::io::copy_bidirectional_with_sizes(&mut tls, &mut up, 16 << 10, 16 << 10)
+                .await;
         });
     }
 }

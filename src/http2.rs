@@ -57,6 +57,17 @@ const MAX_FRAME: u32 = 16 << 10;
 const MAX_SEND_BUFFER: usize = 400 << 10;
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
+/// Rapid reset (CVE-2023-44487) past h2's own guard, which only counts streams
+/// reset before they are accepted: a client that opens calls and cancels them
+/// as soon as they reach the backend makes the gateway do the work (and the
+/// backend too) for nothing. Envoy's rule and defaults: once a connection has
+/// opened `RESET_FLOOD_MIN_CALLS` calls, it is closed with ENHANCE_YOUR_CALM
+/// when at least half of them were cancelled by the client within
+/// `PREMATURE` of their start. Deadlines and cancels of real clients stay far
+/// below half; a flood is all resets.
+const RESET_FLOOD_MIN_CALLS: u64 = 500;
+const PREMATURE: Duration = Duration::from_secs(1);
+
 /// A connection past its preface, its writes gathered per poll.
 pub struct Handshaken<T> {
     conn: Connection<Coalesce<T>, Bytes>,
@@ -93,7 +104,8 @@ where
     Ok(Handshaken { conn, flusher })
 }
 
-type Call = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// A call's future; `true` when the client cancelled it prematurely.
+type Call = Pin<Box<dyn Future<Output = bool> + Send>>;
 
 /// One client connection: runs until the client goes, the connection fails, or
 /// a graceful shutdown has let every call finish.
@@ -105,6 +117,10 @@ pub struct Serve<T, S> {
     ping: Option<PingPong>,
     awaiting_pong: bool,
     keep_alive: tokio::time::Interval,
+    /// Calls accepted, and those the client cancelled prematurely.
+    calls_started: u64,
+    premature_resets: u64,
+    reset_flood: bool,
 }
 
 impl<T, S> Serve<T, S>
@@ -127,6 +143,32 @@ where
             ping,
             awaiting_pong: false,
             keep_alive,
+            calls_started: 0,
+            premature_resets: 0,
+            reset_flood: false,
+        }
+    }
+
+    /// Whether the connection was closed for cancelling most of its calls.
+    pub fn reset_flood(&self) -> bool {
+        self.reset_flood
+    }
+
+    fn call_ended(&mut self, premature_reset: bool) {
+        if !premature_reset || self.reset_flood {
+            return;
+        }
+        self.premature_resets += 1;
+        if self.calls_started >= RESET_FLOOD_MIN_CALLS
+            && self.premature_resets * 2 >= self.calls_started
+        {
+            tracing::warn!(
+                calls = self.calls_started,
+                cancelled = self.premature_resets,
+                "client cancels most calls as they start (rapid reset): closing the connection"
+            );
+            self.reset_flood = true;
+            self.conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
         }
     }
 
@@ -171,7 +213,9 @@ where
         // call has no waker registered until it is first polled, so none may be
         // left unpolled when this returns.
         for round in 0.. {
-            while let Poll::Ready(Some(())) = self.calls.poll_next_unpin(cx) {}
+            while let Poll::Ready(Some(premature_reset)) = self.calls.poll_next_unpin(cx) {
+                self.call_ended(premature_reset);
+            }
             let mut accepted = false;
             loop {
                 // Every service in the gateway is always ready; polling keeps
@@ -183,6 +227,7 @@ where
                     Poll::Ready(Some(Ok((req, respond)))) => {
                         let call = respond_with(self.svc.call(req), respond);
                         self.calls.push(Box::pin(call));
+                        self.calls_started += 1;
                         accepted = true;
                     }
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
@@ -223,11 +268,14 @@ where
     }
 }
 
-/// Waits for the response while watching for the client's reset, then sends it.
-async fn respond_with<F>(fut: F, mut respond: SendResponse<Bytes>)
+/// Waits for the response while watching for the client's reset, then sends
+/// it. `true` when the client cancelled the call within `PREMATURE` of its start.
+async fn respond_with<F>(fut: F, mut respond: SendResponse<Bytes>) -> bool
 where
     F: Future<Output = Result<Response<grpc::Body>, Infallible>>,
 {
+    let start = tokio::time::Instant::now();
+    let premature = move || start.elapsed() < PREMATURE;
     let mut fut = std::pin::pin!(fut);
     let resp = std::future::poll_fn(|cx| {
         if respond.poll_reset(cx).is_ready() {
@@ -237,27 +285,33 @@ where
         fut.as_mut().poll(cx).map(Some)
     })
     .await;
-    let Some(Ok(resp)) = resp else { return };
+    let Some(Ok(resp)) = resp else {
+        return premature();
+    };
     let (head, mut body) = resp.into_parts();
     let eos = body.is_end_stream();
     let Ok(mut send) = respond.send_response(Response::from_parts(head, ()), eos) else {
-        return;
+        return false;
     };
-    if !eos {
-        std::future::poll_fn(|cx| send_body(&mut body, &mut send, cx)).await;
-    }
+    !eos && std::future::poll_fn(|cx| send_body(&mut body, &mut send, cx)).await && premature()
+}
+
+/// A send that failed because the client reset the stream.
+fn client_reset(e: &h2::Error) -> bool {
+    e.is_reset() && e.is_remote()
 }
 
 /// The backend's response body to the client, frame by frame, as the client's
 /// window allows; a backend failure mid-body resets the client's stream.
+/// Ready(true) when the client reset the stream.
 fn send_body(
     body: &mut grpc::Body,
     send: &mut SendStream<Bytes>,
     cx: &mut Context<'_>,
-) -> Poll<()> {
+) -> Poll<bool> {
     // A client's reset is seen before any more of its request body moves on.
-    if send.poll_reset(cx).is_ready() {
-        return Poll::Ready(());
+    if let Poll::Ready(r) = send.poll_reset(cx) {
+        return Poll::Ready(r.is_ok());
     }
     body.poll_request(cx);
     loop {
@@ -266,22 +320,25 @@ fn send_body(
         if send.capacity() == 0 {
             match ready!(send.poll_capacity(cx)) {
                 Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return Poll::Ready(()),
+                Some(Err(e)) => return Poll::Ready(client_reset(&e)),
+                None => return Poll::Ready(false),
             }
         }
         match ready!(Pin::new(&mut *body).poll_frame(cx)) {
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
                     let eos = body.is_end_stream();
-                    if send.send_data(data, eos).is_err() || eos {
-                        return Poll::Ready(());
+                    match send.send_data(data, eos) {
+                        Err(e) => return Poll::Ready(client_reset(&e)),
+                        Ok(()) if eos => return Poll::Ready(false),
+                        Ok(()) => {}
                     }
                 }
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
                         let _ = send.send_trailers(trailers);
                     }
-                    return Poll::Ready(());
+                    return Poll::Ready(false);
                 }
             },
             Some(Err(e)) => {
@@ -291,11 +348,11 @@ fn send_body(
                     .filter(|r| *r != Reason::NO_ERROR)
                     .unwrap_or(Reason::INTERNAL_ERROR);
                 send.send_reset(reason);
-                return Poll::Ready(());
+                return Poll::Ready(false);
             }
             None => {
                 let _ = send.send_data(Bytes::new(), true);
-                return Poll::Ready(());
+                return Poll::Ready(false);
             }
         }
     }

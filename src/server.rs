@@ -520,5 +520,12 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
             .get_or_create(&ReasonLabels { reason: why })
             .inc();
     }
+    if conn.reset_flood() {
+        m.connections_closed
+            .get_or_create(&ReasonLabels {
+                reason: "reset_flood",
+            })
+            .inc();
+    }
     m.active_connections.dec();
 }

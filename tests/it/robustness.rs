@@ -179,3 +179,126 @@ async fn connection_limit_holds_new_clients_until_a_slot_frees() {
         .unwrap();
     drop(silent);
 }
+
+/// One length-prefixed gRPC message.
+fn grpc_frame(m: &ipcgate::pb::EchoRequest) -> bytes::Bytes {
+    let msg = prost::Message::encode_to_vec(m);
+    let mut b = Vec::with_capacity(5 + msg.len());
+    b.push(0);
+    b.extend_from_slice(&u32::try_from(msg.len()).unwrap().to_be_bytes());
+    b.extend_from_slice(&msg);
+    b.into()
+}
+
+/// Opens `n` calls on one connection, 50 at a time. Call `i` is a long server
+/// stream that the client resets as soon as its response headers arrive (so
+/// the gateway has accepted it and the backend is running it) when
+/// `cancel(i)`; otherwise a unary call read to its end. Returns the
+/// connection's end: `None` if it is still open after the last call.
+async fn open_and_cancel(
+    h: &Harness,
+    n: usize,
+    cancel: impl Fn(usize) -> bool,
+) -> Option<Result<(), h2::Error>> {
+    let tls = ipcgate::client::connect(
+        &h.gw_sock,
+        "localhost",
+        h.pki.spiffe("spiffe://test.local/alice"),
+    )
+    .await
+    .unwrap();
+    let (client, conn) = h2::client::handshake(tls).await.unwrap();
+    let mut conn = tokio::spawn(conn);
+    let long = grpc_frame(&ipcgate::pb::EchoRequest {
+        count: 1000,
+        delay_ms: 10,
+        ..req(b"x")
+    });
+    let short = grpc_frame(&req(b"y"));
+    for wave in (0..n).step_by(50) {
+        let mut calls = Vec::new();
+        for i in wave..(wave + 50).min(n) {
+            let Ok(mut tx) = client.clone().ready().await else {
+                return Some(conn.await.unwrap());
+            };
+            let (path, body) = if cancel(i) {
+                ("ServerStream", long.clone())
+            } else {
+                ("Unary", short.clone())
+            };
+            let req = http::Request::post(format!("http://localhost/demo.v1.Echo/{path}"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .unwrap();
+            let Ok((resp, mut send)) = tx.send_request(req, false) else {
+                return Some(conn.await.unwrap());
+            };
+            let _ = send.send_data(body, true);
+            let cancel = cancel(i);
+            calls.push(async move {
+                let Ok(resp) = resp.await else { return };
+                if cancel {
+                    send.send_reset(h2::Reason::CANCEL);
+                    return;
+                }
+                let mut body = resp.into_body();
+                while let Some(Ok(d)) = body.data().await {
+                    let _ = body.flow_control().release_capacity(d.len());
+                }
+                let _ = body.trailers().await;
+            });
+        }
+        futures_util::future::join_all(calls).await;
+    }
+    // Give a GOAWAY in flight the time to land.
+    match tokio::time::timeout(Duration::from_millis(500), &mut conn).await {
+        Ok(end) => Some(end.unwrap()),
+        Err(_) => None,
+    }
+}
+
+const RESET_FLOOD: &str = "ipcgate_connections_closed_total{reason=\"reset_flood\"}";
+
+async fn reset_floods(h: &Harness) -> f64 {
+    let (status, body) = admin(&h.pki.path("admin.sock"), "GET", "/metrics").await;
+    assert_eq!(status, 200);
+    metric(&body, RESET_FLOOD).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn rapid_reset_of_accepted_calls_closes_the_connection() {
+    let h = Harness::start_with(Opts {
+        admin: true,
+        ..Default::default()
+    })
+    .await;
+    // Every call cancelled the moment the backend has it: closed once 500 calls
+    // are in, with a GOAWAY saying ENHANCE_YOUR_CALM (or, when the close beats
+    // the client's next write, a broken connection).
+    let end = within("the flood", open_and_cancel(&h, 700, |_| true)).await;
+    let err = end
+        .expect("the gateway closed the connection")
+        .expect_err("with an error");
+    assert!(
+        err.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || err.is_io(),
+        "{err:?}"
+    );
+    assert_eq!(reset_floods(&h).await, 1.0);
+    // Other clients are served as before.
+    h.alice().unary(req(b"after")).await.unwrap();
+}
+
+#[tokio::test]
+async fn occasional_cancels_keep_the_connection() {
+    let h = Harness::start_with(Opts {
+        admin: true,
+        ..Default::default()
+    })
+    .await;
+    // A quarter of 700 calls cancelled (a client whose deadlines often expire):
+    // the connection stays.
+    let end = within("the calls", open_and_cancel(&h, 700, |i| i % 4 == 0)).await;
+    assert!(end.is_none(), "connection closed: {end:?}");
+    assert_eq!(reset_floods(&h).await, 0.0);
+}
