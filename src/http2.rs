@@ -57,15 +57,16 @@ const MAX_FRAME: u32 = 16 << 10;
 const MAX_SEND_BUFFER: usize = 400 << 10;
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
-/// Rapid reset (CVE-2023-44487) past h2's own guard, which only counts streams
-/// reset before they are accepted: a client that opens calls and cancels them
-/// as soon as they reach the backend makes the gateway do the work (and the
-/// backend too) for nothing. Envoy's rule and defaults: once a connection has
-/// opened `RESET_FLOOD_MIN_CALLS` calls, it is closed with ENHANCE_YOUR_CALM
-/// when at least half of them were cancelled by the client within
-/// `PREMATURE` of their start. Deadlines and cancels of real clients stay far
-/// below half; a flood is all resets.
-const RESET_FLOOD_MIN_CALLS: u64 = 500;
+/// Rapid reset (CVE-2023-44487) past h2's own guard, which only bounds streams
+/// reset while waiting to be accepted: a client that opens calls and cancels
+/// them as soon as they reach the backend makes the gateway, and the backend,
+/// work for nothing. Envoy's premature-reset rule and defaults: a call cancelled
+/// by the client within `PREMATURE` of its start and before any response data
+/// is premature; a connection is told to go away once premature resets reach
+/// half of `RESET_FLOOD_CALLS`, or, past that many ended calls, half of them.
+/// Only calls that reached a backend count: calls the gateway answers itself
+/// (denied, no route) cost nothing there and must not dilute the ratio.
+const RESET_FLOOD_CALLS: u64 = 500;
 const PREMATURE: Duration = Duration::from_secs(1);
 
 /// A connection past its preface, its writes gathered per poll.
@@ -104,8 +105,18 @@ where
     Ok(Handshaken { conn, flusher })
 }
 
-/// A call's future; `true` when the client cancelled it prematurely.
-type Call = Pin<Box<dyn Future<Output = bool> + Send>>;
+/// How a call ended, for the rapid-reset rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ended {
+    /// Answered by the gateway itself: no backend work.
+    Local,
+    /// Forwarded, and not cancelled prematurely.
+    Forwarded,
+    /// Forwarded, and cancelled by the client prematurely (see `PREMATURE`).
+    PrematureReset,
+}
+
+type Call = Pin<Box<dyn Future<Output = Ended> + Send>>;
 
 /// One client connection: runs until the client goes, the connection fails, or
 /// a graceful shutdown has let every call finish.
@@ -117,8 +128,8 @@ pub struct Serve<T, S> {
     ping: Option<PingPong>,
     awaiting_pong: bool,
     keep_alive: tokio::time::Interval,
-    /// Calls accepted, and those the client cancelled prematurely.
-    calls_started: u64,
+    /// Forwarded calls ended, and those the client cancelled prematurely.
+    forwarded_ended: u64,
     premature_resets: u64,
     reset_flood: bool,
 }
@@ -143,7 +154,7 @@ where
             ping,
             awaiting_pong: false,
             keep_alive,
-            calls_started: 0,
+            forwarded_ended: 0,
             premature_resets: 0,
             reset_flood: false,
         }
@@ -154,21 +165,27 @@ where
         self.reset_flood
     }
 
-    fn call_ended(&mut self, premature_reset: bool) {
-        if !premature_reset || self.reset_flood {
+    fn call_ended(&mut self, ended: Ended) {
+        if ended == Ended::Local || self.reset_flood {
+            return;
+        }
+        self.forwarded_ended += 1;
+        if ended != Ended::PrematureReset {
             return;
         }
         self.premature_resets += 1;
-        if self.calls_started >= RESET_FLOOD_MIN_CALLS
-            && self.premature_resets * 2 >= self.calls_started
-        {
+        if self.premature_resets * 2 >= self.forwarded_ended.max(RESET_FLOOD_CALLS) {
             tracing::warn!(
-                calls = self.calls_started,
+                calls = self.forwarded_ended,
                 cancelled = self.premature_resets,
                 "client cancels most calls as they start (rapid reset): closing the connection"
             );
             self.reset_flood = true;
-            self.conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+            // Graceful: no new calls, those in flight may finish. A client
+            // whose short deadlines all expired in a backend stall loses no
+            // healthy call to this, and an attacker can only wait out the
+            // calls it already has, as any client can.
+            self.conn.graceful_shutdown();
         }
     }
 
@@ -213,8 +230,8 @@ where
         // call has no waker registered until it is first polled, so none may be
         // left unpolled when this returns.
         for round in 0.. {
-            while let Poll::Ready(Some(premature_reset)) = self.calls.poll_next_unpin(cx) {
-                self.call_ended(premature_reset);
+            while let Poll::Ready(Some(ended)) = self.calls.poll_next_unpin(cx) {
+                self.call_ended(ended);
             }
             let mut accepted = false;
             loop {
@@ -227,7 +244,6 @@ where
                     Poll::Ready(Some(Ok((req, respond)))) => {
                         let call = respond_with(self.svc.call(req), respond);
                         self.calls.push(Box::pin(call));
-                        self.calls_started += 1;
                         accepted = true;
                     }
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
@@ -268,37 +284,60 @@ where
     }
 }
 
-/// Waits for the response while watching for the client's reset, then sends
-/// it. `true` when the client cancelled the call within `PREMATURE` of its start.
-async fn respond_with<F>(fut: F, mut respond: SendResponse<Bytes>) -> bool
+/// Waits for the response while watching for the client's reset, then sends it.
+async fn respond_with<F>(fut: F, mut respond: SendResponse<Bytes>) -> Ended
 where
     F: Future<Output = Result<Response<grpc::Body>, Infallible>>,
 {
     let start = tokio::time::Instant::now();
-    let premature = move || start.elapsed() < PREMATURE;
+    let reset = move || {
+        if start.elapsed() < PREMATURE {
+            Ended::PrematureReset
+        } else {
+            Ended::Forwarded
+        }
+    };
     let mut fut = std::pin::pin!(fut);
     let resp = std::future::poll_fn(|cx| {
-        if respond.poll_reset(cx).is_ready() {
-            // Dropping the call resets the backend stream.
-            return Poll::Ready(None);
+        match respond.poll_reset(cx) {
+            // Dropping the call resets the backend stream. The gateway answers
+            // its own refusals at once, so a call still waiting here is one
+            // the backend has (or is being dialed for).
+            Poll::Ready(Ok(_)) => return Poll::Ready(Err(reset())),
+            Poll::Ready(Err(_)) => return Poll::Ready(Err(Ended::Forwarded)),
+            Poll::Pending => {}
         }
-        fut.as_mut().poll(cx).map(Some)
+        fut.as_mut().poll(cx).map(Ok)
     })
     .await;
-    let Some(Ok(resp)) = resp else {
-        return premature();
+    let resp = match resp {
+        Ok(Ok(resp)) => resp,
+        Err(ended) => return ended,
     };
     let (head, mut body) = resp.into_parts();
+    let forwarded = matches!(body, grpc::Body::Upstream { .. });
+    let done = if forwarded {
+        Ended::Forwarded
+    } else {
+        Ended::Local
+    };
     let eos = body.is_end_stream();
     let Ok(mut send) = respond.send_response(Response::from_parts(head, ()), eos) else {
-        return false;
+        return done;
     };
-    !eos && std::future::poll_fn(|cx| send_body(&mut body, &mut send, cx)).await && premature()
-}
-
-/// A send that failed because the client reset the stream.
-fn client_reset(e: &h2::Error) -> bool {
-    e.is_reset() && e.is_remote()
+    if eos {
+        return done;
+    }
+    let mut sent_data = false;
+    let reset_by_client =
+        std::future::poll_fn(|cx| send_body(&mut body, &mut send, &mut sent_data, cx)).await;
+    // A client that stops a stream once it has had some of it (a watch read
+    // once, a long answer cut short) is not flooding.
+    if reset_by_client && !sent_data && forwarded {
+        reset()
+    } else {
+        done
+    }
 }
 
 /// The backend's response body to the client, frame by frame, as the client's
@@ -307,6 +346,7 @@ fn client_reset(e: &h2::Error) -> bool {
 fn send_body(
     body: &mut grpc::Body,
     send: &mut SendStream<Bytes>,
+    sent_data: &mut bool,
     cx: &mut Context<'_>,
 ) -> Poll<bool> {
     // A client's reset is seen before any more of its request body moves on.
@@ -320,8 +360,8 @@ fn send_body(
         if send.capacity() == 0 {
             match ready!(send.poll_capacity(cx)) {
                 Some(Ok(_)) => continue,
-                Some(Err(e)) => return Poll::Ready(client_reset(&e)),
-                None => return Poll::Ready(false),
+                // h2 reports a reset here only as "stream gone": ask why.
+                Some(Err(_)) | None => return Poll::Ready(reset_by_client(send, cx)),
             }
         }
         match ready!(Pin::new(&mut *body).poll_frame(cx)) {
@@ -329,9 +369,9 @@ fn send_body(
                 Ok(data) => {
                     let eos = body.is_end_stream();
                     match send.send_data(data, eos) {
-                        Err(e) => return Poll::Ready(client_reset(&e)),
+                        Err(_) => return Poll::Ready(reset_by_client(send, cx)),
                         Ok(()) if eos => return Poll::Ready(false),
-                        Ok(()) => {}
+                        Ok(()) => *sent_data = true,
                     }
                 }
                 Err(frame) => {
@@ -356,4 +396,9 @@ fn send_body(
             }
         }
     }
+}
+
+/// Whether a stream h2 no longer lets us send on was reset by the client.
+fn reset_by_client(send: &mut SendStream<Bytes>, cx: &mut Context<'_>) -> bool {
+    matches!(send.poll_reset(cx), Poll::Ready(Ok(_)))
 }

@@ -190,16 +190,31 @@ fn grpc_frame(m: &ipcgate::pb::EchoRequest) -> bytes::Bytes {
     b.into()
 }
 
-/// Opens `n` calls on one connection, 50 at a time. Call `i` is a long server
-/// stream that the client resets as soon as its response headers arrive (so
-/// the gateway has accepted it and the backend is running it) when
-/// `cancel(i)`; otherwise a unary call read to its end. Returns the
-/// connection's end: `None` if it is still open after the last call.
+/// What a call in `open_and_cancel` does.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    /// A long server stream reset as soon as its response headers arrive (the
+    /// gateway accepted it and the backend is running it).
+    ResetAtHeaders,
+    /// A slow unary call reset 20 ms in, before the backend answers.
+    ResetBeforeAnswer,
+    /// A server stream reset once its first message has arrived (a watch read
+    /// once): not a flood.
+    ResetAfterData,
+    /// A unary call read to its end.
+    Complete,
+    /// A call the gateway answers itself (no route): costs the backend nothing.
+    Refused,
+}
+
+/// Opens `n` calls on one connection, 50 at a time, call `i` doing `kind(i)`.
+/// Returns how many calls were opened before the gateway refused more, and
+/// the connection's end: `None` if it is still open after the last call.
 async fn open_and_cancel(
     h: &Harness,
     n: usize,
-    cancel: impl Fn(usize) -> bool,
-) -> Option<Result<(), h2::Error>> {
+    kind: impl Fn(usize) -> Kind,
+) -> (usize, Option<Result<(), h2::Error>>) {
     let tls = ipcgate::client::connect(
         &h.gw_sock,
         "localhost",
@@ -209,42 +224,62 @@ async fn open_and_cancel(
     .unwrap();
     let (client, conn) = h2::client::handshake(tls).await.unwrap();
     let mut conn = tokio::spawn(conn);
-    let long = grpc_frame(&ipcgate::pb::EchoRequest {
+    let stream = grpc_frame(&ipcgate::pb::EchoRequest {
         count: 1000,
         delay_ms: 10,
         ..req(b"x")
     });
+    let slow = grpc_frame(&ipcgate::pb::EchoRequest {
+        delay_ms: 2000,
+        ..req(b"x")
+    });
     let short = grpc_frame(&req(b"y"));
+    let mut opened = 0;
     for wave in (0..n).step_by(50) {
         let mut calls = Vec::new();
         for i in wave..(wave + 50).min(n) {
-            let Ok(mut tx) = client.clone().ready().await else {
-                return Some(conn.await.unwrap());
+            let k = kind(i);
+            let (path, body) = match k {
+                Kind::ResetAtHeaders | Kind::ResetAfterData => {
+                    ("demo.v1.Echo/ServerStream", &stream)
+                }
+                Kind::ResetBeforeAnswer => ("demo.v1.Echo/Unary", &slow),
+                Kind::Complete => ("demo.v1.Echo/Unary", &short),
+                Kind::Refused => ("nope.v1.Nothing/Here", &short),
             };
-            let (path, body) = if cancel(i) {
-                ("ServerStream", long.clone())
-            } else {
-                ("Unary", short.clone())
-            };
-            let req = http::Request::post(format!("http://localhost/demo.v1.Echo/{path}"))
+            let req = http::Request::post(format!("http://localhost/{path}"))
                 .header("content-type", "application/grpc")
                 .header("te", "trailers")
                 .body(())
                 .unwrap();
-            let Ok((resp, mut send)) = tx.send_request(req, false) else {
-                return Some(conn.await.unwrap());
+            let sent = match client.clone().ready().await {
+                Ok(mut tx) => tx.send_request(req, false).ok(),
+                Err(_) => None,
             };
-            let _ = send.send_data(body, true);
-            let cancel = cancel(i);
+            let Some((resp, mut send)) = sent else {
+                futures_util::future::join_all(calls).await;
+                return (opened, Some(conn.await.unwrap()));
+            };
+            opened += 1;
+            let _ = send.send_data(body.clone(), true);
             calls.push(async move {
+                if k == Kind::ResetBeforeAnswer {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    send.send_reset(h2::Reason::CANCEL);
+                    return;
+                }
                 let Ok(resp) = resp.await else { return };
-                if cancel {
+                if k == Kind::ResetAtHeaders {
                     send.send_reset(h2::Reason::CANCEL);
                     return;
                 }
                 let mut body = resp.into_body();
                 while let Some(Ok(d)) = body.data().await {
                     let _ = body.flow_control().release_capacity(d.len());
+                    if k == Kind::ResetAfterData {
+                        send.send_reset(h2::Reason::CANCEL);
+                        return;
+                    }
                 }
                 let _ = body.trailers().await;
             });
@@ -253,8 +288,8 @@ async fn open_and_cancel(
     }
     // Give a GOAWAY in flight the time to land.
     match tokio::time::timeout(Duration::from_millis(500), &mut conn).await {
-        Ok(end) => Some(end.unwrap()),
-        Err(_) => None,
+        Ok(end) => (opened, Some(end.unwrap())),
+        Err(_) => (opened, None),
     }
 }
 
@@ -266,39 +301,83 @@ async fn reset_floods(h: &Harness) -> f64 {
     metric(&body, RESET_FLOOD).unwrap_or(0.0)
 }
 
-#[tokio::test]
-async fn rapid_reset_of_accepted_calls_closes_the_connection() {
-    let h = Harness::start_with(Opts {
+async fn admin_harness() -> Harness {
+    Harness::start_with(Opts {
         admin: true,
         ..Default::default()
     })
-    .await;
-    // Every call cancelled the moment the backend has it: closed once 500 calls
-    // are in, with a GOAWAY saying ENHANCE_YOUR_CALM (or, when the close beats
-    // the client's next write, a broken connection).
-    let end = within("the flood", open_and_cancel(&h, 700, |_| true)).await;
-    let err = end
-        .expect("the gateway closed the connection")
-        .expect_err("with an error");
+    .await
+}
+
+/// A flood is refused: the connection is told to go away once 250 calls were
+/// cancelled as they started, long before the client's `n`, and the backend
+/// saw no more than that and the calls already in flight.
+async fn refused_flood(n: usize, kind: impl Fn(usize) -> Kind) {
+    let h = admin_harness().await;
+    let (opened, end) = within("the flood", open_and_cancel(&h, n, kind)).await;
+    assert!(end.is_some(), "the gateway closed the connection");
     assert!(
-        err.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || err.is_io(),
-        "{err:?}"
+        opened < n,
+        "the gateway refused new calls ({opened} opened)"
     );
     assert_eq!(reset_floods(&h).await, 1.0);
+    let backend_calls = h.echo.calls.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        backend_calls <= 250 + 50,
+        "{backend_calls} calls reached the backend"
+    );
     // Other clients are served as before.
     h.alice().unary(req(b"after")).await.unwrap();
 }
 
 #[tokio::test]
-async fn occasional_cancels_keep_the_connection() {
-    let h = Harness::start_with(Opts {
-        admin: true,
-        ..Default::default()
+async fn rapid_reset_at_response_headers_is_refused() {
+    refused_flood(700, |_| Kind::ResetAtHeaders).await;
+}
+
+#[tokio::test]
+async fn rapid_reset_before_the_answer_is_refused() {
+    refused_flood(700, |_| Kind::ResetBeforeAnswer).await;
+}
+
+#[tokio::test]
+async fn rapid_reset_diluted_with_refused_calls_is_refused() {
+    // Two calls the gateway answers itself for every reset one: they cost the
+    // backend nothing, so they do not hide the resets.
+    refused_flood(1200, |i| {
+        if i % 3 == 0 {
+            Kind::ResetAtHeaders
+        } else {
+            Kind::Refused
+        }
     })
     .await;
-    // A quarter of 700 calls cancelled (a client whose deadlines often expire):
-    // the connection stays.
-    let end = within("the calls", open_and_cancel(&h, 700, |i| i % 4 == 0)).await;
+}
+
+#[tokio::test]
+async fn honest_cancels_keep_the_connection() {
+    let h = admin_harness().await;
+    // 40% of 700 calls cancelled as they start (a client whose deadlines often
+    // expire), the rest completed: under half, the connection stays.
+    let (_, end) = within(
+        "the calls",
+        open_and_cancel(&h, 700, |i| {
+            if i % 5 < 2 {
+                Kind::ResetAtHeaders
+            } else {
+                Kind::Complete
+            }
+        }),
+    )
+    .await;
+    assert!(end.is_none(), "connection closed: {end:?}");
+    // Streams stopped once their first message arrived (a watch read once):
+    // not premature, however many.
+    let (_, end) = within(
+        "the watches",
+        open_and_cancel(&h, 700, |_| Kind::ResetAfterData),
+    )
+    .await;
     assert!(end.is_none(), "connection closed: {end:?}");
     assert_eq!(reset_floods(&h).await, 0.0);
 }
