@@ -69,6 +69,11 @@ const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 const RESET_FLOOD_CALLS: u64 = 500;
 const PREMATURE: Duration = Duration::from_secs(1);
 
+/// How long after a GOAWAY for a shutdown or an idle close new streams are
+/// still taken: the round trip in which a client may have sent calls before
+/// it saw the GOAWAY (h2 waits for the answer to its ping for that).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
 /// A connection past its preface, its writes gathered per poll.
 pub struct Handshaken<T> {
     conn: Connection<Coalesce<T>, Bytes>,
@@ -132,6 +137,9 @@ pub struct Serve<T, S> {
     forwarded_ended: u64,
     premature_resets: u64,
     reset_flood: bool,
+    /// After a GOAWAY: streams h2 still hands over from this instant on are
+    /// refused.
+    refuse_from: Option<tokio::time::Instant>,
 }
 
 impl<T, S> Serve<T, S>
@@ -157,6 +165,7 @@ where
             forwarded_ended: 0,
             premature_resets: 0,
             reset_flood: false,
+            refuse_from: None,
         }
     }
 
@@ -185,13 +194,26 @@ where
             // whose short deadlines all expired in a backend stall loses no
             // healthy call to this, and an attacker can only wait out the
             // calls it already has, as any client can.
-            self.conn.graceful_shutdown();
+            self.graceful_shutdown(Duration::ZERO);
         }
     }
 
     /// GOAWAY: no new calls; those in flight may finish.
-    pub fn graceful_shutdown(&mut self) {
+    ///
+    /// h2 keeps taking new streams until the client answers the ping it sends
+    /// with the GOAWAY (they may have crossed it in flight), so a client that
+    /// never answers could go on opening calls until the drain bound — a
+    /// revoked one included. Streams arriving more than `grace` after this are
+    /// refused with REFUSED_STREAM (never processed: safe to retry elsewhere).
+    pub fn graceful_shutdown(&mut self, grace: Duration) {
         self.conn.graceful_shutdown();
+        let at = tokio::time::Instant::now() + grace;
+        self.refuse_from = Some(self.refuse_from.map_or(at, |t| t.min(at)));
+    }
+
+    fn refusing(&self) -> bool {
+        self.refuse_from
+            .is_some_and(|t| tokio::time::Instant::now() >= t)
     }
 
     fn poll_keep_alive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
@@ -241,7 +263,11 @@ where
                     return Poll::Pending;
                 }
                 match self.conn.poll_accept(cx) {
-                    Poll::Ready(Some(Ok((req, respond)))) => {
+                    Poll::Ready(Some(Ok((req, mut respond)))) => {
+                        if self.refusing() {
+                            respond.send_reset(Reason::REFUSED_STREAM);
+                            continue;
+                        }
                         let call = respond_with(self.svc.call(req), respond);
                         self.calls.push(Box::pin(call));
                         accepted = true;

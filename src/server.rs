@@ -499,7 +499,12 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
         };
         // GOAWAY: no new calls; calls in flight may finish within the bound.
         closing = true;
-        conn.graceful_shutdown();
+        // A revoked or expired certificate gets no new call at all; a shutdown
+        // or idle close takes those that crossed the GOAWAY.
+        conn.graceful_shutdown(match why {
+            "revoked" | "expired" => Duration::ZERO,
+            _ => http2::SHUTDOWN_GRACE,
+        });
         drain
             .as_mut()
             .reset(tokio::time::Instant::now() + shared.limits.drain_timeout);

@@ -96,7 +96,7 @@ impl Sidecar {
                                 }
                                 _ = stopping.changed() => {}
                             }
-                            conn.graceful_shutdown();
+                            conn.graceful_shutdown(crate::http2::SHUTDOWN_GRACE);
                             let _ = tokio::time::timeout(Duration::from_secs(15), conn).await;
                         });
                     }

@@ -579,3 +579,152 @@ async fn a_ca_without_a_crl_is_refused_unless_allowed() {
         h.alice().unary(req(b"x")).await.unwrap();
     }
 }
+
+/// A hand-driven HTTP/2 client over mTLS that acknowledges SETTINGS but never
+/// answers a PING — so h2 never completes a graceful GOAWAY on its own.
+struct Mute {
+    tls: tokio_rustls::client::TlsStream<ipcgate::client::ClientIo>,
+    buf: Vec<u8>,
+}
+
+/// What became of a call on a `Mute` connection.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Answered,
+    Reset(u32),
+    Closed,
+}
+
+impl Mute {
+    async fn connect(h: &Harness, cfg: Arc<rustls::ClientConfig>) -> Mute {
+        use tokio::io::AsyncWriteExt;
+        let mut tls = ipcgate::client::connect(&h.gw_sock, "localhost", cfg)
+            .await
+            .unwrap();
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        tls.write_all(&Self::frame(0x4, 0, 0, &[])).await.unwrap();
+        Mute {
+            tls,
+            buf: Vec::new(),
+        }
+    }
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+        let mut f = vec![len[1], len[2], len[3], kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// A unary Echo call on `stream`: HEADERS (static-table indices and
+    /// literals never indexed) and one empty message ending the stream.
+    async fn call(&mut self, stream: u32) {
+        use tokio::io::AsyncWriteExt;
+        let mut block = vec![0x83, 0x86]; // :method POST, :scheme http
+        for (name_index, value) in [
+            (0x04u8, &b"/demo.v1.Echo/Unary"[..]), // :path
+            (0x01, b"localhost"),                  // :authority
+        ] {
+            block.push(name_index);
+            block.push(u8::try_from(value.len()).unwrap());
+            block.extend_from_slice(value);
+        }
+        block.extend_from_slice(&[0x0f, 0x10, 16]); // content-type (index 31)
+        block.extend_from_slice(b"application/grpc");
+        block.extend_from_slice(&[0x00, 2]);
+        block.extend_from_slice(b"te");
+        block.push(8);
+        block.extend_from_slice(b"trailers");
+        let mut out = Self::frame(0x1, 0x4, stream, &block); // END_HEADERS
+        out.extend(Self::frame(0x0, 0x1, stream, &[0, 0, 0, 0, 0])); // END_STREAM
+        self.tls.write_all(&out).await.unwrap();
+    }
+
+    /// Reads frames until `stream` is answered or reset, acknowledging
+    /// SETTINGS and ignoring everything else (PINGs above all).
+    async fn outcome(&mut self, stream: u32) -> Outcome {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            while self.buf.len() >= 9 {
+                let len = usize::from(self.buf[0]) << 16
+                    | usize::from(self.buf[1]) << 8
+                    | usize::from(self.buf[2]);
+                if self.buf.len() < 9 + len {
+                    break;
+                }
+                let (kind, flags) = (self.buf[3], self.buf[4]);
+                let id = u32::from_be_bytes(self.buf[5..9].try_into().unwrap()) & 0x7fff_ffff;
+                let payload: Vec<u8> = self.buf.drain(..9 + len).skip(9).collect();
+                match kind {
+                    0x4 if flags & 0x1 == 0 => {
+                        self.tls
+                            .write_all(&Self::frame(0x4, 0x1, 0, &[]))
+                            .await
+                            .unwrap();
+                    }
+                    0x1 if id == stream => return Outcome::Answered,
+                    0x3 if id == stream => {
+                        return Outcome::Reset(u32::from_be_bytes(
+                            payload[..4].try_into().unwrap(),
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+            let mut chunk = [0u8; 16 << 10];
+            match self.tls.read(&mut chunk).await {
+                Ok(0) | Err(_) => return Outcome::Closed,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_client_that_ignores_goaway_gets_no_new_call() {
+    let h = Harness::start_with(with_crl()).await;
+    let cert = h
+        .pki
+        .ca
+        .issue(&LeafSpec {
+            spiffe: vec!["spiffe://test.local/alice".into()],
+            client: true,
+            ..Default::default()
+        })
+        .unwrap();
+    cert.save(&h.pki.path("mute"), false).unwrap();
+    let cfg = client_config(&cert.cert_pem, &cert.key_pem, h.pki.ca.cert_pem());
+    let mut mute = Mute::connect(&h, cfg).await;
+    mute.call(1).await;
+    assert_eq!(within("call 1", mute.outcome(1)).await, Outcome::Answered);
+
+    let dir = h.pki.dir.path().to_str().unwrap().to_owned();
+    let out = ipcgate(&[
+        "cert",
+        "revoke",
+        "--ca-dir",
+        &dir,
+        "--cert",
+        &format!("{dir}/mute.pem"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hh = &h;
+    eventually("revoked connection told to go away", || {
+        closed(hh, "no_longer_verifies") == 1
+    })
+    .await;
+    // The GOAWAY and its PING are on their way; the client answers neither
+    // and opens another call, which h2 alone would still take.
+    mute.call(3).await;
+    assert_eq!(
+        within("call 3", mute.outcome(3)).await,
+        Outcome::Reset(0x7), // REFUSED_STREAM
+    );
+}
