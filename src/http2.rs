@@ -36,6 +36,9 @@ pub struct Settings {
     /// A ping this often; a connection that has not answered the previous one by
     /// then is closed (a peer that vanished without a FIN).
     pub keep_alive: Duration,
+    /// How long calls in flight may run on once the connection was told to go
+    /// away for a reset flood.
+    pub drain: Duration,
 }
 
 impl Settings {
@@ -44,6 +47,7 @@ impl Settings {
             max_concurrent_streams: limits.max_concurrent_streams,
             max_header_list_size: limits.max_header_list_size,
             keep_alive: KEEP_ALIVE,
+            drain: limits.drain_timeout,
         }
     }
 }
@@ -140,6 +144,10 @@ pub struct Serve<T, S> {
     /// After a GOAWAY: streams h2 still hands over from this instant on are
     /// refused.
     refuse_from: Option<tokio::time::Instant>,
+    /// After a reset flood's GOAWAY, the connection ends here even if the
+    /// client never lets h2 finish the GOAWAY (it need not answer its ping).
+    flood_drain: Option<Pin<Box<tokio::time::Sleep>>>,
+    drain: Duration,
 }
 
 impl<T, S> Serve<T, S>
@@ -166,6 +174,8 @@ where
             premature_resets: 0,
             reset_flood: false,
             refuse_from: None,
+            flood_drain: None,
+            drain: s.drain,
         }
     }
 
@@ -190,6 +200,7 @@ where
                 "client cancels most calls as they start (rapid reset): closing the connection"
             );
             self.reset_flood = true;
+            self.flood_drain = Some(Box::pin(tokio::time::sleep(self.drain)));
             // Graceful: no new calls, those in flight may finish. A client
             // whose short deadlines all expired in a backend stall loses no
             // healthy call to this, and an attacker can only wait out the
@@ -203,8 +214,9 @@ where
     /// h2 keeps taking new streams until the client answers the ping it sends
     /// with the GOAWAY (they may have crossed it in flight), so a client that
     /// never answers could go on opening calls until the drain bound — a
-    /// revoked one included. Streams arriving more than `grace` after this are
-    /// refused with REFUSED_STREAM (never processed: safe to retry elsewhere).
+    /// revoked one included. Streams h2 hands out more than `grace` after this
+    /// are refused with REFUSED_STREAM (never processed: safe to retry
+    /// elsewhere).
     pub fn graceful_shutdown(&mut self, grace: Duration) {
         self.conn.graceful_shutdown();
         let at = tokio::time::Instant::now() + grace;
@@ -301,7 +313,15 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let me = self.get_mut();
-        let r = me.poll_calls(cx);
+        let mut r = me.poll_calls(cx);
+        if let Some(d) = me.flood_drain.as_mut() {
+            if r.is_pending() && d.as_mut().poll(cx).is_ready() {
+                tracing::warn!(
+                    "calls still in flight after the drain bound: closing the connection"
+                );
+                r = Poll::Ready(Ok(()));
+            }
+        }
         // Everything this poll wrote goes out together. A write that fails is
         // reported by the connection on its next poll; the socket is readable
         // then, so that comes at once.

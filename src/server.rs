@@ -462,16 +462,15 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
     idle_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut seen, mut quiet) = (0u64, 0u8);
     let mut closing = false;
+    // Revoked or expired: no new call at all, whatever close began before.
+    let mut refused = false;
     loop {
         let why = tokio::select! {
-            r = &mut conn => {
-                if let Err(e) = r {
-                    debug!(client.id = peer.principal(), error = %e, "connection ended with an error");
-                }
-                break;
-            }
-            () = registration.close.notified(), if !closing => "revoked",
-            () = &mut expiry, if !closing => {
+            // In this order: a revocation or expiry is acted on before the
+            // connection reads another batch of calls.
+            biased;
+            () = registration.close.notified(), if !refused => "revoked",
+            () = &mut expiry, if !refused => {
                 let left = until_expiry();
                 if !left.is_zero() {
                     expiry.as_mut().reset(tokio::time::Instant::now() + left.min(LONG_TIMER));
@@ -496,18 +495,29 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
                 warn!(client.id = peer.principal(), "calls still in flight after the drain bound: closing the connection");
                 break;
             }
+            r = &mut conn => {
+                if let Err(e) = r {
+                    debug!(client.id = peer.principal(), error = %e, "connection ended with an error");
+                }
+                break;
+            }
         };
         // GOAWAY: no new calls; calls in flight may finish within the bound.
-        closing = true;
         // A revoked or expired certificate gets no new call at all; a shutdown
         // or idle close takes those that crossed the GOAWAY.
-        conn.graceful_shutdown(match why {
-            "revoked" | "expired" => Duration::ZERO,
-            _ => http2::SHUTDOWN_GRACE,
+        let hard = matches!(why, "revoked" | "expired");
+        refused |= hard;
+        conn.graceful_shutdown(if hard {
+            Duration::ZERO
+        } else {
+            http2::SHUTDOWN_GRACE
         });
-        drain
-            .as_mut()
-            .reset(tokio::time::Instant::now() + shared.limits.drain_timeout);
+        if !closing {
+            closing = true;
+            drain
+                .as_mut()
+                .reset(tokio::time::Instant::now() + shared.limits.drain_timeout);
+        }
         match why {
             "expired" => {
                 info!(target: "ipcgate::tls", reason = "expired", client.id = peer.principal(), "closing connection: client certificate expired");

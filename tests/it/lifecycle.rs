@@ -643,41 +643,60 @@ impl Mute {
         self.tls.write_all(&out).await.unwrap();
     }
 
-    /// Reads frames until `stream` is answered or reset, acknowledging
-    /// SETTINGS and ignoring everything else (PINGs above all).
-    async fn outcome(&mut self, stream: u32) -> Outcome {
+    /// The next frame (kind, stream, payload), acknowledging SETTINGS and
+    /// never answering a PING; `None` once the connection is closed.
+    async fn frame_in(&mut self) -> Option<(u8, u32, Vec<u8>)> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         loop {
-            while self.buf.len() >= 9 {
+            if self.buf.len() >= 9 {
                 let len = usize::from(self.buf[0]) << 16
                     | usize::from(self.buf[1]) << 8
                     | usize::from(self.buf[2]);
-                if self.buf.len() < 9 + len {
-                    break;
-                }
-                let (kind, flags) = (self.buf[3], self.buf[4]);
-                let id = u32::from_be_bytes(self.buf[5..9].try_into().unwrap()) & 0x7fff_ffff;
-                let payload: Vec<u8> = self.buf.drain(..9 + len).skip(9).collect();
-                match kind {
-                    0x4 if flags & 0x1 == 0 => {
-                        self.tls
-                            .write_all(&Self::frame(0x4, 0x1, 0, &[]))
-                            .await
-                            .unwrap();
+                if self.buf.len() >= 9 + len {
+                    let (kind, flags) = (self.buf[3], self.buf[4]);
+                    let id = u32::from_be_bytes(self.buf[5..9].try_into().unwrap()) & 0x7fff_ffff;
+                    let payload: Vec<u8> = self.buf.drain(..9 + len).skip(9).collect();
+                    if kind == 0x4 && flags & 0x1 == 0 {
+                        let ack = Self::frame(0x4, 0x1, 0, &[]);
+                        self.tls.write_all(&ack).await.unwrap();
                     }
-                    0x1 if id == stream => return Outcome::Answered,
-                    0x3 if id == stream => {
-                        return Outcome::Reset(u32::from_be_bytes(
-                            payload[..4].try_into().unwrap(),
-                        ));
-                    }
-                    _ => {}
+                    return Some((kind, id, payload));
                 }
             }
             let mut chunk = [0u8; 16 << 10];
             match self.tls.read(&mut chunk).await {
-                Ok(0) | Err(_) => return Outcome::Closed,
+                Ok(0) | Err(_) => return None,
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Reads until `stream` is answered (HEADERS) or reset.
+    async fn outcome(&mut self, stream: u32) -> Outcome {
+        loop {
+            match self.frame_in().await {
+                None => return Outcome::Closed,
+                Some((0x1, id, _)) if id == stream => return Outcome::Answered,
+                Some((0x3, id, p)) if id == stream => {
+                    return Outcome::Reset(u32::from_be_bytes(p[..4].try_into().unwrap()));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Reads until a GOAWAY: (last stream id, error code).
+    async fn goaway(&mut self) -> (u32, u32) {
+        loop {
+            match self.frame_in().await {
+                None => panic!("closed before a GOAWAY"),
+                Some((0x7, _, p)) => {
+                    return (
+                        u32::from_be_bytes(p[..4].try_into().unwrap()) & 0x7fff_ffff,
+                        u32::from_be_bytes(p[4..8].try_into().unwrap()),
+                    );
+                }
+                Some(_) => {}
             }
         }
     }
@@ -720,11 +739,19 @@ async fn a_revoked_client_that_ignores_goaway_gets_no_new_call() {
         closed(hh, "no_longer_verifies") == 1
     })
     .await;
-    // The GOAWAY and its PING are on their way; the client answers neither
-    // and opens another call, which h2 alone would still take.
+    // h2's graceful GOAWAY: "no new streams", yet the last stream id still
+    // admits any until the client answers the PING sent with it. This client
+    // never does, and opens another call, which h2 alone would still take.
+    assert_eq!(within("the GOAWAY", mute.goaway()).await, (0x7fff_ffff, 0));
+    let calls = h.echo.calls.load(Ordering::SeqCst);
     mute.call(3).await;
     assert_eq!(
         within("call 3", mute.outcome(3)).await,
         Outcome::Reset(0x7), // REFUSED_STREAM
+    );
+    assert_eq!(
+        h.echo.calls.load(Ordering::SeqCst),
+        calls,
+        "the backend saw no new call"
     );
 }

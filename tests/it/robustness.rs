@@ -381,3 +381,85 @@ async fn honest_cancels_keep_the_connection() {
     assert!(end.is_none(), "connection closed: {end:?}");
     assert_eq!(reset_floods(&h).await, 0.0);
 }
+
+#[tokio::test]
+async fn a_flooding_connection_is_closed_after_the_drain_bound() {
+    let h = Harness::start_with(Opts {
+        admin: true,
+        extra: "[limits]\ndrain_timeout = \"300ms\"\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let tls = ipcgate::client::connect(
+        &h.gw_sock,
+        "localhost",
+        h.pki.spiffe("spiffe://test.local/alice"),
+    )
+    .await
+    .unwrap();
+    let (client, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    let call = |path: &str| {
+        http::Request::post(format!("http://localhost/demo.v1.Echo/{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap()
+    };
+    // A stream that would run for 20 s, read as it comes.
+    let long = grpc_frame(&ipcgate::pb::EchoRequest {
+        count: 2000,
+        delay_ms: 10,
+        ..req(b"x")
+    });
+    let mut tx = client.clone().ready().await.unwrap();
+    let (resp, mut send) = tx.send_request(call("ServerStream"), false).unwrap();
+    send.send_data(long.clone(), true).unwrap();
+    let mut body = resp.await.unwrap().into_body();
+    let held = tokio::spawn(async move {
+        while let Some(Ok(d)) = body.data().await {
+            let _ = body.flow_control().release_capacity(d.len());
+        }
+        tokio::time::Instant::now()
+    });
+    // Then a flood on the same connection, until the gateway refuses it.
+    let mut flooded = None;
+    'flood: for _ in 0..10 {
+        let mut resets = Vec::new();
+        for _ in 0..50 {
+            let sent = match client.clone().ready().await {
+                Ok(mut tx) => tx.send_request(call("ServerStream"), false).ok(),
+                Err(_) => None,
+            };
+            let Some((resp, mut send)) = sent else {
+                flooded = Some(tokio::time::Instant::now());
+                break 'flood;
+            };
+            let _ = send.send_data(long.clone(), true);
+            resets.push(async move {
+                if resp.await.is_ok() {
+                    send.send_reset(h2::Reason::CANCEL);
+                }
+            });
+        }
+        futures_util::future::join_all(resets).await;
+    }
+    let flooded = flooded.expect("the gateway refused new calls");
+    // The long stream's client answers every ping, so h2 finishes its GOAWAY,
+    // yet the call in flight would hold the connection for its 20 s: the
+    // drain bound ends it.
+    let ended = within("the drain bound", held).await.unwrap();
+    assert!(
+        ended.duration_since(flooded) < Duration::from_secs(5),
+        "the held stream ran {:?} past the flood",
+        ended.duration_since(flooded)
+    );
+    // Counted once the connection is gone.
+    for _ in 0..100 {
+        if reset_floods(&h).await == 1.0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no reset_flood close counted");
+}
