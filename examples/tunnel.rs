@@ -25,6 +25,9 @@ struct Args {
     key: PathBuf,
     #[arg(long)]
     client_ca: PathBuf,
+    /// Copy buffer each way, KiB (16: a full TLS record's plaintext per read).
+    #[arg(long, default_value_t = 16)]
+    buf_kib: usize,
 }
 
 /// One worker thread, as the gateway runs on a 2-core machine.
@@ -41,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&args.listen);
     let listener = tokio::net::UnixListener::bind(&args.listen)?;
     let backend = args.backend;
+    let buf = args.buf_kib << 10;
     eprintln!("tunnel ready");
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -54,9 +58,7 @@ async fn main() -> anyhow::Result<()> {
             let Ok(mut up) = tokio::net::UnixStream::connect(&backend).await else {
                 return;
             };
-            // 16 KiB each way: a full TLS record's plaintext per read.
-            let _ = tokio::io::copy_bidirectional_with_sizes(&mut tls, &mut up, 16 << 10, 16 << 10)
-                .await;
+            let _ = tokio::io::copy_bidirectional_with_sizes(&mut tls, &mut up, buf, buf).await;
         });
     }
 }
