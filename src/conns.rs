@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
@@ -23,7 +24,16 @@ struct Entry {
 pub struct Conns {
     next: AtomicU64,
     live: Mutex<HashMap<u64, Entry>>,
+    /// Clients whose connection was closed for a reset flood, and when.
+    floods: Mutex<HashMap<String, Instant>>,
 }
+
+/// How long a client that flooded keeps the strict reset budget on its new
+/// connections: reconnecting after each close would otherwise buy it another
+/// full budget of cancelled backend calls per handshake.
+pub const FLOOD_MEMORY: Duration = Duration::from_secs(600);
+/// Clients remembered at most (the oldest are forgotten first).
+const FLOOD_CLIENTS: usize = 4096;
 
 /// Calls on one client connection, for the idle timeout: `started` moves with
 /// every forwarded call, `in_flight` counts those whose response is not done.
@@ -76,6 +86,33 @@ impl Conns {
             id,
             close,
         }
+    }
+
+    /// Remembers that `client`'s connection was closed for a reset flood.
+    pub fn flooded(&self, client: &str) {
+        let mut floods = self.floods.lock().unwrap_or_else(|p| p.into_inner());
+        if floods.len() >= FLOOD_CLIENTS {
+            floods.retain(|_, at| at.elapsed() < FLOOD_MEMORY);
+            if floods.len() >= FLOOD_CLIENTS {
+                if let Some(oldest) = floods
+                    .iter()
+                    .min_by_key(|(_, at)| **at)
+                    .map(|(c, _)| c.clone())
+                {
+                    floods.remove(&oldest);
+                }
+            }
+        }
+        floods.insert(client.to_owned(), Instant::now());
+    }
+
+    /// Whether `client` flooded within `FLOOD_MEMORY`.
+    pub fn recently_flooded(&self, client: &str) -> bool {
+        self.floods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(client)
+            .is_some_and(|at| at.elapsed() < FLOOD_MEMORY)
     }
 
     pub fn len(&self) -> usize {

@@ -39,6 +39,8 @@ pub struct Settings {
     /// How long calls in flight may run on once the connection was told to go
     /// away for a reset flood.
     pub drain: Duration,
+    /// See `RESET_FLOOD_CALLS`.
+    pub reset_flood_calls: u64,
 }
 
 impl Settings {
@@ -48,6 +50,7 @@ impl Settings {
             max_header_list_size: limits.max_header_list_size,
             keep_alive: KEEP_ALIVE,
             drain: limits.drain_timeout,
+            reset_flood_calls: RESET_FLOOD_CALLS,
         }
     }
 }
@@ -70,7 +73,9 @@ const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 /// half of `RESET_FLOOD_CALLS`, or, past that many ended calls, half of them.
 /// Only calls that reached a backend count: calls the gateway answers itself
 /// (denied, no route) cost nothing there and must not dilute the ratio.
-const RESET_FLOOD_CALLS: u64 = 500;
+pub const RESET_FLOOD_CALLS: u64 = 500;
+/// The budget of a client that flooded recently (`conns::FLOOD_MEMORY`).
+pub const RESET_FLOOD_CALLS_STRICT: u64 = 20;
 const PREMATURE: Duration = Duration::from_secs(1);
 
 /// How long after a GOAWAY for a shutdown or an idle close new streams are
@@ -148,6 +153,7 @@ pub struct Serve<T, S> {
     /// client never lets h2 finish the GOAWAY (it need not answer its ping).
     flood_drain: Option<Pin<Box<tokio::time::Sleep>>>,
     drain: Duration,
+    flood_calls: u64,
 }
 
 impl<T, S> Serve<T, S>
@@ -176,6 +182,7 @@ where
             refuse_from: None,
             flood_drain: None,
             drain: s.drain,
+            flood_calls: s.reset_flood_calls,
         }
     }
 
@@ -193,7 +200,7 @@ where
             return;
         }
         self.premature_resets += 1;
-        if self.premature_resets * 2 >= self.forwarded_ended.max(RESET_FLOOD_CALLS) {
+        if self.premature_resets * 2 >= self.forwarded_ended.max(self.flood_calls) {
             tracing::warn!(
                 calls = self.forwarded_ended,
                 cancelled = self.premature_resets,

@@ -422,7 +422,10 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
             peer.clone(),
             activity.clone(),
         ));
-    let settings = http2::Settings::new(&shared.limits);
+    let mut settings = http2::Settings::new(&shared.limits);
+    if shared.conns.recently_flooded(peer.principal()) {
+        settings.reset_flood_calls = http2::RESET_FLOOD_CALLS_STRICT;
+    }
     let io = crate::authority::MaybeRepaired::new(tls, repair_authority);
     // The HTTP/2 preface is inside the handshake budget: a client that finished
     // TLS and then says nothing is dropped like one that never finished it.
@@ -536,6 +539,7 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
             .inc();
     }
     if conn.reset_flood() {
+        shared.conns.flooded(peer.principal());
         m.connections_closed
             .get_or_create(&ReasonLabels {
                 reason: "reset_flood",

@@ -463,3 +463,34 @@ async fn a_flooding_connection_is_closed_after_the_drain_bound() {
     }
     panic!("no reset_flood close counted");
 }
+
+#[tokio::test]
+async fn a_client_that_flooded_gets_a_strict_budget_when_it_reconnects() {
+    let h = admin_harness().await;
+    let (_, end) = within(
+        "the flood",
+        open_and_cancel(&h, 700, |_| Kind::ResetAtHeaders),
+    )
+    .await;
+    assert!(end.is_some(), "the first flood closed its connection");
+    eventually_floods(&h, 1.0).await;
+    let before = h.echo.calls.load(std::sync::atomic::Ordering::SeqCst);
+    // Reconnecting buys no new budget of 250 cancelled backend calls: ten,
+    // plus the rest of the wave they came in (refused from the GOAWAY on,
+    // however late the client reads it).
+    let (_, end) = within("again", open_and_cancel(&h, 200, |_| Kind::ResetAtHeaders)).await;
+    assert!(end.is_some(), "the second connection was closed too");
+    let again = h.echo.calls.load(std::sync::atomic::Ordering::SeqCst) - before;
+    assert!(again <= 10 + 50, "{again} calls reached the backend");
+    eventually_floods(&h, 2.0).await;
+}
+
+async fn eventually_floods(h: &Harness, n: f64) {
+    for _ in 0..100 {
+        if reset_floods(h).await == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("reset_flood closes never reached {n}");
+}
