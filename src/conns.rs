@@ -91,7 +91,7 @@ impl Conns {
     /// Remembers that `client`'s connection was closed for a reset flood.
     pub fn flooded(&self, client: &str) {
         let mut floods = self.floods.lock().unwrap_or_else(|p| p.into_inner());
-        if floods.len() >= FLOOD_CLIENTS {
+        if floods.len() >= FLOOD_CLIENTS && !floods.contains_key(client) {
             floods.retain(|_, at| at.elapsed() < FLOOD_MEMORY);
             if floods.len() >= FLOOD_CLIENTS {
                 if let Some(oldest) = floods

@@ -39,8 +39,6 @@ pub struct Settings {
     /// How long calls in flight may run on once the connection was told to go
     /// away for a reset flood.
     pub drain: Duration,
-    /// See `RESET_FLOOD_CALLS`.
-    pub reset_flood_calls: u64,
 }
 
 impl Settings {
@@ -50,7 +48,6 @@ impl Settings {
             max_header_list_size: limits.max_header_list_size,
             keep_alive: KEEP_ALIVE,
             drain: limits.drain_timeout,
-            reset_flood_calls: RESET_FLOOD_CALLS,
         }
     }
 }
@@ -74,8 +71,18 @@ const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 /// Only calls that reached a backend count: calls the gateway answers itself
 /// (denied, no route) cost nothing there and must not dilute the ratio.
 pub const RESET_FLOOD_CALLS: u64 = 500;
-/// The budget of a client that flooded recently (`conns::FLOOD_MEMORY`).
+/// The budget of a client that flooded recently (see `FloodGuard`).
 pub const RESET_FLOOD_CALLS_STRICT: u64 = 20;
+
+/// What the connection's owner knows of its client beyond this connection:
+/// a client that just flooded must not get a fresh budget by reconnecting, or
+/// on the other connections it holds.
+pub trait FloodGuard: Send {
+    /// Whether the client flooded recently: the strict budget applies.
+    fn strict(&self) -> bool;
+    /// This connection was just told to go away for a flood.
+    fn flooded(&self, calls: u64, cancelled: u64);
+}
 const PREMATURE: Duration = Duration::from_secs(1);
 
 /// How long after a GOAWAY for a shutdown or an idle close new streams are
@@ -153,7 +160,7 @@ pub struct Serve<T, S> {
     /// client never lets h2 finish the GOAWAY (it need not answer its ping).
     flood_drain: Option<Pin<Box<tokio::time::Sleep>>>,
     drain: Duration,
-    flood_calls: u64,
+    flood_guard: Option<Box<dyn FloodGuard>>,
 }
 
 impl<T, S> Serve<T, S>
@@ -182,8 +189,15 @@ where
             refuse_from: None,
             flood_drain: None,
             drain: s.drain,
-            flood_calls: s.reset_flood_calls,
+            flood_guard: None,
         }
+    }
+
+    /// Tells the client's floods to `guard`, and asks it for the budget.
+    #[must_use]
+    pub fn with_flood_guard(mut self, guard: impl FloodGuard + 'static) -> Self {
+        self.flood_guard = Some(Box::new(guard));
+        self
     }
 
     /// Whether the connection was closed for cancelling most of its calls.
@@ -200,12 +214,20 @@ where
             return;
         }
         self.premature_resets += 1;
-        if self.premature_resets * 2 >= self.forwarded_ended.max(self.flood_calls) {
-            tracing::warn!(
-                calls = self.forwarded_ended,
-                cancelled = self.premature_resets,
-                "client cancels most calls as they start (rapid reset): closing the connection"
-            );
+        let budget = if self.flood_guard.as_ref().is_some_and(|g| g.strict()) {
+            RESET_FLOOD_CALLS_STRICT
+        } else {
+            RESET_FLOOD_CALLS
+        };
+        if self.premature_resets * 2 >= self.forwarded_ended.max(budget) {
+            match &self.flood_guard {
+                Some(g) => g.flooded(self.forwarded_ended, self.premature_resets),
+                None => tracing::warn!(
+                    calls = self.forwarded_ended,
+                    cancelled = self.premature_resets,
+                    "client cancels most calls as they start (rapid reset): closing the connection"
+                ),
+            }
             self.reset_flood = true;
             self.flood_drain = Some(Box::pin(tokio::time::sleep(self.drain)));
             // Graceful: no new calls, those in flight may finish. A client
@@ -355,7 +377,9 @@ where
         match respond.poll_reset(cx) {
             // Dropping the call resets the backend stream. The gateway answers
             // its own refusals at once, so a call still waiting here is one
-            // the backend has (or is being dialed for).
+            // the backend has (or is being dialed for) — or one reset before
+            // its first poll (h2 hands out streams reset while waiting to be
+            // accepted): a HEADERS+RST pair, the classic flood, counts too.
             Poll::Ready(Ok(_)) => return Poll::Ready(Err(reset())),
             Poll::Ready(Err(_)) => return Poll::Ready(Err(Ended::Forwarded)),
             Poll::Pending => {}

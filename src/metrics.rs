@@ -196,7 +196,7 @@ impl Metrics {
             "1 while a CRL is past its nextUpdate",
             m.crl_stale.clone(),
         );
-        r.register("connections_closed", "Live connections closed by the gateway, by reason (revoked/untrusted, certificate expired, idle)", m.connections_closed.clone());
+        r.register("connections_closed", "Live connections closed by the gateway, by reason (revoked/untrusted, certificate expired, idle, reset_flood)", m.connections_closed.clone());
         Metrics { registry, ..m }
     }
 

@@ -422,10 +422,7 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
             peer.clone(),
             activity.clone(),
         ));
-    let mut settings = http2::Settings::new(&shared.limits);
-    if shared.conns.recently_flooded(peer.principal()) {
-        settings.reset_flood_calls = http2::RESET_FLOOD_CALLS_STRICT;
-    }
+    let settings = http2::Settings::new(&shared.limits);
     let io = crate::authority::MaybeRepaired::new(tls, repair_authority);
     // The HTTP/2 preface is inside the handshake budget: a client that finished
     // TLS and then says nothing is dropped like one that never finished it.
@@ -442,7 +439,11 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
             return;
         }
     };
-    let mut conn = http2::Serve::new(conn, svc, settings);
+    let mut conn = http2::Serve::new(conn, svc, settings).with_flood_guard(ClientFloods {
+        conns: shared.conns.clone(),
+        client: peer.principal().to_owned(),
+        metrics: shared.metrics.clone(),
+    });
 
     // The connection must not outlive its certificate. Timers are kept short
     // (tokio caps long sleeps) and re-armed until notAfter.
@@ -534,17 +535,42 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
             }
             _ => continue,
         }
-        m.connections_closed
-            .get_or_create(&ReasonLabels { reason: why })
-            .inc();
+        // A connection already told to go away for a flood was counted then.
+        if !conn.reset_flood() {
+            m.connections_closed
+                .get_or_create(&ReasonLabels { reason: why })
+                .inc();
+        }
     }
-    if conn.reset_flood() {
-        shared.conns.flooded(peer.principal());
-        m.connections_closed
+    m.active_connections.dec();
+}
+
+/// A client's reset floods, remembered across its connections (see
+/// `http2::FloodGuard`), logged and counted when they are found.
+struct ClientFloods {
+    conns: Arc<crate::conns::Conns>,
+    client: String,
+    metrics: Arc<Metrics>,
+}
+
+impl http2::FloodGuard for ClientFloods {
+    fn strict(&self) -> bool {
+        self.conns.recently_flooded(&self.client)
+    }
+
+    fn flooded(&self, calls: u64, cancelled: u64) {
+        warn!(
+            client.id = %self.client,
+            calls,
+            cancelled,
+            "client cancels most calls as they start (rapid reset): closing the connection"
+        );
+        self.conns.flooded(&self.client);
+        self.metrics
+            .connections_closed
             .get_or_create(&ReasonLabels {
                 reason: "reset_flood",
             })
             .inc();
     }
-    m.active_connections.dec();
 }
