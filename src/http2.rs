@@ -71,6 +71,7 @@ const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 /// Only calls that reached a backend count: calls the gateway answers itself
 /// (denied, no route) cost nothing there and must not dilute the ratio.
 pub const RESET_FLOOD_CALLS: u64 = 500;
+const PREMATURE: Duration = Duration::from_secs(1);
 /// The budget of a client that flooded recently (see `FloodGuard`).
 pub const RESET_FLOOD_CALLS_STRICT: u64 = 20;
 
@@ -83,7 +84,6 @@ pub trait FloodGuard: Send {
     /// This connection was just told to go away for a flood.
     fn flooded(&self, calls: u64, cancelled: u64);
 }
-const PREMATURE: Duration = Duration::from_secs(1);
 
 /// How long after a GOAWAY for a shutdown or an idle close new streams are
 /// still taken: the round trip in which a client may have sent calls before
@@ -152,12 +152,12 @@ pub struct Serve<T, S> {
     /// Forwarded calls ended, and those the client cancelled prematurely.
     forwarded_ended: u64,
     premature_resets: u64,
-    reset_flood: bool,
     /// After a GOAWAY: streams h2 still hands over from this instant on are
     /// refused.
     refuse_from: Option<tokio::time::Instant>,
-    /// After a reset flood's GOAWAY, the connection ends here even if the
-    /// client never lets h2 finish the GOAWAY (it need not answer its ping).
+    /// Set when the connection was told to go away for a reset flood: it ends
+    /// here even if the client never lets h2 finish the GOAWAY (it need not
+    /// answer its ping).
     flood_drain: Option<Pin<Box<tokio::time::Sleep>>>,
     drain: Duration,
     flood_guard: Option<Box<dyn FloodGuard>>,
@@ -185,7 +185,6 @@ where
             keep_alive,
             forwarded_ended: 0,
             premature_resets: 0,
-            reset_flood: false,
             refuse_from: None,
             flood_drain: None,
             drain: s.drain,
@@ -202,11 +201,11 @@ where
 
     /// Whether the connection was closed for cancelling most of its calls.
     pub fn reset_flood(&self) -> bool {
-        self.reset_flood
+        self.flood_drain.is_some()
     }
 
     fn call_ended(&mut self, ended: Ended) {
-        if ended == Ended::Local || self.reset_flood {
+        if ended == Ended::Local || self.reset_flood() {
             return;
         }
         self.forwarded_ended += 1;
@@ -228,7 +227,6 @@ where
                     "client cancels most calls as they start (rapid reset): closing the connection"
                 ),
             }
-            self.reset_flood = true;
             self.flood_drain = Some(Box::pin(tokio::time::sleep(self.drain)));
             // Graceful: no new calls, those in flight may finish. A client
             // whose short deadlines all expired in a backend stall loses no

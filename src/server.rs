@@ -441,7 +441,7 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
     };
     let mut conn = http2::Serve::new(conn, svc, settings).with_flood_guard(ClientFloods {
         conns: shared.conns.clone(),
-        client: peer.principal().to_owned(),
+        peer: peer.clone(),
         metrics: shared.metrics.clone(),
     });
 
@@ -549,23 +549,23 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
 /// `http2::FloodGuard`), logged and counted when they are found.
 struct ClientFloods {
     conns: Arc<crate::conns::Conns>,
-    client: String,
+    peer: Arc<Peer>,
     metrics: Arc<Metrics>,
 }
 
 impl http2::FloodGuard for ClientFloods {
     fn strict(&self) -> bool {
-        self.conns.recently_flooded(&self.client)
+        self.conns.recently_flooded(self.peer.principal())
     }
 
     fn flooded(&self, calls: u64, cancelled: u64) {
         warn!(
-            client.id = %self.client,
+            client.id = self.peer.principal(),
             calls,
             cancelled,
             "client cancels most calls as they start (rapid reset): closing the connection"
         );
-        self.conns.flooded(&self.client);
+        self.conns.flooded(self.peer.principal());
         self.metrics
             .connections_closed
             .get_or_create(&ReasonLabels {
