@@ -74,6 +74,21 @@ impl Pki {
         client_config(&issued.cert_pem, &issued.key_pem, self.ca.cert_pem())
     }
 
+    /// Issues a client certificate for `id`, saves it as `name.pem` and
+    /// `name.key` (for the CLI, e.g. to revoke it) and returns a client config.
+    pub fn saved_spiffe(&self, id: &str, name: &str) -> Arc<ClientConfig> {
+        let issued = self
+            .ca
+            .issue(&LeafSpec {
+                spiffe: vec![id.into()],
+                client: true,
+                ..Default::default()
+            })
+            .unwrap();
+        issued.save(&self.path(name), false).unwrap();
+        client_config(&issued.cert_pem, &issued.key_pem, self.ca.cert_pem())
+    }
+
     pub fn spiffe(&self, id: &str) -> Arc<ClientConfig> {
         self.client(LeafSpec {
             spiffe: vec![id.into()],

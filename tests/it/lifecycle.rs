@@ -171,21 +171,7 @@ async fn the_ca_refuses_what_a_csr_should_not_get() {
 #[tokio::test]
 async fn revocation_refuses_new_handshakes_and_closes_live_connections() {
     let h = Harness::start_with(with_crl()).await;
-    let alice_cert = h
-        .pki
-        .ca
-        .issue(&LeafSpec {
-            spiffe: vec!["spiffe://test.local/alice".into()],
-            client: true,
-            ..Default::default()
-        })
-        .unwrap();
-    alice_cert.save(&h.pki.path("alice"), false).unwrap();
-    let alice_cfg = client_config(
-        &alice_cert.cert_pem,
-        &alice_cert.key_pem,
-        h.pki.ca.cert_pem(),
-    );
+    let alice_cfg = h.pki.saved_spiffe("spiffe://test.local/alice", "alice");
     let mut alice = h.client(alice_cfg.clone());
     let mut other = h.alice(); // another alice certificate, not revoked
     alice.unary(req(b"before")).await.unwrap();
@@ -705,17 +691,7 @@ impl Mute {
 #[tokio::test]
 async fn a_revoked_client_that_ignores_goaway_gets_no_new_call() {
     let h = Harness::start_with(with_crl()).await;
-    let cert = h
-        .pki
-        .ca
-        .issue(&LeafSpec {
-            spiffe: vec!["spiffe://test.local/alice".into()],
-            client: true,
-            ..Default::default()
-        })
-        .unwrap();
-    cert.save(&h.pki.path("mute"), false).unwrap();
-    let cfg = client_config(&cert.cert_pem, &cert.key_pem, h.pki.ca.cert_pem());
+    let cfg = h.pki.saved_spiffe("spiffe://test.local/alice", "mute");
     let mut mute = Mute::connect(&h, cfg).await;
     mute.call(1).await;
     assert_eq!(within("call 1", mute.outcome(1)).await, Outcome::Answered);

@@ -207,14 +207,14 @@ enum Kind {
     Refused,
 }
 
-/// Opens `n` calls on one connection, 50 at a time, call `i` doing `kind(i)`.
-/// Returns how many calls were opened before the gateway refused more, and
-/// the connection's end: `None` if it is still open after the last call.
-async fn open_and_cancel(
+/// An mTLS HTTP/2 connection as alice, driven by h2's client: its task ends
+/// with the connection.
+async fn alice_conn(
     h: &Harness,
-    n: usize,
-    kind: impl Fn(usize) -> Kind,
-) -> (usize, Option<Result<(), h2::Error>>) {
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
     let tls = ipcgate::client::connect(
         &h.gw_sock,
         "localhost",
@@ -223,7 +223,25 @@ async fn open_and_cancel(
     .await
     .unwrap();
     let (client, conn) = h2::client::handshake(tls).await.unwrap();
-    let mut conn = tokio::spawn(conn);
+    (client, tokio::spawn(conn))
+}
+
+/// A gRPC request head for `path` (`pkg.Service/Method`).
+fn grpc_call(path: &str) -> http::Request<()> {
+    http::Request::post(format!("http://localhost/{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap()
+}
+
+/// Opens up to `n` calls on `client`, 50 at a time, call `i` doing `kind(i)`.
+/// Returns how many were opened, and whether the gateway refused a new one.
+async fn run_calls(
+    client: &h2::client::SendRequest<bytes::Bytes>,
+    n: usize,
+    kind: impl Fn(usize) -> Kind,
+) -> (usize, bool) {
     let stream = grpc_frame(&ipcgate::pb::EchoRequest {
         count: 1000,
         delay_ms: 10,
@@ -237,6 +255,7 @@ async fn open_and_cancel(
     let mut opened = 0;
     for wave in (0..n).step_by(50) {
         let mut calls = Vec::new();
+        let mut refused = false;
         for i in wave..(wave + 50).min(n) {
             let k = kind(i);
             let (path, body) = match k {
@@ -247,18 +266,13 @@ async fn open_and_cancel(
                 Kind::Complete => ("demo.v1.Echo/Unary", &short),
                 Kind::Refused => ("nope.v1.Nothing/Here", &short),
             };
-            let req = http::Request::post(format!("http://localhost/{path}"))
-                .header("content-type", "application/grpc")
-                .header("te", "trailers")
-                .body(())
-                .unwrap();
             let sent = match client.clone().ready().await {
-                Ok(mut tx) => tx.send_request(req, false).ok(),
+                Ok(mut tx) => tx.send_request(grpc_call(path), false).ok(),
                 Err(_) => None,
             };
             let Some((resp, mut send)) = sent else {
-                futures_util::future::join_all(calls).await;
-                return (opened, Some(conn.await.unwrap()));
+                refused = true;
+                break;
             };
             opened += 1;
             let _ = send.send_data(body.clone(), true);
@@ -285,6 +299,25 @@ async fn open_and_cancel(
             });
         }
         futures_util::future::join_all(calls).await;
+        if refused {
+            return (opened, true);
+        }
+    }
+    (opened, false)
+}
+
+/// Opens `n` calls on a new connection (see `run_calls`). Returns how many
+/// were opened before the gateway refused more, and the connection's end:
+/// `None` if it is still open after the last call.
+async fn open_and_cancel(
+    h: &Harness,
+    n: usize,
+    kind: impl Fn(usize) -> Kind,
+) -> (usize, Option<Result<(), h2::Error>>) {
+    let (client, mut conn) = alice_conn(h).await;
+    let (opened, refused) = run_calls(&client, n, kind).await;
+    if refused {
+        return (opened, Some(conn.await.unwrap()));
     }
     // Give a GOAWAY in flight the time to land.
     match tokio::time::timeout(Duration::from_millis(500), &mut conn).await {
@@ -393,30 +426,17 @@ async fn flood_holding_a_stream(
     tokio::task::JoinHandle<tokio::time::Instant>,
     tokio::time::Instant,
 ) {
-    let tls = ipcgate::client::connect(
-        &h.gw_sock,
-        "localhost",
-        h.pki.spiffe("spiffe://test.local/alice"),
-    )
-    .await
-    .unwrap();
-    let (client, conn) = h2::client::handshake(tls).await.unwrap();
-    tokio::spawn(conn);
-    let call = |path: &str| {
-        http::Request::post(format!("http://localhost/demo.v1.Echo/{path}"))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .unwrap()
-    };
+    let (client, _conn) = alice_conn(h).await;
     let long = grpc_frame(&ipcgate::pb::EchoRequest {
         count: 2000,
         delay_ms: 10,
         ..req(b"x")
     });
     let mut tx = client.clone().ready().await.unwrap();
-    let (resp, mut send) = tx.send_request(call("ServerStream"), false).unwrap();
-    send.send_data(long.clone(), true).unwrap();
+    let (resp, mut send) = tx
+        .send_request(grpc_call("demo.v1.Echo/ServerStream"), false)
+        .unwrap();
+    send.send_data(long, true).unwrap();
     let mut body = resp.await.unwrap().into_body();
     let held = tokio::spawn(async move {
         while let Some(Ok(d)) = body.data().await {
@@ -424,26 +444,9 @@ async fn flood_holding_a_stream(
         }
         tokio::time::Instant::now()
     });
-    for _ in 0..10 {
-        let mut resets = Vec::new();
-        for _ in 0..50 {
-            let sent = match client.clone().ready().await {
-                Ok(mut tx) => tx.send_request(call("ServerStream"), false).ok(),
-                Err(_) => None,
-            };
-            let Some((resp, mut send)) = sent else {
-                return (held, tokio::time::Instant::now());
-            };
-            let _ = send.send_data(long.clone(), true);
-            resets.push(async move {
-                if resp.await.is_ok() {
-                    send.send_reset(h2::Reason::CANCEL);
-                }
-            });
-        }
-        futures_util::future::join_all(resets).await;
-    }
-    panic!("the gateway never refused the flood");
+    let (_, refused) = run_calls(&client, 500, |_| Kind::ResetAtHeaders).await;
+    assert!(refused, "the gateway never refused the flood");
+    (held, tokio::time::Instant::now())
 }
 
 #[tokio::test]
