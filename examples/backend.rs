@@ -26,12 +26,18 @@ struct Args {
     key: Option<PathBuf>,
     #[arg(long)]
     client_ca: Option<PathBuf>,
+    /// Replies carry the payload alone, not the request metadata (benchmarks).
+    #[arg(long)]
+    payload_only: bool,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let svc = EchoService::default();
+    let svc = EchoService {
+        payload_only: args.payload_only,
+        ..EchoService::default()
+    };
     let _plain = ipcgate::demo::spawn_backend(&args.uds, svc.clone(), None)?;
     if let Some(tls_uds) = &args.tls_uds {
         let (Some(cert), Some(key), Some(ca)) = (&args.cert, &args.key, &args.client_ca) else {

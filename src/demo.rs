@@ -29,6 +29,21 @@ pub struct EchoService {
     pub cancelled: Arc<AtomicUsize>,
     pub calls: Arc<AtomicUsize>,
     pub connections: Arc<AtomicUsize>,
+    /// Replies carry the payload alone, as a real service's would (benchmarks):
+    /// echoing metadata makes a reply through a gateway, which adds XFCC, several
+    /// times the size of a direct one.
+    pub payload_only: bool,
+}
+
+impl EchoService {
+    /// What the reply says the backend saw.
+    fn seen(&self, md: &MetadataMap) -> Vec<String> {
+        if self.payload_only {
+            Vec::new()
+        } else {
+            metadata_list(md)
+        }
+    }
 }
 
 /// Counts a handler as cancelled if it is dropped before `done()`.
@@ -74,7 +89,7 @@ impl Echo for EchoService {
     async fn unary(&self, req: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let guard = CancelGuard(Some(self.cancelled.clone()));
-        let metadata = metadata_list(req.metadata());
+        let metadata = self.seen(req.metadata());
         let r = req.into_inner();
         if r.delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(r.delay_ms.into())).await;
@@ -100,7 +115,7 @@ impl Echo for EchoService {
         req: Request<EchoRequest>,
     ) -> Result<Response<ReplyStream>, Status> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        let metadata = metadata_list(req.metadata());
+        let metadata = self.seen(req.metadata());
         let r = req.into_inner();
         let guard = CancelGuard(Some(self.cancelled.clone()));
         let (tx, rx) = tokio::sync::mpsc::channel(16);
@@ -138,7 +153,7 @@ impl Echo for EchoService {
         req: Request<Streaming<EchoRequest>>,
     ) -> Result<Response<EchoReply>, Status> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        let metadata = metadata_list(req.metadata());
+        let metadata = self.seen(req.metadata());
         let mut stream = req.into_inner();
         let mut n = 0u32;
         let mut last = Vec::new();

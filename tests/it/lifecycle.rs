@@ -731,3 +731,82 @@ async fn a_revoked_client_that_ignores_goaway_gets_no_new_call() {
         "the backend saw no new call"
     );
 }
+
+#[tokio::test]
+async fn an_expired_client_that_ignores_goaway_gets_no_new_call() {
+    let h = Harness::start().await;
+    let now = OffsetDateTime::now_utc();
+    let short = h
+        .pki
+        .ca
+        .issue(&LeafSpec {
+            spiffe: vec!["spiffe://test.local/alice".into()],
+            client: true,
+            validity: Some((
+                now - time::Duration::minutes(1),
+                now + time::Duration::seconds(2),
+            )),
+            ..Default::default()
+        })
+        .unwrap();
+    let cfg = client_config(&short.cert_pem, &short.key_pem, h.pki.ca.cert_pem());
+    let mut mute = Mute::connect(&h, cfg).await;
+    mute.call(1).await;
+    assert_eq!(within("call 1", mute.outcome(1)).await, Outcome::Answered);
+    // The certificate runs out while the connection is open: GOAWAY, and the
+    // client's next call — which h2 alone would take until its PING is
+    // answered — is refused without reaching the backend.
+    assert_eq!(
+        within("the GOAWAY at expiry", mute.goaway()).await,
+        (0x7fff_ffff, 0)
+    );
+    let hh = &h;
+    eventually("expired connection counted", || closed(hh, "expired") == 1).await;
+    let calls = h.echo.calls.load(Ordering::SeqCst);
+    mute.call(3).await;
+    assert_eq!(
+        within("call 3", mute.outcome(3)).await,
+        Outcome::Reset(0x7), // REFUSED_STREAM
+    );
+    assert_eq!(
+        h.echo.calls.load(Ordering::SeqCst),
+        calls,
+        "the backend saw no new call"
+    );
+}
+
+#[tokio::test]
+async fn at_shutdown_a_client_that_ignores_goaway_gets_calls_only_for_the_grace() {
+    let h = Harness::start().await;
+    let calls = h.echo.calls.clone();
+    let mut mute = Mute::connect(&h, h.pki.spiffe("spiffe://test.local/alice")).await;
+    mute.call(1).await;
+    assert_eq!(within("call 1", mute.outcome(1)).await, Outcome::Answered);
+
+    let stopped = tokio::spawn(h.shutdown());
+    assert_eq!(
+        within("the GOAWAY at shutdown", mute.goaway()).await,
+        (0x7fff_ffff, 0)
+    );
+    // A call sent before the client saw the GOAWAY would look like this one:
+    // it is still served, not lost...
+    mute.call(3).await;
+    assert_eq!(within("call 3", mute.outcome(3)).await, Outcome::Answered);
+    // ...but a client that never answers the GOAWAY's PING does not get to
+    // keep calling through the drain: after the grace, calls are refused.
+    tokio::time::sleep(ipcgate::http2::SHUTDOWN_GRACE + Duration::from_millis(300)).await;
+    let before = calls.load(Ordering::SeqCst);
+    mute.call(5).await;
+    assert_eq!(
+        within("call 5", mute.outcome(5)).await,
+        Outcome::Reset(0x7), // REFUSED_STREAM
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        before,
+        "the backend saw no call after the grace"
+    );
+    // The connection gone, the gateway finishes its drain.
+    drop(mute);
+    within("the gateway drained", stopped).await.unwrap();
+}
