@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod path;
 pub mod policy;
 pub mod proxy;
+pub mod relay;
 pub mod reload;
 pub mod route;
 pub mod server;

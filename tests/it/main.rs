@@ -15,5 +15,6 @@ mod path;
 mod policy;
 mod proxy;
 mod python;
+mod relay;
 mod robustness;
 mod socket;

@@ -1,0 +1,1189 @@
+//! One client connection's HTTP/2, relayed frame by frame to backend connections
+//! of its own.
+//!
+//! h2's frame layer (`h2::Codec`: framing, HPACK, CONTINUATION and header-list
+//! limits, connection-specific header checks) reads and writes both sides; the
+//! connection layer is here, because h2's — a stream store behind a mutex, a
+//! waker, send queue and flow-control account per stream handle — was most of
+//! the gateway's cost per call (docs/PERFORMANCE.md). A call is a table entry:
+//! its request head is decided by the host (policy, route), its frames move
+//! as they are, DATA as `Bytes` within the receiver's windows, and the sender
+//! gets its credit back once the receiver has taken the data, so nothing here
+//! buffers more than the windows it advertised.
+//!
+//! The client is held to the protocol (RFC 9113) as h2's server held it:
+//! stream ids, stream states, receive windows, WINDOW_UPDATE and SETTINGS
+//! values, the concurrent-stream limit, pseudo-headers, content-length.
+//! Backends are trusted to speak HTTP/2 but still held to the windows the
+//! relay advertised them, so a faulty one cannot make it buffer without bound.
+
+mod sniff;
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::Stream as _;
+use h2::frame::{
+    Data, Frame, GoAway, Headers, Ping, Pseudo, Reason, Reset, Settings, StreamId, WindowUpdate,
+};
+use h2::Codec;
+use http::{HeaderMap, Method, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+pub use sniff::Sniff;
+
+use crate::grpc;
+
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The stream window offered to both sides: what one call may have queued
+/// here in each direction (hyper's and the h2 data path's default).
+pub const STREAM_WINDOW: u32 = 1 << 20;
+/// HTTP/2's largest window.
+const MAX_WINDOW: i64 = (1 << 31) - 1;
+const DEFAULT_WINDOW: i64 = 65_535;
+/// Frames waiting for one side's codec before the relay stops reading.
+const QUEUE: usize = 256;
+
+/// Limits the relay holds its client to.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    pub max_concurrent_streams: u32,
+    pub max_header_list_size: u32,
+}
+
+/// What becomes of a new call.
+pub enum Decision {
+    /// Forwarded to backend `backend` (the host's index) with this head.
+    Forward {
+        backend: usize,
+        head: http::request::Parts,
+    },
+    /// Answered here: a response without body (a trailers-only gRPC status).
+    Answer(http::response::Parts),
+}
+
+/// A dialed backend connection.
+pub type Dial<T> = Pin<Box<dyn Future<Output = io::Result<T>> + Send>>;
+
+/// What the relay asks of the gateway.
+pub trait Host {
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// Decides a new call from its request head.
+    fn decide(&mut self, head: http::request::Parts) -> Decision;
+    /// Opens a connection to a backend.
+    fn dial(&mut self, backend: usize) -> Dial<Self::Io>;
+    /// The backend's name, for messages.
+    fn backend_name(&self, backend: usize) -> String;
+}
+
+/// One peer: its codec, the frames cleared to go to it, its windows.
+struct Side<T> {
+    codec: Codec<Sniff<T>, Bytes>,
+    out: VecDeque<Frame<Bytes>>,
+    /// What may still be sent to this peer on the connection.
+    send_window: i64,
+    /// The peer's SETTINGS_INITIAL_WINDOW_SIZE: each new stream's send window.
+    peer_init: i64,
+    /// What this peer may still send on the connection.
+    recv_window: i64,
+    /// Connection credit owed to this peer for data passed on.
+    credit: i64,
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Side<T> {
+    fn new(io: T, recv_window: i64) -> Side<T> {
+        Side {
+            codec: Codec::new(Sniff::new(io)),
+            out: VecDeque::new(),
+            send_window: DEFAULT_WINDOW,
+            peer_init: DEFAULT_WINDOW,
+            recv_window,
+            credit: 0,
+        }
+    }
+
+    /// Moves cleared frames into the codec while it has room.
+    fn drain(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
+        let mut any = false;
+        while !self.out.is_empty() {
+            match self.codec.poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => break,
+            }
+            let Some(f) = self.out.pop_front() else { break };
+            self.codec
+                .buffer(f)
+                .map_err(|e| io::Error::other(format!("{e:?}")))?;
+            any = true;
+        }
+        Ok(any)
+    }
+
+    /// Applies the peer's SETTINGS to what is sent to it and acknowledges them.
+    /// `Err` when a stream's window would overflow (FLOW_CONTROL_ERROR).
+    fn settings<'a>(
+        &mut self,
+        s: &Settings,
+        windows: impl Iterator<Item = &'a mut i64>,
+    ) -> Result<(), Reason> {
+        if s.is_ack() {
+            return Ok(());
+        }
+        if let Some(n) = s.max_frame_size() {
+            self.codec.set_max_send_frame_size(n as usize);
+        }
+        if let Some(n) = s.header_table_size() {
+            self.codec.set_send_header_table_size(n as usize);
+        }
+        if let Some(n) = s.initial_window_size() {
+            let delta = i64::from(n) - self.peer_init;
+            self.peer_init = i64::from(n);
+            for w in windows {
+                *w += delta;
+                if *w > MAX_WINDOW {
+                    return Err(Reason::FLOW_CONTROL_ERROR);
+                }
+            }
+        }
+        self.out.push_back(Settings::ack().into());
+        Ok(())
+    }
+
+    /// The flow-controlled length of a DATA frame just read (padding included).
+    fn data_len(&mut self, d: &Data) -> i64 {
+        let n = self
+            .codec
+            .get_mut()
+            .next_data()
+            .map_or(d.payload().len(), |n| n as usize);
+        n as i64
+    }
+}
+
+/// One direction of a call.
+struct Dir {
+    /// What may still be sent to the receiver on this stream.
+    send_window: i64,
+    /// What the sender may still send on this stream.
+    recv_window: i64,
+    /// Frames waiting for the receiver's window (or, upwards, for the stream
+    /// to open on the backend).
+    queue: VecDeque<Frame<Bytes>>,
+    /// Stream credit owed to the sender.
+    credit: i64,
+    /// The sender ended its side.
+    ended: bool,
+}
+
+impl Dir {
+    fn new(send_window: i64) -> Dir {
+        Dir {
+            send_window,
+            recv_window: i64::from(STREAM_WINDOW),
+            queue: VecDeque::new(),
+            credit: 0,
+            ended: false,
+        }
+    }
+}
+
+struct Call {
+    /// Index of its backend connection in `Relay::conns`.
+    conn: usize,
+    /// Client to backend.
+    up: Dir,
+    /// Backend to client.
+    down: Dir,
+    /// Its HEADERS went to the backend (it counts against the backend's limit).
+    opened: bool,
+    /// Response headers went to the client.
+    answered: bool,
+    /// The request's content-length, and the DATA received against it.
+    content_length: Option<u64>,
+    received: u64,
+}
+
+enum ConnState<T> {
+    Dialing(Dial<T>),
+    Up(Box<Side<T>>),
+    /// Failed or closed; its calls were answered.
+    Gone,
+}
+
+/// A backend connection of this client connection.
+struct BackendConn<T> {
+    backend: usize,
+    state: ConnState<T>,
+    /// No new calls: the backend sent GOAWAY.
+    draining: bool,
+    /// The backend's first SETTINGS arrived: until then its stream limit is
+    /// unknown, and a call opened past it would be refused.
+    settled: bool,
+    /// Calls opened on it, and its limit (SETTINGS_MAX_CONCURRENT_STREAMS).
+    open: usize,
+    max_open: usize,
+    /// Calls waiting to open, in stream-id order.
+    waiting: VecDeque<u32>,
+    /// Calls on it, for failing them together.
+    calls: usize,
+}
+
+/// The relay of one client connection; a future that ends with the connection.
+pub struct Relay<C, H: Host> {
+    host: H,
+    opts: Options,
+    c: Side<C>,
+    conns: Vec<BackendConn<H::Io>>,
+    /// The connection taking new calls for each backend.
+    current: HashMap<usize, usize>,
+    calls: HashMap<u32, Call>,
+    /// Highest stream id the client opened.
+    last_id: u32,
+    /// No new calls (the client said GOAWAY, or the relay did).
+    refusing: bool,
+    /// A connection error was sent: write what is queued, then end.
+    closing: bool,
+}
+
+/// Reads the client's preface (24 bytes) from an established TLS stream.
+///
+/// # Errors
+/// The stream ended or did not start with the HTTP/2 preface.
+pub async fn read_preface<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut p = [0u8; 24];
+    io.read_exact(&mut p).await?;
+    if &p == PREFACE {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not an HTTP/2 preface",
+        ))
+    }
+}
+
+impl<C, H> Relay<C, H>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    H: Host,
+{
+    /// A relay for a client whose preface was read (see [`read_preface`]).
+    pub fn new(client: C, host: H, opts: Options) -> Relay<C, H> {
+        let conn_window = conn_window(opts.max_concurrent_streams);
+        let mut c = Side::new(client, conn_window);
+        c.codec
+            .set_max_recv_header_list_size(opts.max_header_list_size as usize);
+        let mut ours = Settings::default();
+        ours.set_initial_window_size(Some(STREAM_WINDOW));
+        ours.set_max_concurrent_streams(Some(opts.max_concurrent_streams));
+        ours.set_max_header_list_size(Some(opts.max_header_list_size));
+        c.out.push_back(ours.into());
+        push_window_update(&mut c.out, 0, conn_window - DEFAULT_WINDOW);
+        Relay {
+            host,
+            opts,
+            c,
+            conns: Vec::new(),
+            current: HashMap::new(),
+            calls: HashMap::new(),
+            last_id: 0,
+            refusing: false,
+            closing: false,
+        }
+    }
+
+    /// Calls in flight.
+    pub fn calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let mut progress = self.poll_dials(cx);
+            progress |= self.c.drain(cx)?;
+            progress |= self.drain_backends(cx);
+            if self.closing {
+                if self.c.out.is_empty() {
+                    let _ = self.c.codec.flush(cx);
+                    return Poll::Ready(Ok(()));
+                }
+                if !progress {
+                    break;
+                }
+                continue;
+            }
+            // The client, while both directions have room.
+            while self.c.out.len() < QUEUE && !self.backends_full() {
+                match Pin::new(&mut self.c.codec).poll_next(cx) {
+                    Poll::Ready(Some(Ok(f))) => {
+                        progress = true;
+                        if let Err(reason) = self.client_frame(f) {
+                            self.go_away(reason);
+                            break;
+                        }
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        // The codec's own verdict: a connection error it
+                        // already described, or a stream it could not parse.
+                        match e {
+                            h2::proto::Error::Reset(id, reason, _) => {
+                                self.reset_call(u32::from(id), reason);
+                                progress = true;
+                            }
+                            h2::proto::Error::GoAway(_, reason, _) => {
+                                self.go_away(reason);
+                                break;
+                            }
+                            h2::proto::Error::Io(kind, _) => {
+                                return Poll::Ready(Err(io::Error::from(kind)));
+                            }
+                        }
+                    }
+                    Poll::Ready(None) => return Poll::Ready(Ok(())),
+                    Poll::Pending => break,
+                }
+            }
+            if !self.closing {
+                progress |= self.poll_backends(cx);
+            }
+            self.credit();
+            progress |= self.c.drain(cx)?;
+            progress |= self.drain_backends(cx);
+            if !progress {
+                break;
+            }
+        }
+        if let Poll::Ready(Err(e)) = self.c.codec.flush(cx) {
+            return Poll::Ready(Err(e));
+        }
+        for i in 0..self.conns.len() {
+            if let ConnState::Up(side) = &mut self.conns[i].state {
+                if let Poll::Ready(Err(e)) = side.codec.flush(cx) {
+                    self.conn_failed(i, &format!("write failed: {e}"));
+                }
+            }
+        }
+        Poll::Pending
+    }
+
+    fn backends_full(&self) -> bool {
+        self.conns.iter().any(|b| match &b.state {
+            ConnState::Up(s) => s.out.len() >= QUEUE,
+            _ => false,
+        })
+    }
+
+    /// A connection error: GOAWAY with the reason, then the connection ends.
+    fn go_away(&mut self, reason: Reason) {
+        self.c
+            .out
+            .push_back(GoAway::new(StreamId::from(self.last_id), reason).into());
+        self.closing = true;
+    }
+
+    /// Sends `reason` to the client for stream `id` and forgets the call; a
+    /// call the backend has is cancelled there.
+    fn reset_call(&mut self, id: u32, reason: Reason) {
+        self.c
+            .out
+            .push_back(Reset::new(StreamId::from(id), reason).into());
+        self.forget(id, Some(Reason::CANCEL));
+    }
+
+    /// Removes a call; `cancel` resets it on the backend if it was opened there.
+    fn forget(&mut self, id: u32, cancel: Option<Reason>) {
+        let Some(call) = self.calls.remove(&id) else {
+            return;
+        };
+        // Its unforwarded request data still counts for the connection.
+        let queued: i64 = call
+            .up
+            .queue
+            .iter()
+            .map(|f| match f {
+                Frame::Data(d) => d.payload().len() as i64,
+                _ => 0,
+            })
+            .sum();
+        self.c.credit += queued;
+        let b = &mut self.conns[call.conn];
+        b.calls -= 1;
+        if call.opened {
+            b.open -= 1;
+            if let (Some(reason), ConnState::Up(side)) = (cancel, &mut b.state) {
+                side.out
+                    .push_back(Reset::new(StreamId::from(id), reason).into());
+            }
+        } else {
+            b.waiting.retain(|w| *w != id);
+        }
+        if b.draining && b.calls == 0 {
+            // Its backend said GOAWAY and its last call is over.
+            b.state = ConnState::Gone;
+        }
+        self.open_waiting(call.conn);
+    }
+
+    /// Ends calls that are over in both directions.
+    fn settle(&mut self, id: u32) {
+        let done = self.calls.get(&id).is_some_and(|c| {
+            c.up.ended && c.down.ended && c.up.queue.is_empty() && c.down.queue.is_empty()
+        });
+        if done {
+            self.forget(id, None);
+        }
+    }
+
+    fn client_frame(&mut self, f: Frame) -> Result<(), Reason> {
+        match f {
+            Frame::Settings(s) => {
+                let windows = self.calls.values_mut().map(|c| &mut c.down.send_window);
+                self.c.settings(&s, windows)?;
+                let ids: Vec<u32> = self.calls.keys().copied().collect();
+                for id in ids {
+                    self.release_down(id);
+                }
+            }
+            Frame::Ping(p) => {
+                if !p.is_ack() {
+                    self.c.out.push_back(Ping::pong(p.into_payload()).into());
+                }
+            }
+            Frame::WindowUpdate(w) => {
+                let inc = i64::from(w.size_increment());
+                let id = u32::from(w.stream_id());
+                if id == 0 {
+                    if inc == 0 {
+                        return Err(Reason::PROTOCOL_ERROR);
+                    }
+                    self.c.send_window += inc;
+                    if self.c.send_window > MAX_WINDOW {
+                        return Err(Reason::FLOW_CONTROL_ERROR);
+                    }
+                    let ids: Vec<u32> = self.calls.keys().copied().collect();
+                    for id in ids {
+                        self.release_down(id);
+                    }
+                } else if let Some(call) = self.calls.get_mut(&id) {
+                    if inc == 0 {
+                        self.reset_call(id, Reason::PROTOCOL_ERROR);
+                        return Ok(());
+                    }
+                    call.down.send_window += inc;
+                    if call.down.send_window > MAX_WINDOW {
+                        self.reset_call(id, Reason::FLOW_CONTROL_ERROR);
+                        return Ok(());
+                    }
+                    self.release_down(id);
+                } else if id > self.last_id {
+                    return Err(Reason::PROTOCOL_ERROR);
+                }
+            }
+            Frame::Headers(h) => return self.client_headers(h),
+            Frame::Data(d) => return self.client_data(d),
+            Frame::Reset(r) => {
+                let id = u32::from(r.stream_id());
+                if id > self.last_id {
+                    return Err(Reason::PROTOCOL_ERROR);
+                }
+                let reason = match r.reason() {
+                    Reason::NO_ERROR => Reason::CANCEL,
+                    other => other,
+                };
+                self.forget(id, Some(reason));
+            }
+            Frame::GoAway(_) => {
+                // No new calls; those in flight finish.
+                self.refusing = true;
+            }
+            Frame::Priority(_) => {}
+            Frame::PushPromise(_) => return Err(Reason::PROTOCOL_ERROR),
+        }
+        Ok(())
+    }
+
+    fn client_headers(&mut self, h: Headers) -> Result<(), Reason> {
+        let id = u32::from(h.stream_id());
+        let eos = h.is_end_stream();
+        if id % 2 == 0 {
+            return Err(Reason::PROTOCOL_ERROR);
+        }
+        if let Some(call) = self.calls.get_mut(&id) {
+            // A second header block: request trailers. gRPC clients send none,
+            // and some servers answer one by closing the whole connection, so
+            // they end the request instead of being forwarded.
+            if call.up.ended || !eos {
+                self.reset_call(id, Reason::PROTOCOL_ERROR);
+                return Ok(());
+            }
+            call.up.ended = true;
+            let mut end = Data::new(StreamId::from(id), Bytes::new());
+            end.set_end_stream(true);
+            call.up.queue.push_back(end.into());
+            self.release_up(id);
+            self.settle(id);
+            return Ok(());
+        }
+        if id <= self.last_id {
+            // A header block on a stream that is over (answered or reset
+            // here, its trailers perhaps crossing the answer): decoded for
+            // the connection's HPACK state by the codec, and dropped.
+            return Ok(());
+        }
+        self.last_id = id;
+        if self.refusing || self.calls.len() >= self.opts.max_concurrent_streams as usize {
+            self.c
+                .out
+                .push_back(Reset::new(StreamId::from(id), Reason::REFUSED_STREAM).into());
+            return Ok(());
+        }
+        if h.is_over_size() {
+            // h2's answer: 431, and the stream is over.
+            let mut r = Headers::new(
+                StreamId::from(id),
+                Pseudo::response(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+                HeaderMap::new(),
+            );
+            r.set_end_stream();
+            self.c.out.push_back(r.into());
+            if !eos {
+                self.c
+                    .out
+                    .push_back(Reset::new(StreamId::from(id), Reason::NO_ERROR).into());
+            }
+            return Ok(());
+        }
+        let (pseudo, fields) = h.into_parts();
+        let Some(head) = request_head(pseudo, fields) else {
+            self.c
+                .out
+                .push_back(Reset::new(StreamId::from(id), Reason::PROTOCOL_ERROR).into());
+            return Ok(());
+        };
+        let content_length = match head.headers.get(http::header::CONTENT_LENGTH) {
+            None => None,
+            Some(v) => match v.to_str().ok().and_then(|s| s.parse::<u64>().ok()) {
+                Some(n) if !eos || n == 0 => Some(n),
+                _ => {
+                    self.c
+                        .out
+                        .push_back(Reset::new(StreamId::from(id), Reason::PROTOCOL_ERROR).into());
+                    return Ok(());
+                }
+            },
+        };
+        match self.host.decide(head) {
+            Decision::Answer(resp) => {
+                let pseudo = Pseudo::response(resp.status);
+                let mut r = Headers::new(StreamId::from(id), pseudo, resp.headers);
+                r.set_end_stream();
+                self.c.out.push_back(r.into());
+                if !eos {
+                    // The answer is complete: the rest of the request is not wanted.
+                    self.c
+                        .out
+                        .push_back(Reset::new(StreamId::from(id), Reason::NO_ERROR).into());
+                }
+            }
+            Decision::Forward { backend, head } => {
+                let conn = self.conn_for(backend);
+                let (parts, ()) = http::Request::from_parts(head, ()).into_parts();
+                let mut pseudo = Pseudo::request(parts.method, parts.uri, None);
+                pseudo.protocol = None;
+                let mut out = Headers::new(StreamId::from(id), pseudo, parts.headers);
+                if eos {
+                    out.set_end_stream();
+                }
+                let send = match &self.conns[conn].state {
+                    ConnState::Up(side) => side.peer_init,
+                    _ => DEFAULT_WINDOW,
+                };
+                let mut call = Call {
+                    conn,
+                    up: Dir::new(send),
+                    down: Dir::new(self.c.peer_init),
+                    opened: false,
+                    answered: false,
+                    content_length,
+                    received: 0,
+                };
+                call.up.ended = eos;
+                call.up.queue.push_back(out.into());
+                self.calls.insert(id, call);
+                let b = &mut self.conns[conn];
+                b.calls += 1;
+                b.waiting.push_back(id);
+                self.open_waiting(conn);
+            }
+        }
+        Ok(())
+    }
+
+    fn client_data(&mut self, d: Data) -> Result<(), Reason> {
+        let id = u32::from(d.stream_id());
+        let len = self.c.data_len(&d);
+        if len > self.c.recv_window {
+            return Err(Reason::FLOW_CONTROL_ERROR);
+        }
+        self.c.recv_window -= len;
+        if id > self.last_id {
+            return Err(Reason::PROTOCOL_ERROR);
+        }
+        let eos = d.is_end_stream();
+        let Some(call) = self.calls.get_mut(&id) else {
+            // A stream that is over (answered, reset): its data is dropped,
+            // and the connection window it took given back.
+            self.c.credit += len;
+            return Ok(());
+        };
+        if call.up.ended {
+            self.c.credit += len;
+            self.reset_call(id, Reason::STREAM_CLOSED);
+            return Ok(());
+        }
+        if len > call.up.recv_window {
+            self.c.credit += len;
+            self.reset_call(id, Reason::FLOW_CONTROL_ERROR);
+            return Ok(());
+        }
+        call.up.recv_window -= len;
+        call.received += d.payload().len() as u64;
+        if let Some(n) = call.content_length {
+            if call.received > n || (eos && call.received != n) {
+                self.c.credit += len;
+                self.reset_call(id, Reason::PROTOCOL_ERROR);
+                return Ok(());
+            }
+        }
+        // Padding is not forwarded; its share of the window is owed back now.
+        let payload = d.payload().len() as i64;
+        self.c.credit += len - payload;
+        call.up.credit += len - payload;
+        call.up.ended = eos;
+        if payload > 0 || eos {
+            let mut fwd = Data::new(StreamId::from(id), d.into_payload());
+            fwd.set_end_stream(eos);
+            call.up.queue.push_back(fwd.into());
+        }
+        self.release_up(id);
+        self.settle(id);
+        Ok(())
+    }
+
+    /// The connection taking new calls for `backend`, dialed if need be.
+    fn conn_for(&mut self, backend: usize) -> usize {
+        if let Some(&i) = self.current.get(&backend) {
+            let b = &self.conns[i];
+            if !b.draining && !matches!(b.state, ConnState::Gone) {
+                return i;
+            }
+        }
+        let dial = self.host.dial(backend);
+        let conn = BackendConn {
+            backend,
+            state: ConnState::Dialing(Box::pin(async move {
+                let mut io = dial.await?;
+                io.write_all(PREFACE).await?;
+                Ok(io)
+            })),
+            draining: false,
+            settled: false,
+            open: 0,
+            max_open: usize::MAX,
+            waiting: VecDeque::new(),
+            calls: 0,
+        };
+        // Reuse a slot no call refers to any more.
+        let i = match self
+            .conns
+            .iter()
+            .position(|b| b.calls == 0 && matches!(b.state, ConnState::Gone))
+        {
+            Some(i) => {
+                self.conns[i] = conn;
+                i
+            }
+            None => {
+                self.conns.push(conn);
+                self.conns.len() - 1
+            }
+        };
+        self.current.insert(backend, i);
+        i
+    }
+
+    /// Opens waiting calls on connection `i` while its limit allows.
+    fn open_waiting(&mut self, i: usize) {
+        loop {
+            let b = &mut self.conns[i];
+            if !matches!(b.state, ConnState::Up(_)) || !b.settled || b.open >= b.max_open {
+                return;
+            }
+            let Some(id) = b.waiting.pop_front() else {
+                return;
+            };
+            b.open += 1;
+            if let Some(call) = self.calls.get_mut(&id) {
+                call.opened = true;
+            }
+            self.release_up(id);
+            self.settle(id);
+        }
+    }
+
+    /// Moves a call's request frames to its backend within the windows.
+    fn release_up(&mut self, id: u32) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if !call.opened {
+            return;
+        }
+        let ConnState::Up(side) = &mut self.conns[call.conn].state else {
+            return;
+        };
+        let moved = release(id, &mut call.up, side);
+        self.c.credit += moved;
+    }
+
+    /// Moves a call's response frames to the client within the windows.
+    fn release_down(&mut self, id: u32) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let moved = release(id, &mut call.down, &mut self.c);
+        if let ConnState::Up(side) = &mut self.conns[call.conn].state {
+            side.credit += moved;
+        }
+        self.settle(id);
+    }
+
+    /// WINDOW_UPDATEs for data passed on: per stream once half a window is
+    /// owed and the sender is still sending, per connection once a quarter.
+    fn credit(&mut self) {
+        let threshold = i64::from(STREAM_WINDOW / 2);
+        for (id, call) in &mut self.calls {
+            if call.up.credit >= threshold && !call.up.ended {
+                let n = std::mem::take(&mut call.up.credit);
+                call.up.recv_window += n;
+                push_window_update(&mut self.c.out, *id, n);
+            }
+            if call.down.credit >= threshold && !call.down.ended {
+                if let ConnState::Up(side) = &mut self.conns[call.conn].state {
+                    let n = std::mem::take(&mut call.down.credit);
+                    call.down.recv_window += n;
+                    push_window_update(&mut side.out, *id, n);
+                }
+            }
+        }
+        let conn_window = conn_window(self.opts.max_concurrent_streams);
+        if self.c.credit >= conn_window / 4 {
+            let n = std::mem::take(&mut self.c.credit);
+            self.c.recv_window += n;
+            push_window_update(&mut self.c.out, 0, n);
+        }
+        for b in &mut self.conns {
+            if let ConnState::Up(side) = &mut b.state {
+                if side.credit >= i64::from(STREAM_WINDOW) {
+                    let n = std::mem::take(&mut side.credit);
+                    side.recv_window += n;
+                    push_window_update(&mut side.out, 0, n);
+                }
+            }
+        }
+    }
+
+    fn poll_dials(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progress = false;
+        for i in 0..self.conns.len() {
+            let ConnState::Dialing(dial) = &mut self.conns[i].state else {
+                continue;
+            };
+            match dial.as_mut().poll(cx) {
+                Poll::Pending => {}
+                Poll::Ready(Ok(io)) => {
+                    progress = true;
+                    let window = conn_window(self.opts.max_concurrent_streams);
+                    let mut side = Side::new(io, window);
+                    side.codec
+                        .set_max_recv_header_list_size(self.opts.max_header_list_size as usize);
+                    let mut ours = Settings::default();
+                    ours.set_initial_window_size(Some(STREAM_WINDOW));
+                    ours.set_enable_push(false);
+                    ours.set_max_header_list_size(Some(self.opts.max_header_list_size));
+                    side.out.push_back(ours.into());
+                    push_window_update(&mut side.out, 0, window - DEFAULT_WINDOW);
+                    self.conns[i].state = ConnState::Up(Box::new(side));
+                    self.open_waiting(i);
+                }
+                Poll::Ready(Err(e)) => {
+                    progress = true;
+                    let name = self.host.backend_name(self.conns[i].backend);
+                    self.conn_failed(i, &format!("backend {name} unavailable: {e}"));
+                }
+            }
+        }
+        progress
+    }
+
+    fn drain_backends(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progress = false;
+        for i in 0..self.conns.len() {
+            let ConnState::Up(side) = &mut self.conns[i].state else {
+                continue;
+            };
+            match side.drain(cx) {
+                Ok(p) => progress |= p,
+                Err(e) => {
+                    self.conn_failed(i, &format!("write failed: {e}"));
+                    progress = true;
+                }
+            }
+        }
+        progress
+    }
+
+    fn poll_backends(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progress = false;
+        for i in 0..self.conns.len() {
+            while self.c.out.len() < QUEUE {
+                let ConnState::Up(side) = &mut self.conns[i].state else {
+                    break;
+                };
+                if side.out.len() >= QUEUE {
+                    break;
+                }
+                match Pin::new(&mut side.codec).poll_next(cx) {
+                    Poll::Ready(Some(Ok(f))) => {
+                        progress = true;
+                        if let Err(why) = self.backend_frame(i, f) {
+                            self.conn_failed(i, &why);
+                        }
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        progress = true;
+                        match e {
+                            h2::proto::Error::Reset(id, reason, _) => {
+                                self.backend_reset(i, u32::from(id), reason);
+                            }
+                            other => self.conn_failed(i, &format!("{other:?}")),
+                        }
+                    }
+                    Poll::Ready(None) => {
+                        progress = true;
+                        self.conn_failed(i, "connection closed");
+                    }
+                    Poll::Pending => break,
+                }
+            }
+        }
+        progress
+    }
+
+    /// A backend connection failed: its calls are answered UNAVAILABLE, or
+    /// reset if their response had begun.
+    fn conn_failed(&mut self, i: usize, why: &str) {
+        self.conns[i].state = ConnState::Gone;
+        self.conns[i].waiting.clear();
+        let ids: Vec<u32> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.conn == i)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.fail_call(id, grpc::Code::Unavailable, why, Reason::INTERNAL_ERROR);
+        }
+    }
+
+    /// Ends a call the backend cannot finish: a gRPC status if the client has
+    /// had no response headers yet, else a reset.
+    fn fail_call(&mut self, id: u32, code: grpc::Code, why: &str, reset: Reason) {
+        let Some(call) = self.calls.get(&id) else {
+            return;
+        };
+        if call.answered {
+            self.reset_call(id, reset);
+            return;
+        }
+        let (head, _) = grpc::status(code, why).into_parts();
+        let mut r = Headers::new(
+            StreamId::from(id),
+            Pseudo::response(head.status),
+            head.headers,
+        );
+        r.set_end_stream();
+        self.c.out.push_back(r.into());
+        let up_ended = call.up.ended;
+        if !up_ended {
+            self.c
+                .out
+                .push_back(Reset::new(StreamId::from(id), Reason::NO_ERROR).into());
+        }
+        self.forget(id, Some(Reason::CANCEL));
+    }
+
+    /// The backend reset a call: gRPC's mapping of HTTP/2 reset codes when the
+    /// client has no response yet, else the reset passed on.
+    fn backend_reset(&mut self, i: usize, id: u32, reason: Reason) {
+        let Some(call) = self.calls.get(&id) else {
+            return;
+        };
+        if call.conn != i {
+            return;
+        }
+        if call.answered {
+            self.c
+                .out
+                .push_back(Reset::new(StreamId::from(id), reason).into());
+            self.forget(id, None);
+            return;
+        }
+        let code = match reason {
+            Reason::CANCEL => grpc::Code::Cancelled,
+            Reason::REFUSED_STREAM => grpc::Code::Unavailable,
+            _ => grpc::Code::Internal,
+        };
+        let name = self.host.backend_name(self.conns[i].backend);
+        self.fail_call(
+            id,
+            code,
+            &format!("backend {name}: stream reset: {reason:?}"),
+            reason,
+        );
+    }
+
+    /// `Err` fails the backend connection.
+    fn backend_frame(&mut self, i: usize, f: Frame) -> Result<(), String> {
+        match f {
+            Frame::Settings(s) => {
+                if !s.is_ack() {
+                    self.conns[i].settled = true;
+                }
+                if let Some(n) = s.max_concurrent_streams() {
+                    self.conns[i].max_open = n as usize;
+                }
+                let ConnState::Up(side) = &mut self.conns[i].state else {
+                    return Ok(());
+                };
+                let windows = self
+                    .calls
+                    .values_mut()
+                    .filter(|c| c.conn == i)
+                    .map(|c| &mut c.up.send_window);
+                side.settings(&s, windows)
+                    .map_err(|r| format!("SETTINGS: {r:?}"))?;
+                let ids: Vec<u32> = self
+                    .calls
+                    .iter()
+                    .filter(|(_, c)| c.conn == i)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in ids {
+                    self.release_up(id);
+                }
+                self.open_waiting(i);
+            }
+            Frame::Ping(p) => {
+                if let ConnState::Up(side) = &mut self.conns[i].state {
+                    if !p.is_ack() {
+                        side.out.push_back(Ping::pong(p.into_payload()).into());
+                    }
+                }
+            }
+            Frame::WindowUpdate(w) => {
+                let inc = i64::from(w.size_increment());
+                let id = u32::from(w.stream_id());
+                if id == 0 {
+                    if let ConnState::Up(side) = &mut self.conns[i].state {
+                        side.send_window += inc;
+                        if side.send_window > MAX_WINDOW {
+                            return Err("connection window overflow".into());
+                        }
+                    }
+                    let ids: Vec<u32> = self
+                        .calls
+                        .iter()
+                        .filter(|(_, c)| c.conn == i)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for id in ids {
+                        self.release_up(id);
+                        self.settle(id);
+                    }
+                } else if let Some(call) = self.calls.get_mut(&id).filter(|c| c.conn == i) {
+                    call.up.send_window += inc;
+                    self.release_up(id);
+                    self.settle(id);
+                }
+            }
+            Frame::Headers(h) => {
+                let id = u32::from(h.stream_id());
+                let Some(call) = self.calls.get_mut(&id).filter(|c| c.conn == i) else {
+                    return Ok(());
+                };
+                if call.down.ended {
+                    return Err(format!("HEADERS on stream {id} after its end"));
+                }
+                let eos = h.is_end_stream();
+                call.answered = true;
+                call.down.ended = eos;
+                call.down.queue.push_back(h.into());
+                self.release_down(id);
+            }
+            Frame::Data(d) => {
+                let ConnState::Up(side) = &mut self.conns[i].state else {
+                    return Ok(());
+                };
+                let len = side.data_len(&d);
+                if len > side.recv_window {
+                    return Err("backend overran the connection window".into());
+                }
+                side.recv_window -= len;
+                let id = u32::from(d.stream_id());
+                let Some(call) = self.calls.get_mut(&id).filter(|c| c.conn == i) else {
+                    side.credit += len;
+                    return Ok(());
+                };
+                if len > call.down.recv_window || call.down.ended || !call.answered {
+                    side.credit += len;
+                    self.backend_reset(i, id, Reason::PROTOCOL_ERROR);
+                    return Ok(());
+                }
+                call.down.recv_window -= len;
+                let payload = d.payload().len() as i64;
+                side.credit += len - payload;
+                call.down.credit += len - payload;
+                let eos = d.is_end_stream();
+                call.down.ended = eos;
+                if payload > 0 || eos {
+                    let mut fwd = Data::new(StreamId::from(id), d.into_payload());
+                    fwd.set_end_stream(eos);
+                    call.down.queue.push_back(fwd.into());
+                }
+                self.release_down(id);
+            }
+            Frame::Reset(r) => {
+                self.backend_reset(i, u32::from(r.stream_id()), r.reason());
+            }
+            Frame::GoAway(g) => {
+                // Calls above its last id were not processed: the client may
+                // retry them (REFUSED_STREAM); the others finish.
+                let last = u32::from(g.last_stream_id());
+                self.conns[i].draining = true;
+                let ids: Vec<u32> = self
+                    .calls
+                    .iter()
+                    .filter(|(id, c)| c.conn == i && **id > last && !c.answered)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in ids {
+                    self.reset_call(id, Reason::REFUSED_STREAM);
+                }
+                if g.reason() != Reason::NO_ERROR {
+                    return Err(format!("GOAWAY {:?}", g.reason()));
+                }
+            }
+            Frame::Priority(_) => {}
+            Frame::PushPromise(_) => return Err("PUSH_PROMISE".into()),
+        }
+        Ok(())
+    }
+}
+
+impl<C, H> Future for Relay<C, H>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    H: Host + Unpin,
+{
+    type Output = io::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().poll_relay(cx)
+    }
+}
+
+/// The connection window offered: every stream's window, so a stream whose
+/// receiver stopped reading cannot stall the others.
+fn conn_window(max_streams: u32) -> i64 {
+    (i64::from(STREAM_WINDOW) * i64::from(max_streams.max(1))).min(MAX_WINDOW)
+}
+
+fn push_window_update(out: &mut VecDeque<Frame<Bytes>>, id: u32, n: i64) {
+    if let Ok(n) = u32::try_from(n) {
+        if n > 0 {
+            out.push_back(WindowUpdate::new(StreamId::from(id), n).into());
+        }
+    }
+}
+
+/// Moves a direction's queued frames into the receiver's side while both
+/// windows allow, splitting DATA at the window's edge. Returns the bytes
+/// moved, which the sender is owed on its connection; its stream credit is
+/// added to `d`.
+fn release<T>(id: u32, d: &mut Dir, to: &mut Side<T>) -> i64 {
+    let mut moved = 0;
+    while let Some(front) = d.queue.front_mut() {
+        let n = match front {
+            Frame::Data(f) => f.payload().len() as i64,
+            _ => 0,
+        };
+        if n > 0 {
+            let room = d.send_window.min(to.send_window);
+            if room <= 0 {
+                break;
+            }
+            if n > room {
+                let Frame::Data(f) = front else { break };
+                let head = f.payload_mut().split_to(room as usize);
+                d.send_window -= room;
+                to.send_window -= room;
+                d.credit += room;
+                moved += room;
+                to.out.push_back(Data::new(StreamId::from(id), head).into());
+                continue;
+            }
+            d.send_window -= n;
+            to.send_window -= n;
+            d.credit += n;
+            moved += n;
+        }
+        if let Some(f) = d.queue.pop_front() {
+            to.out.push_back(f);
+        }
+    }
+    moved
+}
+
+/// The request head from a HEADERS frame's pseudo-headers and fields, or
+/// `None` if it is malformed (a stream error, as h2 treats it).
+fn request_head(pseudo: Pseudo, fields: HeaderMap) -> Option<http::request::Parts> {
+    if pseudo.status.is_some() || pseudo.protocol.is_some() {
+        return None;
+    }
+    let method = pseudo.method?;
+    if method == Method::CONNECT {
+        return None;
+    }
+    let scheme = pseudo.scheme?;
+    let path = pseudo.path.filter(|p| !p.is_empty())?;
+    let mut uri = http::Uri::builder()
+        .scheme(scheme.as_bytes())
+        .path_and_query(path.as_bytes());
+    if let Some(a) = pseudo.authority {
+        uri = uri.authority(a.as_bytes());
+    }
+    let uri = uri.build().ok()?;
+    let mut req = http::Request::new(());
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = http::Version::HTTP_2;
+    *req.headers_mut() = fields;
+    Some(req.into_parts().0)
+}
