@@ -74,8 +74,9 @@ struct Stand {
 
 impl Host for Stand {
     type Io = tokio::net::UnixStream;
+    type Call = ();
 
-    fn decide(&mut self, mut head: http::request::Parts) -> Decision {
+    fn decide(&mut self, mut head: http::request::Parts) -> Decision<()> {
         if !self.allowed.contains(head.uri.path()) {
             let (resp, _) =
                 ipcgate::grpc::status(ipcgate::grpc::Code::PermissionDenied, "denied").into_parts();
@@ -93,7 +94,11 @@ impl Host for Stand {
         }
         head.headers.remove(ipcgate::proxy::XFCC);
         head.headers.insert(ipcgate::proxy::XFCC, self.xfcc.clone());
-        Decision::Forward { backend: 0, head }
+        Decision::Forward {
+            backend: 0,
+            head,
+            call: (),
+        }
     }
 
     fn dial(&mut self, _: usize) -> Dial<Self::Io> {
@@ -126,13 +131,5 @@ async fn serve(
         allowed,
         xfcc: peer.xfcc().clone(),
     };
-    Relay::new(
-        tls,
-        host,
-        Options {
-            max_concurrent_streams: 200,
-            max_header_list_size: 16 << 10,
-        },
-    )
-    .await
+    Relay::new(tls, host, Options::new(&ipcgate::config::Limits::default())).await
 }

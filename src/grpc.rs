@@ -51,6 +51,16 @@ pub enum Body {
         _call: Option<InFlight>,
     },
     Empty,
+    /// The relay's data path (`crate::relay`): the call goes on to a backend;
+    /// the request head is as the middleware left it. Never sent as a body.
+    Forward(Box<Forward>),
+}
+
+/// A call the middleware let through, for the relay to forward.
+pub struct Forward {
+    /// The router's index of the backend.
+    pub backend: usize,
+    pub head: http::request::Parts,
 }
 
 impl Body {
@@ -94,21 +104,21 @@ impl HttpBody for Body {
                 },
                 Poll::Pending => Poll::Pending,
             },
-            Body::Empty => Poll::Ready(None),
+            Body::Empty | Body::Forward(_) => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             Body::Upstream { body, .. } => body.is_end_stream(),
-            Body::Empty => true,
+            Body::Empty | Body::Forward(_) => true,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             Body::Upstream { .. } => SizeHint::default(),
-            Body::Empty => SizeHint::with_exact(0),
+            Body::Empty | Body::Forward(_) => SizeHint::with_exact(0),
         }
     }
 }

@@ -108,6 +108,53 @@ impl Backend {
         &self.addr
     }
 
+    /// Time to the backend's response headers.
+    pub fn latency(&self) -> &Histogram {
+        &self.latency
+    }
+
+    /// A new connection to the backend, not yet speaking HTTP/2 (the relay's
+    /// backend connections; see `crate::relay`).
+    ///
+    /// # Errors
+    /// The backend could not be reached within the connect timeout.
+    pub async fn connect(&self) -> io::Result<BoxIo> {
+        let connect = async {
+            let io: BoxIo = match &self.addr {
+                _ if self.tls.is_some() => {
+                    let t = self
+                        .tls
+                        .as_ref()
+                        .ok_or_else(|| io::Error::other("no TLS target"))?;
+                    Box::new(crate::client::connect_to(t).await?)
+                }
+                #[cfg(unix)]
+                config::Backend::Unix(path) => {
+                    Box::new(tokio::net::UnixStream::connect(path).await?)
+                }
+                #[cfg(windows)]
+                config::Backend::Pipe(name) => Box::new(crate::listen::connect_pipe(name).await?),
+                config::Backend::Tcp(a) => {
+                    let s = tokio::net::TcpStream::connect(a.as_str()).await?;
+                    s.set_nodelay(true)?;
+                    Box::new(s)
+                }
+                // Config::parse refuses the other platform's kind.
+                #[allow(unreachable_patterns)]
+                other => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        format!("{other}: not supported on this platform"),
+                    ))
+                }
+            };
+            Ok(io)
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+    }
+
     /// The least busy live connection with room for another call, counted as busy
     /// with this call before the lock is released.
     fn pick_ready(&self) -> Option<(SendRequest<Bytes>, InFlight)> {
@@ -308,6 +355,76 @@ fn upstream_error(addr: &config::Backend, e: &h2::Error) -> Response<grpc::Body>
     };
     debug!(backend = %addr, error = %e, "backend call failed");
     grpc::status(code, &format!("backend {addr}: {e}"))
+}
+
+/// A byte stream to a backend, whatever carries it.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+pub type BoxIo = Box<dyn Io>;
+
+/// The innermost service of the relay's data path: the route, and the
+/// identity headers. It forwards nothing itself: its answer hands the call
+/// back to the relay (`grpc::Body::Forward`), or refuses it (no route).
+#[derive(Clone)]
+pub struct Route {
+    router: Arc<Router>,
+    peer: Arc<Peer>,
+}
+
+impl Route {
+    pub fn new(router: Arc<Router>, peer: Arc<Peer>) -> Route {
+        Route { router, peer }
+    }
+}
+
+impl<B> Service<Request<B>> for Route {
+    type Response = Response<grpc::Body>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response<grpc::Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let service = crate::path::split(req.uri().path())
+            .map(|(s, _)| s)
+            .unwrap_or("");
+        let Some(backend) = self.router.route_index(service) else {
+            return std::future::ready(Ok(grpc::status(
+                Code::Unimplemented,
+                &format!("no route for service {service:?}"),
+            )));
+        };
+        let (mut head, _) = req.into_parts();
+        // The backend is reached over h2c (or its own TLS, not the client's).
+        let mut uri = std::mem::take(&mut head.uri).into_parts();
+        uri.scheme = Some(Scheme::HTTP);
+        if uri.authority.is_none() {
+            if let Some(b) = self.router.backend(backend) {
+                uri.authority = Some(b.authority.clone());
+            }
+        }
+        match Uri::from_parts(uri) {
+            Ok(u) => head.uri = u,
+            Err(_) => {
+                return std::future::ready(Ok(grpc::status(
+                    Code::Internal,
+                    "cannot build the backend URI",
+                )))
+            }
+        }
+        let h = &mut head.headers;
+        h.remove(&XFCC);
+        h.remove(&PEER_CRED);
+        h.insert(XFCC, self.peer.xfcc().clone());
+        if let Some(v) = self.peer.cred_header() {
+            h.insert(PEER_CRED, v.clone());
+        }
+        std::future::ready(Ok(Response::new(grpc::Body::Forward(Box::new(
+            grpc::Forward { backend, head },
+        )))))
+    }
 }
 
 /// The innermost service: identity headers, route, forward.

@@ -9,8 +9,10 @@ use crate::proxy::Backend;
 
 /// Routes compiled once per config; a lookup is one hash of the service name.
 pub struct Router {
-    exact: HashMap<String, Arc<Backend>>,
-    default: Option<Arc<Backend>>,
+    exact: HashMap<String, usize>,
+    default: Option<usize>,
+    /// Every distinct backend, once; routes hold indices into it.
+    backends: Vec<Arc<Backend>>,
 }
 
 impl Router {
@@ -21,8 +23,8 @@ impl Router {
         let mut exact = HashMap::new();
         let mut default = None;
         for r in routes {
-            let backend = match pools.iter().find(|b| *b.addr() == r.backend) {
-                Some(b) => b.clone(),
+            let backend = match pools.iter().position(|b| *b.addr() == r.backend) {
+                Some(i) => i,
                 None => {
                     let latency = metrics
                         .upstream_seconds
@@ -34,8 +36,8 @@ impl Router {
                         limits.backend_streams_per_connection,
                         latency,
                     ));
-                    pools.push(b.clone());
-                    b
+                    pools.push(b);
+                    pools.len() - 1
                 }
             };
             if r.service == "*" {
@@ -44,11 +46,24 @@ impl Router {
                 exact.insert(r.service.clone(), backend);
             }
         }
-        Router { exact, default }
+        Router {
+            exact,
+            default,
+            backends: pools,
+        }
     }
 
     pub fn route(&self, service: &str) -> Option<&Arc<Backend>> {
-        self.exact.get(service).or(self.default.as_ref())
+        self.route_index(service).map(|i| &self.backends[i])
+    }
+
+    /// The index (see [`Router::backend`]) of the service's backend.
+    pub fn route_index(&self, service: &str) -> Option<usize> {
+        self.exact.get(service).or(self.default.as_ref()).copied()
+    }
+
+    pub fn backend(&self, i: usize) -> Option<&Arc<Backend>> {
+        self.backends.get(i)
     }
 }
 

@@ -1,6 +1,6 @@
-//! The gateway: accept → handshake → identity → serve HTTP/2 through the tower
-//! stack (path check → authorization → proxy); beside it the reload triggers and
-//! the admin socket.
+//! The gateway: accept → handshake → identity → relay HTTP/2 (`crate::relay`),
+//! each call's head decided by the tower stack (path check → authorization →
+//! route); beside it the reload triggers and the admin socket.
 
 use std::future::Future;
 use std::path::Path;
@@ -22,7 +22,8 @@ use crate::listen::{Accepted, ListenError, Listener, Tcp};
 use crate::metrics::{Metrics, ReasonLabels};
 use crate::path::PathCheckLayer;
 use crate::policy::{Authorizer, AuthzLayer, PolicyError};
-use crate::proxy::Proxy;
+use crate::proxy::Route;
+use crate::relay::{self, Decision, Relay};
 use crate::reload::{PolicySource, Reloader, TlsSource};
 use crate::route::Router;
 use crate::tls::TlsError;
@@ -417,17 +418,12 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
     let svc = ServiceBuilder::new()
         .layer(PathCheckLayer)
         .layer(AuthzLayer::new(shared.authz.clone(), peer.clone()))
-        .service(Proxy::new(
-            shared.router.clone(),
-            peer.clone(),
-            activity.clone(),
-        ));
-    let settings = http2::Settings::new(&shared.limits);
-    let io = crate::authority::MaybeRepaired::new(tls, repair_authority);
+        .service(Route::new(shared.router.clone(), peer.clone()));
+    let mut io = crate::authority::MaybeRepaired::new(tls, repair_authority);
     // The HTTP/2 preface is inside the handshake budget: a client that finished
     // TLS and then says nothing is dropped like one that never finished it.
-    let conn = match tokio::time::timeout_at(deadline, http2::handshake(io, settings)).await {
-        Ok(Ok(c)) => c,
+    match tokio::time::timeout_at(deadline, relay::read_preface(&mut io)).await {
+        Ok(Ok(())) => {}
         failed => {
             match failed {
                 Ok(Err(e)) => {
@@ -438,12 +434,18 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
             m.active_connections.dec();
             return;
         }
+    }
+    let host = GatewayHost {
+        svc,
+        router: shared.router.clone(),
+        activity: activity.clone(),
+        floods: ClientFloods {
+            conns: shared.conns.clone(),
+            peer: peer.clone(),
+            metrics: shared.metrics.clone(),
+        },
     };
-    let mut conn = http2::Serve::new(conn, svc, settings).with_flood_guard(ClientFloods {
-        conns: shared.conns.clone(),
-        peer: peer.clone(),
-        metrics: shared.metrics.clone(),
-    });
+    let mut conn = Relay::new(io, host, relay::Options::new(&shared.limits));
 
     // The connection must not outlive its certificate. Timers are kept short
     // (tokio caps long sleeps) and re-armed until notAfter.
@@ -543,6 +545,104 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
         }
     }
     m.active_connections.dec();
+}
+
+/// What the relay asks of the gateway for one client connection.
+struct GatewayHost<S> {
+    /// Path check → authorization → route.
+    svc: S,
+    router: Arc<Router>,
+    activity: Arc<Activity>,
+    floods: ClientFloods,
+}
+
+/// A forwarded call, as the gateway keeps it: counted as the connection's
+/// activity (idle timeout) until it ends, timed to its response headers.
+struct GatewayCall {
+    _call: crate::grpc::InFlight,
+    started: std::time::Instant,
+    latency: Option<prometheus_client::metrics::histogram::Histogram>,
+}
+
+impl<S> relay::Host for GatewayHost<S>
+where
+    S: tower::Service<
+        http::Request<()>,
+        Response = http::Response<crate::grpc::Body>,
+        Error = std::convert::Infallible,
+    >,
+{
+    type Io = crate::proxy::BoxIo;
+    type Call = GatewayCall;
+
+    fn decide(&mut self, head: http::request::Parts) -> Decision<GatewayCall> {
+        use std::task::{Context, Poll};
+        // Every service in the stack is always ready and answers at once (the
+        // policy is compiled, the route a lookup): polled once, never parked.
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        let answered = match self.svc.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => {
+                let fut = self.svc.call(http::Request::from_parts(head, ()));
+                match std::pin::pin!(fut).poll(&mut cx) {
+                    Poll::Ready(Ok(resp)) => Some(resp),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let Some(resp) = answered else {
+            let (head, _) =
+                crate::grpc::status(crate::grpc::Code::Internal, "the call could not be decided")
+                    .into_parts();
+            return Decision::Answer(head);
+        };
+        let (parts, body) = resp.into_parts();
+        match body {
+            crate::grpc::Body::Forward(f) => {
+                let latency = self.router.backend(f.backend).map(|b| b.latency().clone());
+                Decision::Forward {
+                    backend: f.backend,
+                    head: f.head,
+                    call: GatewayCall {
+                        _call: self.activity.call(),
+                        started: std::time::Instant::now(),
+                        latency,
+                    },
+                }
+            }
+            _ => Decision::Answer(parts),
+        }
+    }
+
+    fn dial(&mut self, backend: usize) -> relay::Dial<Self::Io> {
+        let b = self.router.backend(backend).cloned();
+        Box::pin(async move {
+            match b {
+                Some(b) => b.connect().await,
+                None => Err(std::io::Error::other("no such backend")),
+            }
+        })
+    }
+
+    fn backend_name(&self, backend: usize) -> String {
+        self.router
+            .backend(backend)
+            .map_or_else(|| "?".into(), |b| b.addr().to_string())
+    }
+
+    fn answered(&mut self, call: &mut GatewayCall) {
+        if let Some(h) = &call.latency {
+            h.observe(call.started.elapsed().as_secs_f64());
+        }
+    }
+
+    fn strict(&self) -> bool {
+        http2::FloodGuard::strict(&self.floods)
+    }
+
+    fn flooded(&mut self, calls: u64, cancelled: u64) {
+        http2::FloodGuard::flooded(&self.floods, calls, cancelled);
+    }
 }
 
 /// A client's reset floods, remembered across its connections (see

@@ -24,6 +24,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::Stream as _;
@@ -45,22 +46,52 @@ pub const STREAM_WINDOW: u32 = 1 << 20;
 /// HTTP/2's largest window.
 const MAX_WINDOW: i64 = (1 << 31) - 1;
 const DEFAULT_WINDOW: i64 = 65_535;
+const MAX_STREAM_ID: u32 = (1 << 31) - 1;
+/// A reset this soon after the call began, before any response data, is
+/// premature (the rapid-reset rule).
+const PREMATURE: Duration = Duration::from_secs(1);
 /// Frames waiting for one side's codec before the relay stops reading.
 const QUEUE: usize = 256;
 
-/// Limits the relay holds its client to.
+/// Limits the relay holds its client to, and how it treats its backends.
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
     pub max_concurrent_streams: u32,
     pub max_header_list_size: u32,
+    /// Calls one backend connection takes before another is opened.
+    pub backend_streams_per_connection: usize,
+    /// A ping this often; a client that has not answered the previous one by
+    /// then is gone (it vanished without a FIN).
+    pub keep_alive: Duration,
+    /// How long calls in flight may run on once the connection was told to go
+    /// away for a reset flood.
+    pub drain: Duration,
 }
 
+impl Options {
+    pub fn new(limits: &crate::config::Limits) -> Options {
+        Options {
+            max_concurrent_streams: limits.max_concurrent_streams,
+            max_header_list_size: limits.max_header_list_size,
+            backend_streams_per_connection: limits.backend_streams_per_connection,
+            keep_alive: KEEP_ALIVE,
+            drain: limits.drain_timeout,
+        }
+    }
+}
+
+const KEEP_ALIVE: Duration = Duration::from_secs(30);
+const KEEP_ALIVE_PING: [u8; 8] = *b"ipcg-ka\0";
+const SHUTDOWN_PING: [u8; 8] = *b"ipcg-go\0";
+
 /// What becomes of a new call.
-pub enum Decision {
-    /// Forwarded to backend `backend` (the host's index) with this head.
+pub enum Decision<X> {
+    /// Forwarded to backend `backend` (the host's index) with this head;
+    /// `call` is the host's record of it, dropped when the call ends.
     Forward {
         backend: usize,
         head: http::request::Parts,
+        call: X,
     },
     /// Answered here: a response without body (a trailers-only gRPC status).
     Answer(http::response::Parts),
@@ -72,12 +103,29 @@ pub type Dial<T> = Pin<Box<dyn Future<Output = io::Result<T>> + Send>>;
 /// What the relay asks of the gateway.
 pub trait Host {
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// The host's record of a forwarded call.
+    type Call: Unpin;
     /// Decides a new call from its request head.
-    fn decide(&mut self, head: http::request::Parts) -> Decision;
+    fn decide(&mut self, head: http::request::Parts) -> Decision<Self::Call>;
     /// Opens a connection to a backend.
     fn dial(&mut self, backend: usize) -> Dial<Self::Io>;
     /// The backend's name, for messages.
     fn backend_name(&self, backend: usize) -> String;
+    /// The backend's response headers for `call` arrived.
+    fn answered(&mut self, _call: &mut Self::Call) {}
+    /// Whether this client flooded recently: it gets the strict budget of
+    /// the rapid-reset rule (see `http2::FloodGuard`).
+    fn strict(&self) -> bool {
+        false
+    }
+    /// The connection is told to go away for a reset flood.
+    fn flooded(&mut self, calls: u64, cancelled: u64) {
+        tracing::warn!(
+            calls,
+            cancelled,
+            "client cancels most calls as they start (rapid reset): closing the connection"
+        );
+    }
 }
 
 /// One peer: its codec, the frames cleared to go to it, its windows.
@@ -192,7 +240,12 @@ impl Dir {
     }
 }
 
-struct Call {
+struct Call<X> {
+    /// The host's record.
+    host: X,
+    started: tokio::time::Instant,
+    /// Response data came from the backend (a reset after it is not premature).
+    down_data: bool,
     /// Index of its backend connection in `Relay::conns`.
     conn: usize,
     /// Client to backend.
@@ -239,15 +292,24 @@ pub struct Relay<C, H: Host> {
     opts: Options,
     c: Side<C>,
     conns: Vec<BackendConn<H::Io>>,
-    /// The connection taking new calls for each backend.
-    current: HashMap<usize, usize>,
-    calls: HashMap<u32, Call>,
+    calls: HashMap<u32, Call<H::Call>>,
     /// Highest stream id the client opened.
     last_id: u32,
-    /// No new calls (the client said GOAWAY, or the relay did).
+    /// No new calls (the client said GOAWAY, or the relay's final GOAWAY went).
     refusing: bool,
+    /// A GOAWAY for a graceful close went; new calls are refused once this
+    /// passes (or the client answers the GOAWAY's PING).
+    refuse_at: Option<Pin<Box<tokio::time::Sleep>>>,
     /// A connection error was sent: write what is queued, then end.
     closing: bool,
+    keep_alive: tokio::time::Interval,
+    awaiting_pong: bool,
+    /// Forwarded calls ended, and those the client cancelled prematurely.
+    forwarded_ended: u64,
+    premature_resets: u64,
+    /// Set when the connection was told to go away for a reset flood: it ends
+    /// then, whatever is still in flight.
+    flood_drain: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// Reads the client's preface (24 bytes) from an established TLS stream.
@@ -285,16 +347,26 @@ where
         ours.set_max_header_list_size(Some(opts.max_header_list_size));
         c.out.push_back(ours.into());
         push_window_update(&mut c.out, 0, conn_window - DEFAULT_WINDOW);
+        let mut keep_alive = tokio::time::interval_at(
+            tokio::time::Instant::now() + opts.keep_alive,
+            opts.keep_alive,
+        );
+        keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Relay {
             host,
             opts,
             c,
             conns: Vec::new(),
-            current: HashMap::new(),
             calls: HashMap::new(),
             last_id: 0,
             refusing: false,
+            refuse_at: None,
             closing: false,
+            keep_alive,
+            awaiting_pong: false,
+            forwarded_ended: 0,
+            premature_resets: 0,
+            flood_drain: None,
         }
     }
 
@@ -303,7 +375,116 @@ where
         self.calls.len()
     }
 
+    /// Whether the connection was told to go away for cancelling most of its
+    /// calls.
+    pub fn reset_flood(&self) -> bool {
+        self.flood_drain.is_some()
+    }
+
+    /// GOAWAY: no new calls; those in flight finish, then the connection ends.
+    ///
+    /// With a `grace`, the first GOAWAY names the highest stream id (RFC 9113
+    /// §6.8) and carries a PING: calls that crossed it in flight are still
+    /// taken until the client answers the PING or `grace` passes, then the
+    /// final GOAWAY names the last call taken and later ones are refused with
+    /// REFUSED_STREAM (never processed: safe to retry elsewhere). Without one
+    /// (revoked, expired, flooding) the final GOAWAY goes at once.
+    pub fn graceful_shutdown(&mut self, grace: Duration) {
+        if self.refusing {
+            return;
+        }
+        if grace.is_zero() {
+            self.refuse();
+            return;
+        }
+        let at = tokio::time::Instant::now() + grace;
+        match &mut self.refuse_at {
+            Some(t) => {
+                if at < t.deadline() {
+                    t.as_mut().reset(at);
+                }
+            }
+            None => {
+                self.c
+                    .out
+                    .push_back(GoAway::new(StreamId::from(MAX_STREAM_ID), Reason::NO_ERROR).into());
+                self.c.out.push_back(Ping::new(SHUTDOWN_PING).into());
+                self.refuse_at = Some(Box::pin(tokio::time::sleep_until(at)));
+            }
+        }
+    }
+
+    /// The final GOAWAY: calls above the last one taken are refused.
+    fn refuse(&mut self) {
+        if self.refusing {
+            return;
+        }
+        self.refusing = true;
+        self.refuse_at = None;
+        self.c
+            .out
+            .push_back(GoAway::new(StreamId::from(self.last_id), Reason::NO_ERROR).into());
+    }
+
+    /// Timers: the end of a graceful close's grace, the keep-alive, the
+    /// drain bound of a flooding client. `Ready` ends the connection.
+    fn poll_timers(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let Some(t) = self.refuse_at.as_mut() {
+            if t.as_mut().poll(cx).is_ready() {
+                self.refuse();
+            }
+        }
+        if let Some(d) = self.flood_drain.as_mut() {
+            if d.as_mut().poll(cx).is_ready() {
+                tracing::warn!(
+                    "calls still in flight after the drain bound: closing the connection"
+                );
+                return Poll::Ready(());
+            }
+        }
+        while self.keep_alive.poll_tick(cx).is_ready() {
+            if self.awaiting_pong {
+                tracing::debug!("no answer to the keep-alive ping: closing the connection");
+                return Poll::Ready(());
+            }
+            self.c.out.push_back(Ping::new(KEEP_ALIVE_PING).into());
+            self.awaiting_pong = true;
+        }
+        Poll::Pending
+    }
+
+    /// A forwarded call is over: the rapid-reset rule's count (Envoy's
+    /// premature-reset rule; see `http2::RESET_FLOOD_CALLS`).
+    fn call_ended(&mut self, premature: bool) {
+        if self.reset_flood() {
+            return;
+        }
+        self.forwarded_ended += 1;
+        if !premature {
+            return;
+        }
+        self.premature_resets += 1;
+        let budget = if self.host.strict() {
+            crate::http2::RESET_FLOOD_CALLS_STRICT
+        } else {
+            crate::http2::RESET_FLOOD_CALLS
+        };
+        if self.premature_resets * 2 >= self.forwarded_ended.max(budget) {
+            self.host
+                .flooded(self.forwarded_ended, self.premature_resets);
+            self.flood_drain = Some(Box::pin(tokio::time::sleep(self.opts.drain)));
+            // Graceful: calls in flight may finish; a client whose short
+            // deadlines all expired in a backend stall loses no healthy call.
+            self.graceful_shutdown(Duration::ZERO);
+        }
+    }
+
     fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.poll_timers(cx).is_ready() {
+            let _ = self.c.drain(cx);
+            let _ = self.c.codec.flush(cx);
+            return Poll::Ready(Ok(()));
+        }
         loop {
             let mut progress = self.poll_dials(cx);
             progress |= self.c.drain(cx)?;
@@ -317,6 +498,11 @@ where
                     break;
                 }
                 continue;
+            }
+            // Backends first: a connection that closed meanwhile must not
+            // be given the client's next call.
+            if !self.closing {
+                progress |= self.poll_backends(cx);
             }
             // The client, while both directions have room.
             while self.c.out.len() < QUEUE && !self.backends_full() {
@@ -349,12 +535,14 @@ where
                     Poll::Pending => break,
                 }
             }
-            if !self.closing {
-                progress |= self.poll_backends(cx);
-            }
             self.credit();
             progress |= self.c.drain(cx)?;
             progress |= self.drain_backends(cx);
+            if self.refusing && self.calls.is_empty() && self.c.out.is_empty() {
+                // Closed gracefully: every call is over.
+                let _ = self.c.codec.flush(cx);
+                return Poll::Ready(Ok(()));
+            }
             if !progress {
                 break;
             }
@@ -437,6 +625,7 @@ where
         });
         if done {
             self.forget(id, None);
+            self.call_ended(false);
         }
     }
 
@@ -453,6 +642,11 @@ where
             Frame::Ping(p) => {
                 if !p.is_ack() {
                     self.c.out.push_back(Ping::pong(p.into_payload()).into());
+                } else if *p.payload() == KEEP_ALIVE_PING {
+                    self.awaiting_pong = false;
+                } else if *p.payload() == SHUTDOWN_PING {
+                    // Everything the client sent before the GOAWAY is in.
+                    self.refuse();
                 }
             }
             Frame::WindowUpdate(w) => {
@@ -496,7 +690,14 @@ where
                     Reason::NO_ERROR => Reason::CANCEL,
                     other => other,
                 };
-                self.forget(id, Some(reason));
+                let premature = self
+                    .calls
+                    .get(&id)
+                    .is_some_and(|c| !c.down_data && c.started.elapsed() < PREMATURE);
+                if self.calls.contains_key(&id) {
+                    self.forget(id, Some(reason));
+                    self.call_ended(premature);
+                }
             }
             Frame::GoAway(_) => {
                 // No new calls; those in flight finish.
@@ -591,7 +792,11 @@ where
                         .push_back(Reset::new(StreamId::from(id), Reason::NO_ERROR).into());
                 }
             }
-            Decision::Forward { backend, head } => {
+            Decision::Forward {
+                backend,
+                head,
+                call: host_call,
+            } => {
                 let conn = self.conn_for(backend);
                 let (parts, ()) = http::Request::from_parts(head, ()).into_parts();
                 let mut pseudo = Pseudo::request(parts.method, parts.uri, None);
@@ -605,6 +810,9 @@ where
                     _ => DEFAULT_WINDOW,
                 };
                 let mut call = Call {
+                    host: host_call,
+                    started: tokio::time::Instant::now(),
+                    down_data: false,
                     conn,
                     up: Dir::new(send),
                     down: Dir::new(self.c.peer_init),
@@ -678,11 +886,14 @@ where
 
     /// The connection taking new calls for `backend`, dialed if need be.
     fn conn_for(&mut self, backend: usize) -> usize {
-        if let Some(&i) = self.current.get(&backend) {
-            let b = &self.conns[i];
-            if !b.draining && !matches!(b.state, ConnState::Gone) {
-                return i;
-            }
+        let cap = self.opts.backend_streams_per_connection.max(1);
+        if let Some(i) = self.conns.iter().position(|b| {
+            b.backend == backend
+                && !b.draining
+                && b.calls < cap
+                && !matches!(b.state, ConnState::Gone)
+        }) {
+            return i;
         }
         let dial = self.host.dial(backend);
         let conn = BackendConn {
@@ -714,7 +925,6 @@ where
                 self.conns.len() - 1
             }
         };
-        self.current.insert(backend, i);
         i
     }
 
@@ -824,8 +1034,7 @@ where
                 }
                 Poll::Ready(Err(e)) => {
                     progress = true;
-                    let name = self.host.backend_name(self.conns[i].backend);
-                    self.conn_failed(i, &format!("backend {name} unavailable: {e}"));
+                    self.conn_failed(i, &e.to_string());
                 }
             }
         }
@@ -889,6 +1098,9 @@ where
     /// A backend connection failed: its calls are answered UNAVAILABLE, or
     /// reset if their response had begun.
     fn conn_failed(&mut self, i: usize, why: &str) {
+        let name = self.host.backend_name(self.conns[i].backend);
+        let why = format!("backend {name} unavailable: {why}");
+        tracing::debug!(backend = %name, error = %why, "backend connection failed");
         self.conns[i].state = ConnState::Gone;
         self.conns[i].waiting.clear();
         let ids: Vec<u32> = self
@@ -898,7 +1110,7 @@ where
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
-            self.fail_call(id, grpc::Code::Unavailable, why, Reason::INTERNAL_ERROR);
+            self.fail_call(id, grpc::Code::Unavailable, &why, Reason::INTERNAL_ERROR);
         }
     }
 
@@ -1032,7 +1244,10 @@ where
                     return Err(format!("HEADERS on stream {id} after its end"));
                 }
                 let eos = h.is_end_stream();
-                call.answered = true;
+                if !call.answered {
+                    call.answered = true;
+                    self.host.answered(&mut call.host);
+                }
                 call.down.ended = eos;
                 call.down.queue.push_back(h.into());
                 self.release_down(id);
@@ -1057,6 +1272,7 @@ where
                     return Ok(());
                 }
                 call.down.recv_window -= len;
+                call.down_data = true;
                 let payload = d.payload().len() as i64;
                 side.credit += len - payload;
                 call.down.credit += len - payload;

@@ -608,6 +608,20 @@ impl Mute {
     /// A unary Echo call on `stream`: HEADERS (static-table indices and
     /// literals never indexed) and one empty message ending the stream.
     async fn call(&mut self, stream: u32) {
+        self.open(stream).await;
+        self.finish(stream).await;
+    }
+
+    /// The request's empty message, ending the stream. The gateway may have
+    /// closed the connection already: what becomes of the call says so.
+    async fn finish(&mut self, stream: u32) {
+        use tokio::io::AsyncWriteExt;
+        let end = Self::frame(0x0, 0x1, stream, &[0, 0, 0, 0, 0]);
+        let _ = self.tls.write_all(&end).await;
+    }
+
+    /// A unary call's HEADERS alone: in flight until `finish`.
+    async fn open(&mut self, stream: u32) {
         use tokio::io::AsyncWriteExt;
         let mut block = vec![0x83, 0x86]; // :method POST, :scheme http
         for (name_index, value) in [
@@ -624,9 +638,8 @@ impl Mute {
         block.extend_from_slice(b"te");
         block.push(8);
         block.extend_from_slice(b"trailers");
-        let mut out = Self::frame(0x1, 0x4, stream, &block); // END_HEADERS
-        out.extend(Self::frame(0x0, 0x1, stream, &[0, 0, 0, 0, 0])); // END_STREAM
-        self.tls.write_all(&out).await.unwrap();
+        let out = Self::frame(0x1, 0x4, stream, &block); // END_HEADERS
+        let _ = self.tls.write_all(&out).await;
     }
 
     /// The next frame (kind, stream, payload), acknowledging SETTINGS and
@@ -693,8 +706,8 @@ async fn a_revoked_client_that_ignores_goaway_gets_no_new_call() {
     let h = Harness::start_with(with_crl()).await;
     let cfg = h.pki.saved_spiffe("spiffe://test.local/alice", "mute");
     let mut mute = Mute::connect(&h, cfg).await;
-    mute.call(1).await;
-    assert_eq!(within("call 1", mute.outcome(1)).await, Outcome::Answered);
+    // A call in flight keeps the connection open past the GOAWAY.
+    mute.open(1).await;
 
     let dir = h.pki.dir.path().to_str().unwrap().to_owned();
     let out = ipcgate(&[
@@ -715,10 +728,10 @@ async fn a_revoked_client_that_ignores_goaway_gets_no_new_call() {
         closed(hh, "no_longer_verifies") == 1
     })
     .await;
-    // h2's graceful GOAWAY: "no new streams", yet the last stream id still
-    // admits any until the client answers the PING sent with it. This client
-    // never does, and opens another call, which h2 alone would still take.
-    assert_eq!(within("the GOAWAY", mute.goaway()).await, (0x7fff_ffff, 0));
+    // No grace for a revoked client: the GOAWAY names the last call taken,
+    // and a client that calls on regardless (it never answers the PING a
+    // graceful GOAWAY would wait for) is refused.
+    assert_eq!(within("the GOAWAY", mute.goaway()).await, (1, 0));
     let calls = h.echo.calls.load(Ordering::SeqCst);
     mute.call(3).await;
     assert_eq!(
@@ -730,6 +743,9 @@ async fn a_revoked_client_that_ignores_goaway_gets_no_new_call() {
         calls,
         "the backend saw no new call"
     );
+    // The call in flight before the revocation may finish.
+    mute.finish(1).await;
+    assert_eq!(within("call 1", mute.outcome(1)).await, Outcome::Answered);
 }
 
 #[tokio::test]
@@ -753,19 +769,17 @@ async fn an_expired_client_that_ignores_goaway_gets_no_new_call() {
     let mut mute = Mute::connect(&h, cfg).await;
     mute.call(1).await;
     assert_eq!(within("call 1", mute.outcome(1)).await, Outcome::Answered);
-    // The certificate runs out while the connection is open: GOAWAY, and the
-    // client's next call — which h2 alone would take until its PING is
-    // answered — is refused without reaching the backend.
-    assert_eq!(
-        within("the GOAWAY at expiry", mute.goaway()).await,
-        (0x7fff_ffff, 0)
-    );
+    mute.open(3).await;
+    // The certificate runs out while a call is open: GOAWAY naming the last
+    // call taken, and the client's next call is refused without reaching the
+    // backend.
+    assert_eq!(within("the GOAWAY at expiry", mute.goaway()).await, (3, 0));
     let hh = &h;
     eventually("expired connection counted", || closed(hh, "expired") == 1).await;
     let calls = h.echo.calls.load(Ordering::SeqCst);
-    mute.call(3).await;
+    mute.call(5).await;
     assert_eq!(
-        within("call 3", mute.outcome(3)).await,
+        within("call 5", mute.outcome(5)).await,
         Outcome::Reset(0x7), // REFUSED_STREAM
     );
     assert_eq!(
@@ -782,6 +796,8 @@ async fn at_shutdown_a_client_that_ignores_goaway_gets_calls_only_for_the_grace(
     let mut mute = Mute::connect(&h, h.pki.spiffe("spiffe://test.local/alice")).await;
     mute.call(1).await;
     assert_eq!(within("call 1", mute.outcome(1)).await, Outcome::Answered);
+    // A call in flight keeps the connection open through the grace.
+    mute.open(3).await;
 
     let stopped = tokio::spawn(h.shutdown());
     assert_eq!(
@@ -790,15 +806,15 @@ async fn at_shutdown_a_client_that_ignores_goaway_gets_calls_only_for_the_grace(
     );
     // A call sent before the client saw the GOAWAY would look like this one:
     // it is still served, not lost...
-    mute.call(3).await;
-    assert_eq!(within("call 3", mute.outcome(3)).await, Outcome::Answered);
+    mute.call(5).await;
+    assert_eq!(within("call 5", mute.outcome(5)).await, Outcome::Answered);
     // ...but a client that never answers the GOAWAY's PING does not get to
     // keep calling through the drain: after the grace, calls are refused.
     tokio::time::sleep(ipcgate::http2::SHUTDOWN_GRACE + Duration::from_millis(300)).await;
     let before = calls.load(Ordering::SeqCst);
-    mute.call(5).await;
+    mute.call(7).await;
     assert_eq!(
-        within("call 5", mute.outcome(5)).await,
+        within("call 7", mute.outcome(7)).await,
         Outcome::Reset(0x7), // REFUSED_STREAM
     );
     assert_eq!(
@@ -806,7 +822,10 @@ async fn at_shutdown_a_client_that_ignores_goaway_gets_calls_only_for_the_grace(
         before,
         "the backend saw no call after the grace"
     );
-    // The connection gone, the gateway finishes its drain.
-    drop(mute);
+    // The call open since before the shutdown finishes, then the connection
+    // closes and the gateway's drain is over.
+    mute.finish(3).await;
+    assert_eq!(within("call 3", mute.outcome(3)).await, Outcome::Answered);
+    assert_eq!(within("the end", mute.outcome(9)).await, Outcome::Closed);
     within("the gateway drained", stopped).await.unwrap();
 }

@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use hyper_util::rt::TokioIo;
@@ -27,8 +28,9 @@ struct TestHost {
 
 impl Host for TestHost {
     type Io = UnixStream;
+    type Call = ();
 
-    fn decide(&mut self, mut head: http::request::Parts) -> Decision {
+    fn decide(&mut self, mut head: http::request::Parts) -> Decision<()> {
         if head.uri.path() == "/demo.v1.Echo/ClientStream" {
             let (resp, _) = grpc::status(grpc::Code::PermissionDenied, "not this one").into_parts();
             return Decision::Answer(resp);
@@ -40,7 +42,11 @@ impl Host for TestHost {
             "x-forwarded-client-cert",
             http::HeaderValue::from_static("By=relay-test"),
         );
-        Decision::Forward { backend: 0, head }
+        Decision::Forward {
+            backend: 0,
+            head,
+            call: (),
+        }
     }
 
     fn dial(&mut self, _: usize) -> Dial<UnixStream> {
@@ -59,6 +65,9 @@ impl Host for TestHost {
 const OPTS: Options = Options {
     max_concurrent_streams: 8,
     max_header_list_size: 16 << 10,
+    backend_streams_per_connection: 100,
+    keep_alive: Duration::from_secs(30),
+    drain: Duration::from_secs(15),
 };
 
 struct Rig {
