@@ -47,6 +47,10 @@ pub const STREAM_WINDOW: u32 = 1 << 20;
 const MAX_WINDOW: i64 = (1 << 31) - 1;
 const DEFAULT_WINDOW: i64 = 65_535;
 const MAX_STREAM_ID: u32 = (1 << 31) - 1;
+/// A backend connection without calls for this long is closed. Each client
+/// connection has its own, so an idle client must not hold one (and the
+/// backend's memory for it); a client calling again pays a local connect.
+const BACKEND_IDLE: Duration = Duration::from_millis(250);
 /// A reset this soon after the call began, before any response data, is
 /// premature (the rapid-reset rule).
 const PREMATURE: Duration = Duration::from_secs(1);
@@ -284,6 +288,8 @@ struct BackendConn<T> {
     waiting: VecDeque<u32>,
     /// Calls on it, for failing them together.
     calls: usize,
+    /// Since when it has had no call.
+    idle_since: Option<tokio::time::Instant>,
 }
 
 /// The relay of one client connection; a future that ends with the connection.
@@ -310,6 +316,8 @@ pub struct Relay<C, H: Host> {
     /// Set when the connection was told to go away for a reset flood: it ends
     /// then, whatever is still in flight.
     flood_drain: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Closes backend connections idle for `BACKEND_IDLE`.
+    sweep: Pin<Box<tokio::time::Sleep>>,
 }
 
 /// Reads the client's preface (24 bytes) from an established TLS stream.
@@ -367,6 +375,7 @@ where
             forwarded_ended: 0,
             premature_resets: 0,
             flood_drain: None,
+            sweep: Box::pin(tokio::time::sleep(BACKEND_IDLE)),
         }
     }
 
@@ -429,6 +438,24 @@ where
     /// Timers: the end of a graceful close's grace, the keep-alive, the
     /// drain bound of a flooding client. `Ready` ends the connection.
     fn poll_timers(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        while self.sweep.as_mut().poll(cx).is_ready() {
+            let now = tokio::time::Instant::now();
+            let mut next = now + BACKEND_IDLE;
+            for b in &mut self.conns {
+                let Some(since) = b.idle_since else { continue };
+                if !matches!(b.state, ConnState::Up(_)) {
+                    continue;
+                }
+                if now >= since + BACKEND_IDLE {
+                    // Dropped: the backend sees the connection end.
+                    b.state = ConnState::Gone;
+                    b.idle_since = None;
+                } else {
+                    next = next.min(since + BACKEND_IDLE);
+                }
+            }
+            self.sweep.as_mut().reset(next);
+        }
         if let Some(t) = self.refuse_at.as_mut() {
             if t.as_mut().poll(cx).is_ready() {
                 self.refuse();
@@ -602,6 +629,9 @@ where
         self.c.credit += queued;
         let b = &mut self.conns[call.conn];
         b.calls -= 1;
+        if b.calls == 0 {
+            b.idle_since = Some(tokio::time::Instant::now());
+        }
         if call.opened {
             b.open -= 1;
             if let (Some(reason), ConnState::Up(side)) = (cancel, &mut b.state) {
@@ -826,6 +856,7 @@ where
                 self.calls.insert(id, call);
                 let b = &mut self.conns[conn];
                 b.calls += 1;
+                b.idle_since = None;
                 b.waiting.push_back(id);
                 self.open_waiting(conn);
             }
@@ -909,6 +940,7 @@ where
             max_open: usize::MAX,
             waiting: VecDeque::new(),
             calls: 0,
+            idle_since: None,
         };
         // Reuse a slot no call refers to any more.
         let i = match self

@@ -499,3 +499,21 @@ async fn streams_past_the_concurrency_limit_are_refused() {
     raw.send(frame(0x0, 0x1, 19, &EMPTY)).await;
     assert_eq!(within("after", raw.outcome(19)).await, Seen::Answered);
 }
+
+#[tokio::test]
+async fn a_backend_connection_is_reused_while_busy_and_closed_when_idle() {
+    let rig = Rig::start().await;
+    let mut c = rig.client();
+    let conns = || rig.echo.connections.load(Ordering::SeqCst);
+    for i in 0..50u8 {
+        within("call", c.unary(req(&[i]))).await.unwrap();
+    }
+    assert_eq!(conns(), 1, "one backend connection for a busy client");
+    // Idle past the relay's backend idle timeout (250 ms): the backend
+    // connection is dropped, and the next call dials a new one.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    within("call after idle", c.unary(req(b"again")))
+        .await
+        .unwrap();
+    assert_eq!(conns(), 2);
+}
