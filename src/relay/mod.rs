@@ -43,10 +43,19 @@ const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The stream window offered to both sides: what one call may have queued
 /// here in each direction (hyper's and the h2 data path's default).
 pub const STREAM_WINDOW: u32 = 1 << 20;
+/// The connection window offered to both sides: what one client connection
+/// may have queued here in each direction, whatever its number of calls (the
+/// h2 path offered its clients 1 MiB). A call whose receiver stops reading
+/// can hold it up for the connection's other calls — all the same client's,
+/// since every client connection has backend connections of its own.
+const CONN_WINDOW: i64 = 2 * STREAM_WINDOW as i64;
 /// HTTP/2's largest window.
 const MAX_WINDOW: i64 = (1 << 31) - 1;
 const DEFAULT_WINDOW: i64 = 65_535;
 const MAX_STREAM_ID: u32 = (1 << 31) - 1;
+/// Streams reset for the client's own errors before its connection goes (h2's
+/// server default, kept from the h2 data path).
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 /// A backend connection without calls for this long is closed. Each client
 /// connection has its own, so an idle client must not hold one (and the
 /// backend's memory for it); a client calling again pays a local connect.
@@ -56,6 +65,9 @@ const BACKEND_IDLE: Duration = Duration::from_millis(250);
 const PREMATURE: Duration = Duration::from_secs(1);
 /// Frames waiting for one side's codec before the relay stops reading.
 const QUEUE: usize = 256;
+/// Queued DATA frames are merged up to this (the smallest frame size a peer
+/// may allow).
+const MERGE_LIMIT: usize = 16 << 10;
 
 /// Limits the relay holds its client to, and how it treats its backends.
 #[derive(Clone, Copy, Debug)]
@@ -310,14 +322,23 @@ pub struct Relay<C, H: Host> {
     closing: bool,
     keep_alive: tokio::time::Interval,
     awaiting_pong: bool,
+    /// Streams reset for the client's errors (see `client_reset`).
+    local_error_resets: usize,
     /// Forwarded calls ended, and those the client cancelled prematurely.
     forwarded_ended: u64,
     premature_resets: u64,
     /// Set when the connection was told to go away for a reset flood: it ends
     /// then, whatever is still in flight.
     flood_drain: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Closes backend connections idle for `BACKEND_IDLE`.
+    /// Closes backend connections idle for `BACKEND_IDLE`; armed only while
+    /// one is idle, so an idle client connection is never woken for it.
     sweep: Pin<Box<tokio::time::Sleep>>,
+    sweep_armed: bool,
+    /// Reading was held back (an out queue full) since the last keep-alive
+    /// tick: an unread PING answer is then no sign of a dead client.
+    read_held: bool,
+    /// Call ids, reused between frames that visit many calls.
+    scratch: Vec<u32>,
 }
 
 /// Reads the client's preface (24 bytes) from an established TLS stream.
@@ -345,8 +366,7 @@ where
 {
     /// A relay for a client whose preface was read (see [`read_preface`]).
     pub fn new(client: C, host: H, opts: Options) -> Relay<C, H> {
-        let conn_window = conn_window(opts.max_concurrent_streams);
-        let mut c = Side::new(client, conn_window);
+        let mut c = Side::new(client, CONN_WINDOW);
         c.codec
             .set_max_recv_header_list_size(opts.max_header_list_size as usize);
         let mut ours = Settings::default();
@@ -354,7 +374,7 @@ where
         ours.set_max_concurrent_streams(Some(opts.max_concurrent_streams));
         ours.set_max_header_list_size(Some(opts.max_header_list_size));
         c.out.push_back(ours.into());
-        push_window_update(&mut c.out, 0, conn_window - DEFAULT_WINDOW);
+        push_window_update(&mut c.out, 0, CONN_WINDOW - DEFAULT_WINDOW);
         let mut keep_alive = tokio::time::interval_at(
             tokio::time::Instant::now() + opts.keep_alive,
             opts.keep_alive,
@@ -372,10 +392,14 @@ where
             closing: false,
             keep_alive,
             awaiting_pong: false,
+            local_error_resets: 0,
             forwarded_ended: 0,
             premature_resets: 0,
             flood_drain: None,
             sweep: Box::pin(tokio::time::sleep(BACKEND_IDLE)),
+            sweep_armed: false,
+            read_held: false,
+            scratch: Vec::new(),
         }
     }
 
@@ -438,9 +462,9 @@ where
     /// Timers: the end of a graceful close's grace, the keep-alive, the
     /// drain bound of a flooding client. `Ready` ends the connection.
     fn poll_timers(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        while self.sweep.as_mut().poll(cx).is_ready() {
+        while self.sweep_armed && self.sweep.as_mut().poll(cx).is_ready() {
             let now = tokio::time::Instant::now();
-            let mut next = now + BACKEND_IDLE;
+            let mut next = None;
             for b in &mut self.conns {
                 let Some(since) = b.idle_since else { continue };
                 if !matches!(b.state, ConnState::Up(_)) {
@@ -451,10 +475,14 @@ where
                     b.state = ConnState::Gone;
                     b.idle_since = None;
                 } else {
-                    next = next.min(since + BACKEND_IDLE);
+                    let at = since + BACKEND_IDLE;
+                    next = Some(next.map_or(at, |n: tokio::time::Instant| n.min(at)));
                 }
             }
-            self.sweep.as_mut().reset(next);
+            match next {
+                Some(at) => self.sweep.as_mut().reset(at),
+                None => self.sweep_armed = false,
+            }
         }
         if let Some(t) = self.refuse_at.as_mut() {
             if t.as_mut().poll(cx).is_ready() {
@@ -470,6 +498,10 @@ where
             }
         }
         while self.keep_alive.poll_tick(cx).is_ready() {
+            if std::mem::take(&mut self.read_held) {
+                // The answer may be sitting unread: this tick proves nothing.
+                continue;
+            }
             if self.awaiting_pong {
                 tracing::debug!("no answer to the keep-alive ping: closing the connection");
                 return Poll::Ready(());
@@ -518,8 +550,7 @@ where
             progress |= self.drain_backends(cx);
             if self.closing {
                 if self.c.out.is_empty() {
-                    let _ = self.c.codec.flush(cx);
-                    return Poll::Ready(Ok(()));
+                    return self.finish(cx);
                 }
                 if !progress {
                     break;
@@ -532,6 +563,9 @@ where
                 progress |= self.poll_backends(cx);
             }
             // The client, while both directions have room.
+            if self.c.out.len() >= QUEUE || self.backends_full() {
+                self.read_held = true;
+            }
             while self.c.out.len() < QUEUE && !self.backends_full() {
                 match Pin::new(&mut self.c.codec).poll_next(cx) {
                     Poll::Ready(Some(Ok(f))) => {
@@ -546,7 +580,12 @@ where
                         // already described, or a stream it could not parse.
                         match e {
                             h2::proto::Error::Reset(id, reason, _) => {
-                                self.reset_call(u32::from(id), reason);
+                                let id = u32::from(id);
+                                if id % 2 == 1 && id > self.last_id {
+                                    // A new stream, refused at its first frame.
+                                    self.last_id = id;
+                                }
+                                self.client_reset(id, reason);
                                 progress = true;
                             }
                             h2::proto::Error::GoAway(_, reason, _) => {
@@ -567,8 +606,8 @@ where
             progress |= self.drain_backends(cx);
             if self.refusing && self.calls.is_empty() && self.c.out.is_empty() {
                 // Closed gracefully: every call is over.
-                let _ = self.c.codec.flush(cx);
-                return Poll::Ready(Ok(()));
+                self.closing = true;
+                return self.finish(cx);
             }
             if !progress {
                 break;
@@ -585,6 +624,18 @@ where
             }
         }
         Poll::Pending
+    }
+
+    /// The end: what is queued for the client written out, then the TLS
+    /// close. A client that stops reading cannot hold this open for long: the
+    /// keep-alive ping goes unanswered (and the owner's drain bound applies).
+    fn finish(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.c.codec.flush(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+        self.c.codec.shutdown(cx).map(|r| r.or(Ok(())))
     }
 
     fn backends_full(&self) -> bool {
@@ -611,26 +662,46 @@ where
         self.forget(id, Some(Reason::CANCEL));
     }
 
+    /// A stream error the client caused: reset, and counted. Resets cost a
+    /// frame each and the client nothing, so past `MAX_LOCAL_ERROR_RESETS` the
+    /// connection goes (h2's guard against making a server reset floods).
+    fn client_reset(&mut self, id: u32, reason: Reason) {
+        // A forwarded call ended this way cost the backend as much as one the
+        // client cancelled: it counts for the rapid-reset rule the same.
+        let premature = self
+            .calls
+            .get(&id)
+            .map(|c| !c.down_data && c.started.elapsed() < PREMATURE);
+        self.reset_call(id, reason);
+        if let Some(p) = premature {
+            self.call_ended(p);
+        }
+        self.local_error_resets += 1;
+        if self.local_error_resets > MAX_LOCAL_ERROR_RESETS {
+            tracing::debug!("client keeps causing stream errors: closing the connection");
+            self.go_away(Reason::ENHANCE_YOUR_CALM);
+        }
+    }
+
     /// Removes a call; `cancel` resets it on the backend if it was opened there.
     fn forget(&mut self, id: u32, cancel: Option<Reason>) {
         let Some(call) = self.calls.remove(&id) else {
             return;
         };
-        // Its unforwarded request data still counts for the connection.
-        let queued: i64 = call
-            .up
-            .queue
-            .iter()
-            .map(|f| match f {
-                Frame::Data(d) => d.payload().len() as i64,
-                _ => 0,
-            })
-            .sum();
-        self.c.credit += queued;
+        // Data it still held counts for its connections: given back.
+        self.c.credit += queued_data(&call.up.queue);
         let b = &mut self.conns[call.conn];
+        if let ConnState::Up(side) = &mut b.state {
+            side.credit += queued_data(&call.down.queue);
+        }
         b.calls -= 1;
         if b.calls == 0 {
-            b.idle_since = Some(tokio::time::Instant::now());
+            let now = tokio::time::Instant::now();
+            b.idle_since = Some(now);
+            if !self.sweep_armed {
+                self.sweep_armed = true;
+                self.sweep.as_mut().reset(now + BACKEND_IDLE);
+            }
         }
         if call.opened {
             b.open -= 1;
@@ -659,14 +730,31 @@ where
         }
     }
 
+    /// Releases the response data of every call that has some waiting (the
+    /// client's connection window or initial window grew). Only calls with
+    /// queued frames are visited; the id list is reused, not reallocated.
+    fn release_all_down(&mut self) {
+        let mut ids = std::mem::take(&mut self.scratch);
+        ids.clear();
+        ids.extend(
+            self.calls
+                .iter()
+                .filter(|(_, c)| !c.down.queue.is_empty())
+                .map(|(id, _)| *id),
+        );
+        for &id in &ids {
+            self.release_down(id);
+        }
+        self.scratch = ids;
+    }
+
     fn client_frame(&mut self, f: Frame) -> Result<(), Reason> {
         match f {
             Frame::Settings(s) => {
                 let windows = self.calls.values_mut().map(|c| &mut c.down.send_window);
                 self.c.settings(&s, windows)?;
-                let ids: Vec<u32> = self.calls.keys().copied().collect();
-                for id in ids {
-                    self.release_down(id);
+                if s.initial_window_size().is_some() {
+                    self.release_all_down();
                 }
             }
             Frame::Ping(p) => {
@@ -690,18 +778,15 @@ where
                     if self.c.send_window > MAX_WINDOW {
                         return Err(Reason::FLOW_CONTROL_ERROR);
                     }
-                    let ids: Vec<u32> = self.calls.keys().copied().collect();
-                    for id in ids {
-                        self.release_down(id);
-                    }
+                    self.release_all_down();
                 } else if let Some(call) = self.calls.get_mut(&id) {
                     if inc == 0 {
-                        self.reset_call(id, Reason::PROTOCOL_ERROR);
+                        self.client_reset(id, Reason::PROTOCOL_ERROR);
                         return Ok(());
                     }
                     call.down.send_window += inc;
                     if call.down.send_window > MAX_WINDOW {
-                        self.reset_call(id, Reason::FLOW_CONTROL_ERROR);
+                        self.client_reset(id, Reason::FLOW_CONTROL_ERROR);
                         return Ok(());
                     }
                     self.release_down(id);
@@ -713,7 +798,7 @@ where
             Frame::Data(d) => return self.client_data(d),
             Frame::Reset(r) => {
                 let id = u32::from(r.stream_id());
-                if id > self.last_id {
+                if id == 0 || id > self.last_id {
                     return Err(Reason::PROTOCOL_ERROR);
                 }
                 let reason = match r.reason() {
@@ -749,29 +834,29 @@ where
             // A second header block: request trailers. gRPC clients send none,
             // and some servers answer one by closing the whole connection, so
             // they end the request instead of being forwarded.
-            if call.up.ended || !eos {
-                self.reset_call(id, Reason::PROTOCOL_ERROR);
+            let short = call.content_length.is_some_and(|n| call.received != n);
+            if call.up.ended || !eos || short {
+                self.client_reset(id, Reason::PROTOCOL_ERROR);
                 return Ok(());
             }
             call.up.ended = true;
             let mut end = Data::new(StreamId::from(id), Bytes::new());
             end.set_end_stream(true);
-            call.up.queue.push_back(end.into());
+            enqueue(&mut call.up, end.into());
             self.release_up(id);
             self.settle(id);
             return Ok(());
         }
         if id <= self.last_id {
-            // A header block on a stream that is over (answered or reset
-            // here, its trailers perhaps crossing the answer): decoded for
-            // the connection's HPACK state by the codec, and dropped.
+            // A header block on a stream that is over (decoded for the
+            // connection's HPACK state by the codec): a stream error, so a
+            // client reusing an id learns at once.
+            self.client_reset(id, Reason::STREAM_CLOSED);
             return Ok(());
         }
         self.last_id = id;
         if self.refusing || self.calls.len() >= self.opts.max_concurrent_streams as usize {
-            self.c
-                .out
-                .push_back(Reset::new(StreamId::from(id), Reason::REFUSED_STREAM).into());
+            self.client_reset(id, Reason::REFUSED_STREAM);
             return Ok(());
         }
         if h.is_over_size() {
@@ -792,9 +877,7 @@ where
         }
         let (pseudo, fields) = h.into_parts();
         let Some(head) = request_head(pseudo, fields) else {
-            self.c
-                .out
-                .push_back(Reset::new(StreamId::from(id), Reason::PROTOCOL_ERROR).into());
+            self.client_reset(id, Reason::PROTOCOL_ERROR);
             return Ok(());
         };
         let content_length = match head.headers.get(http::header::CONTENT_LENGTH) {
@@ -802,9 +885,7 @@ where
             Some(v) => match v.to_str().ok().and_then(|s| s.parse::<u64>().ok()) {
                 Some(n) if !eos || n == 0 => Some(n),
                 _ => {
-                    self.c
-                        .out
-                        .push_back(Reset::new(StreamId::from(id), Reason::PROTOCOL_ERROR).into());
+                    self.client_reset(id, Reason::PROTOCOL_ERROR);
                     return Ok(());
                 }
             },
@@ -883,12 +964,12 @@ where
         };
         if call.up.ended {
             self.c.credit += len;
-            self.reset_call(id, Reason::STREAM_CLOSED);
+            self.client_reset(id, Reason::STREAM_CLOSED);
             return Ok(());
         }
         if len > call.up.recv_window {
             self.c.credit += len;
-            self.reset_call(id, Reason::FLOW_CONTROL_ERROR);
+            self.client_reset(id, Reason::FLOW_CONTROL_ERROR);
             return Ok(());
         }
         call.up.recv_window -= len;
@@ -896,7 +977,7 @@ where
         if let Some(n) = call.content_length {
             if call.received > n || (eos && call.received != n) {
                 self.c.credit += len;
-                self.reset_call(id, Reason::PROTOCOL_ERROR);
+                self.client_reset(id, Reason::PROTOCOL_ERROR);
                 return Ok(());
             }
         }
@@ -908,7 +989,7 @@ where
         if payload > 0 || eos {
             let mut fwd = Data::new(StreamId::from(id), d.into_payload());
             fwd.set_end_stream(eos);
-            call.up.queue.push_back(fwd.into());
+            enqueue(&mut call.up, fwd.into());
         }
         self.release_up(id);
         self.settle(id);
@@ -964,7 +1045,10 @@ where
     fn open_waiting(&mut self, i: usize) {
         loop {
             let b = &mut self.conns[i];
-            if !matches!(b.state, ConnState::Up(_)) || !b.settled || b.open >= b.max_open {
+            // Before the backend's SETTINGS its stream limit is unknown: one
+            // call goes at once (any server takes one), the rest wait.
+            let limit = if b.settled { b.max_open } else { 1 };
+            if !matches!(b.state, ConnState::Up(_)) || b.open >= limit {
                 return;
             }
             let Some(id) = b.waiting.pop_front() else {
@@ -1024,15 +1108,14 @@ where
                 }
             }
         }
-        let conn_window = conn_window(self.opts.max_concurrent_streams);
-        if self.c.credit >= conn_window / 4 {
+        if self.c.credit >= CONN_WINDOW / 4 {
             let n = std::mem::take(&mut self.c.credit);
             self.c.recv_window += n;
             push_window_update(&mut self.c.out, 0, n);
         }
         for b in &mut self.conns {
             if let ConnState::Up(side) = &mut b.state {
-                if side.credit >= i64::from(STREAM_WINDOW) {
+                if side.credit >= CONN_WINDOW / 4 {
                     let n = std::mem::take(&mut side.credit);
                     side.recv_window += n;
                     push_window_update(&mut side.out, 0, n);
@@ -1051,8 +1134,7 @@ where
                 Poll::Pending => {}
                 Poll::Ready(Ok(io)) => {
                     progress = true;
-                    let window = conn_window(self.opts.max_concurrent_streams);
-                    let mut side = Side::new(io, window);
+                    let mut side = Side::new(io, CONN_WINDOW);
                     side.codec
                         .set_max_recv_header_list_size(self.opts.max_header_list_size as usize);
                     let mut ours = Settings::default();
@@ -1060,7 +1142,7 @@ where
                     ours.set_enable_push(false);
                     ours.set_max_header_list_size(Some(self.opts.max_header_list_size));
                     side.out.push_back(ours.into());
-                    push_window_update(&mut side.out, 0, window - DEFAULT_WINDOW);
+                    push_window_update(&mut side.out, 0, CONN_WINDOW - DEFAULT_WINDOW);
                     self.conns[i].state = ConnState::Up(Box::new(side));
                     self.open_waiting(i);
                 }
@@ -1142,8 +1224,34 @@ where
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
-            self.fail_call(id, grpc::Code::Unavailable, &why, Reason::INTERNAL_ERROR);
+            if self.calls.get(&id).is_some_and(|c| c.down.ended) {
+                // Answered in full before the connection went: delivered.
+                self.response_complete(id, Some(Reason::NO_ERROR));
+            } else {
+                self.fail_call(id, grpc::Code::Unavailable, &why, Reason::INTERNAL_ERROR);
+            }
         }
+    }
+
+    /// The backend is done with a call whose response it sent in full: the
+    /// request goes no further (its queued data is given back), the response
+    /// drains to the client, followed by `reset` if the client is still
+    /// sending.
+    fn response_complete(&mut self, id: u32, reset: Option<Reason>) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        self.c.credit += queued_data(&call.up.queue);
+        call.up.queue.clear();
+        if !call.up.ended {
+            call.up.ended = true;
+            if let Some(r) = reset {
+                call.down
+                    .queue
+                    .push_back(Reset::new(StreamId::from(id), r).into());
+            }
+        }
+        self.release_down(id);
     }
 
     /// Ends a call the backend cannot finish: a gRPC status if the client has
@@ -1182,7 +1290,21 @@ where
         if call.conn != i {
             return;
         }
+        if call.down.ended {
+            // The whole response is in (an h2 server resets a stream whose
+            // request is still open once it has answered): it is delivered,
+            // then the client is told to stop sending.
+            self.response_complete(id, Some(reason));
+            return;
+        }
         if call.answered {
+            // Cut off mid-response: never NO_ERROR, which would read as a
+            // clean end.
+            let reason = if reason == Reason::NO_ERROR {
+                Reason::INTERNAL_ERROR
+            } else {
+                reason
+            };
             self.c
                 .out
                 .push_back(Reset::new(StreamId::from(id), reason).into());
@@ -1313,7 +1435,7 @@ where
                 if payload > 0 || eos {
                     let mut fwd = Data::new(StreamId::from(id), d.into_payload());
                     fwd.set_end_stream(eos);
-                    call.down.queue.push_back(fwd.into());
+                    enqueue(&mut call.down, fwd.into());
                 }
                 self.release_down(id);
             }
@@ -1357,10 +1479,39 @@ where
     }
 }
 
-/// The connection window offered: every stream's window, so a stream whose
-/// receiver stopped reading cannot stall the others.
-fn conn_window(max_streams: u32) -> i64 {
-    (i64::from(STREAM_WINDOW) * i64::from(max_streams.max(1))).min(MAX_WINDOW)
+/// DATA bytes in a queue.
+fn queued_data(q: &VecDeque<Frame<Bytes>>) -> i64 {
+    q.iter()
+        .map(|f| match f {
+            Frame::Data(d) => d.payload().len() as i64,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Queues a frame for a direction. DATA arriving while earlier DATA still
+/// waits is appended to it (up to a frame's size): a frame held here costs
+/// far more than one byte of window, so a peer sending 1-byte frames into a
+/// stalled call must not get a queue entry per byte.
+fn enqueue(d: &mut Dir, f: Frame<Bytes>) {
+    if let Frame::Data(new) = &f {
+        if let Some(Frame::Data(back)) = d.queue.back_mut() {
+            let (a, b) = (back.payload().len(), new.payload().len());
+            if !back.is_end_stream() && a + b <= MERGE_LIMIT {
+                let tail = std::mem::take(back.payload_mut());
+                let mut merged = tail.try_into_mut().unwrap_or_else(|shared| {
+                    let mut m = bytes::BytesMut::with_capacity(MERGE_LIMIT);
+                    m.extend_from_slice(&shared);
+                    m
+                });
+                merged.extend_from_slice(new.payload());
+                *back.payload_mut() = merged.freeze();
+                back.set_end_stream(new.is_end_stream());
+                return;
+            }
+        }
+    }
+    d.queue.push_back(f);
 }
 
 fn push_window_update(out: &mut VecDeque<Frame<Bytes>>, id: u32, n: i64) {
@@ -1434,4 +1585,44 @@ fn request_head(pseudo: Pseudo, fields: HeaderMap) -> Option<http::request::Part
     *req.version_mut() = http::Version::HTTP_2;
     *req.headers_mut() = fields;
     Some(req.into_parts().0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(byte: u8, eos: bool) -> Frame<Bytes> {
+        let mut d = Data::new(StreamId::from(1), Bytes::from(vec![byte]));
+        d.set_end_stream(eos);
+        d.into()
+    }
+
+    #[test]
+    fn waiting_data_frames_merge_so_a_byte_costs_a_byte() {
+        let mut d = Dir::new(0);
+        for i in 0..20_000u32 {
+            enqueue(&mut d, data(u8::try_from(i % 251).unwrap(), false));
+        }
+        enqueue(&mut d, data(7, true));
+        // 20,001 bytes in two frames of at most 16 KiB, in order, the end
+        // of the stream kept.
+        assert_eq!(d.queue.len(), 2);
+        let mut bytes = Vec::new();
+        let mut ends = Vec::new();
+        for f in &d.queue {
+            let Frame::Data(f) = f else {
+                panic!("not DATA")
+            };
+            assert!(f.payload().len() <= MERGE_LIMIT);
+            bytes.extend_from_slice(f.payload());
+            ends.push(f.is_end_stream());
+        }
+        let want: Vec<u8> = (0..20_000u32)
+            .map(|i| u8::try_from(i % 251).unwrap())
+            .chain([7])
+            .collect();
+        assert_eq!(bytes, want);
+        assert_eq!(ends, [false, true]);
+        assert_eq!(queued_data(&d.queue), 20_001);
+    }
 }

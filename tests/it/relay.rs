@@ -125,11 +125,16 @@ impl Rig {
     }
 
     async fn raw(&self) -> Raw {
+        self.raw_with(&[]).await
+    }
+
+    /// A hand-driven client whose first SETTINGS carry `settings`.
+    async fn raw_with(&self, settings: &[u8]) -> Raw {
         let mut s = UnixStream::connect(&self.sock).await.unwrap();
         s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
             .await
             .unwrap();
-        s.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
+        s.write_all(&frame(0x4, 0, 0, settings)).await.unwrap();
         Raw { s, buf: Vec::new() }
     }
 }
@@ -516,4 +521,155 @@ async fn a_backend_connection_is_reused_while_busy_and_closed_when_idle() {
         .await
         .unwrap();
     assert_eq!(conns(), 2);
+}
+
+#[tokio::test]
+async fn a_client_that_keeps_causing_stream_errors_is_cut_off() {
+    // Each malformed request costs the client one HEADERS frame and the
+    // relay a reset; past 1024 of them the connection goes.
+    let rig = Rig::start().await;
+    let mut raw = rig.raw().await;
+    let bad = block(b"", &[]);
+    let mut burst = Vec::new();
+    for i in 0..1100u32 {
+        burst.extend(frame(0x1, 0x5, 1 + 2 * i, &bad));
+    }
+    raw.send(burst).await;
+    let mut resets = 0;
+    let end = loop {
+        match within("resets, then GOAWAY", raw.next()).await {
+            Some((0x3, _, _, _)) => resets += 1,
+            Some((0x7, _, _, p)) => break u32::from_be_bytes(p[4..8].try_into().unwrap()),
+            Some(_) => {}
+            None => panic!("closed without a GOAWAY"),
+        }
+    };
+    assert_eq!(end, 0xb, "ENHANCE_YOUR_CALM");
+    assert!((1024..=1025).contains(&resets), "{resets} resets");
+}
+
+/// A gRPC message carrying `req`.
+fn message(req: &ipcgate::pb::EchoRequest) -> Vec<u8> {
+    use prost::Message;
+    let body = req.encode_to_vec();
+    let mut m = vec![0];
+    m.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+    m.extend(body);
+    m
+}
+
+/// `body` as DATA frames of at most 16 KiB, the last ending the stream.
+fn data(id: u32, body: &[u8]) -> Vec<u8> {
+    let chunks: Vec<&[u8]> = body.chunks(16 << 10).collect();
+    let mut out = Vec::new();
+    for (i, c) in chunks.iter().enumerate() {
+        let end = if i + 1 == chunks.len() { 0x1 } else { 0 };
+        out.extend(frame(0x0, end, id, c));
+    }
+    out
+}
+
+/// SETTINGS_INITIAL_WINDOW_SIZE = 0: the client takes no response data
+/// until it sends WINDOW_UPDATE.
+const NO_WINDOW: [u8; 6] = [0, 4, 0, 0, 0, 0];
+
+#[tokio::test]
+async fn cancelled_calls_give_back_the_backend_window_they_held() {
+    // Each server stream fills its 1 MiB stream window from the backend while
+    // the client takes nothing, then the client cancels it. Three of them
+    // are 3 MiB: more than the backend connection's 2 MiB window, so a relay
+    // that kept their credit would leave the backend unable to send another
+    // byte on that connection.
+    let rig = Rig::start().await;
+    let mut raw = rig.raw_with(&NO_WINDOW).await;
+    let mut stream_req = req(&vec![1u8; 64 << 10]);
+    stream_req.count = 40;
+    for id in [1u32, 3, 5] {
+        raw.send(frame(
+            0x1,
+            0x4,
+            id,
+            &block(b"/demo.v1.Echo/ServerStream", &[]),
+        ))
+        .await;
+        raw.send(data(id, &message(&stream_req))).await;
+        // Until its response headers: by then the backend is sending.
+        loop {
+            match within("stream headers", raw.next()).await {
+                Some((0x1, _, i, _)) if i == id => break,
+                Some(_) => {}
+                None => panic!("closed"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        raw.send(frame(0x3, 0, id, &8u32.to_be_bytes())).await; // CANCEL
+    }
+    raw.send(frame(0x1, 0x4, 7, &block(UNARY, &[]))).await;
+    raw.send(frame(0x0, 0x1, 7, &message(&req(b"after")))).await;
+    raw.send(frame(0x8, 0, 7, &65_535u32.to_be_bytes())).await;
+    assert_eq!(
+        within("unary after the cancels", raw.outcome(7)).await,
+        Seen::Answered
+    );
+}
+
+/// An h2 backend that answers in full (headers, one message, trailers) while
+/// the request is still open, then resets the stream with NO_ERROR, as h2
+/// servers do to tell a client to stop sending.
+async fn answer_then_reset(listener: tokio::net::UnixListener) {
+    while let Ok((s, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            let mut conn = h2::server::handshake(s).await.unwrap();
+            while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                let resp = http::Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(())
+                    .unwrap();
+                let mut send = respond.send_response(resp, false).unwrap();
+                send.send_data(bytes::Bytes::from(message(&req(b"whole"))), false)
+                    .unwrap();
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", "0".parse().unwrap());
+                send.send_trailers(trailers).unwrap();
+                // Once the answer is out (h2 drops what a reset overtakes),
+                // while the accept loop keeps driving the connection.
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    send.send_reset(h2::Reason::NO_ERROR);
+                });
+            }
+        });
+    }
+}
+
+#[tokio::test]
+async fn a_response_complete_before_the_backend_resets_is_delivered() {
+    let mut rig = Rig::start().await;
+    // The tonic backend swapped for the h2 one above.
+    rig.backend = None;
+    let listener = tokio::net::UnixListener::bind(rig.dir.path().join("echo.sock")).unwrap();
+    tokio::spawn(answer_then_reset(listener));
+    // The client takes no data yet, so the response waits in the relay when
+    // the backend's reset arrives.
+    let mut raw = rig.raw_with(&NO_WINDOW).await;
+    raw.send(frame(0x1, 0x4, 1, &block(UNARY, &[]))).await;
+    raw.send(frame(0x0, 0, 1, &message(&req(b"open")))).await; // no END_STREAM
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    raw.send(frame(0x8, 0, 1, &65_535u32.to_be_bytes())).await;
+    let mut seen = Vec::new();
+    loop {
+        match within("the answer", raw.next()).await {
+            Some((kind @ (0x0 | 0x1 | 0x3), flags, 1, _)) => {
+                seen.push((kind, flags & 0x1));
+                if kind == 0x3 {
+                    break;
+                }
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    // Headers, the message, trailers ending the stream, then the reset
+    // telling the client to stop sending.
+    assert_eq!(seen, [(0x1, 0), (0x0, 0), (0x1, 1), (0x3, 0)], "{seen:?}");
 }
