@@ -41,6 +41,9 @@ const MAX_FRAME: usize = 1 << 20;
 const MAX_BLOCK: usize = 256 << 10;
 /// Frame payload size we emit (the HTTP/2 default maximum).
 const OUT_FRAME: usize = 16_384;
+/// The most a header block may decode to here (the gateway refuses far less:
+/// `limits.max_header_list_size`, 16 KiB by default).
+const MAX_DECODED: usize = 256 << 10;
 /// What replaces an invalid `:authority`.
 const REPLACEMENT: &[u8] = b"localhost";
 
@@ -192,8 +195,15 @@ impl<T> NormalizeAuthority<T> {
         // Decoded straight into the new block: no per-header allocation.
         let mut block = Vec::with_capacity(p.block.len() * 2 + 16);
         let mut repaired = false;
+        // HPACK lets one byte stand for a whole table entry: what a block
+        // decodes to is bounded here, not by its size on the wire.
+        let mut too_big = false;
         self.decoder
             .decode_with_cb(&p.block, |name, value| {
+                if too_big || block.len() + name.len() + value.len() > MAX_DECODED {
+                    too_big = true;
+                    return;
+                }
                 let value: &[u8] = if &*name == b":authority" && !valid_authority(&value) {
                     tracing::debug!(authority = %String::from_utf8_lossy(&value), "replacing an invalid :authority");
                     repaired = true;
@@ -204,6 +214,12 @@ impl<T> NormalizeAuthority<T> {
                 literal(&mut block, &name, value);
             })
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("HPACK: {e:?}")))?;
+        if too_big {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "header block decodes to more than 256 KiB",
+            ));
+        }
         if !self.rewriting {
             if !repaired {
                 // The first block is fine as sent: so is this connection.

@@ -47,8 +47,6 @@ pub enum Body {
         /// polled with the response, so a call needs no task of its own.
         request: Option<crate::proxy::Pump>,
         _in_flight: Option<InFlight>,
-        /// The call on the client's connection (idle timeout).
-        _call: Option<InFlight>,
     },
     Empty,
     /// The relay's data path (`crate::relay`): the call goes on to a backend;

@@ -1,11 +1,13 @@
-//! Forwarding to backends: pooled HTTP/2 (h2c) connections over Unix sockets or
-//! TCP, bodies and trailers moved frame by frame, never decoded.
+//! Backends: where a call goes and how a backend is reached.
 //!
-//! A call costs no task of its own: the request body is moved by a [`Pump`]
-//! polled with the response, in the client connection's task. Cancellation needs
-//! no code here: when the client resets its stream, the connection drops the
-//! response future and body, and dropping the backend stream's handles resets it
-//! with CANCEL. `grpc-timeout` is an ordinary header and passes through unchanged.
+//! The gateway's data path (`crate::relay`) asks [`Route`] where a call goes
+//! (and lets it set the identity headers) and dials with [`Backend::connect`].
+//! The client sidecar forwards through [`Backend::forward`]: pooled HTTP/2
+//! connections on h2's client, bodies and trailers moved frame by frame, never
+//! decoded; a call costs no task of its own (the request body is moved by a
+//! [`Pump`] polled with the response), and a client's reset drops the response
+//! future, which resets the backend stream with CANCEL. `grpc-timeout` is an
+//! ordinary header and passes through unchanged either way.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,7 +29,6 @@ use tower::Service;
 use tracing::{debug, warn};
 
 use crate::config;
-use crate::conns::Activity;
 use crate::grpc::{self, Code, InFlight};
 use crate::identity::Peer;
 use crate::route::Router;
@@ -284,7 +285,6 @@ impl Backend {
                         body,
                         request: pump,
                         _in_flight: Some(guard),
-                        _call: None,
                     })
                 }
                 Err(e) => upstream_error(&self.addr, &e),
@@ -424,62 +424,6 @@ impl<B> Service<Request<B>> for Route {
         std::future::ready(Ok(Response::new(grpc::Body::Forward(Box::new(
             grpc::Forward { backend, head },
         )))))
-    }
-}
-
-/// The innermost service: identity headers, route, forward.
-#[derive(Clone)]
-pub struct Proxy {
-    router: Arc<Router>,
-    peer: Arc<Peer>,
-    activity: Arc<Activity>,
-}
-
-impl Proxy {
-    pub fn new(router: Arc<Router>, peer: Arc<Peer>, activity: Arc<Activity>) -> Proxy {
-        Proxy {
-            router,
-            peer,
-            activity,
-        }
-    }
-}
-
-impl Service<Request<RecvStream>> for Proxy {
-    type Response = Response<grpc::Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<grpc::Body>, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut req: Request<RecvStream>) -> Self::Future {
-        let service = crate::path::split(req.uri().path())
-            .map(|(s, _)| s)
-            .unwrap_or("");
-        let Some(backend) = self.router.route(service).cloned() else {
-            let resp = grpc::status(
-                Code::Unimplemented,
-                &format!("no route for service {service:?}"),
-            );
-            return Box::pin(async move { Ok(resp) });
-        };
-        let h = req.headers_mut();
-        h.remove(&XFCC);
-        h.remove(&PEER_CRED);
-        h.insert(XFCC, self.peer.xfcc().clone());
-        if let Some(v) = self.peer.cred_header() {
-            h.insert(PEER_CRED, v.clone());
-        }
-        let call = self.activity.call();
-        Box::pin(async move {
-            let mut resp = backend.forward(req).await;
-            if let grpc::Body::Upstream { _call, .. } = resp.body_mut() {
-                *_call = Some(call);
-            }
-            Ok(resp)
-        })
     }
 }
 

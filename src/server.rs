@@ -575,8 +575,12 @@ where
     type Io = crate::proxy::BoxIo;
     type Call = GatewayCall;
 
-    fn decide(&mut self, head: http::request::Parts) -> Decision<GatewayCall> {
+    fn decide(&mut self, mut head: http::request::Parts) -> Decision<GatewayCall> {
         use std::task::{Context, Poll};
+        // The gateway's own identity headers, whatever the client put there,
+        // are gone before the policy reads any header (`Route` sets them).
+        head.headers.remove(&crate::proxy::XFCC);
+        head.headers.remove(&crate::proxy::PEER_CRED);
         // Every service in the stack is always ready and answers at once (the
         // policy is compiled, the route a lookup): polled once, never parked.
         let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
@@ -628,6 +632,12 @@ where
         self.router
             .backend(backend)
             .map_or_else(|| "?".into(), |b| b.addr().to_string())
+    }
+
+    fn opened(&mut self, call: &mut GatewayCall) {
+        // Backend latency from the request's HEADERS going out (not from
+        // its dial or its wait for a stream slot), as the pool measured it.
+        call.started = std::time::Instant::now();
     }
 
     fn answered(&mut self, call: &mut GatewayCall) {

@@ -237,3 +237,34 @@ async fn a_connection_whose_first_request_is_fine_is_passed_through_byte_for_byt
     let out = run(&input).await.unwrap();
     assert_eq!(out, input);
 }
+
+#[tokio::test]
+async fn a_block_that_decodes_to_more_than_the_bound_is_refused() {
+    // HPACK lets one byte stand for a whole table entry: 100,000 references to
+    // a 4,000-byte entry would decode to 400 MB from 100 KB on the wire.
+    let mut enc = loona_hpack::Encoder::new();
+    let mut first = request(b"%2Frun%2Fapp.sock"); // puts the filter in rewriting mode
+    first.push((b"x-big".to_vec(), vec![b'a'; 4000]));
+    let mut input = PREFACE.to_vec();
+    input.extend(frame(0x4, 0, 0, &[]));
+    input.extend(frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &encode(&mut enc, &first),
+    ));
+    let bomb = vec![0x80 | 62; 100_000]; // indexed: the newest table entry
+    let chunks: Vec<&[u8]> = bomb.chunks(16 << 10).collect();
+    for (i, c) in chunks.iter().enumerate() {
+        let kind = if i == 0 { HEADERS } else { CONTINUATION };
+        let flags = if i + 1 == chunks.len() {
+            END_HEADERS
+        } else {
+            0
+        };
+        input.extend(frame(kind, flags, 3, c));
+    }
+    let e = run(&input).await.unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+    assert!(e.to_string().contains("256 KiB"), "{e}");
+}

@@ -127,6 +127,8 @@ pub trait Host {
     fn dial(&mut self, backend: usize) -> Dial<Self::Io>;
     /// The backend's name, for messages.
     fn backend_name(&self, backend: usize) -> String;
+    /// The call's HEADERS went to its backend.
+    fn opened(&mut self, _call: &mut Self::Call) {}
     /// The backend's response headers for `call` arrived.
     fn answered(&mut self, _call: &mut Self::Call) {}
     /// Whether this client flooded recently: it gets the strict budget of
@@ -423,7 +425,9 @@ where
     /// REFUSED_STREAM (never processed: safe to retry elsewhere). Without one
     /// (revoked, expired, flooding) the final GOAWAY goes at once.
     pub fn graceful_shutdown(&mut self, grace: Duration) {
-        if self.refusing {
+        if self.refusing || self.closing {
+            // A final GOAWAY went already (an error's, perhaps): a later one
+            // may not raise its last stream id or hide its code.
             return;
         }
         if grace.is_zero() {
@@ -539,12 +543,14 @@ where
     }
 
     fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.poll_timers(cx).is_ready() {
-            let _ = self.c.drain(cx);
-            let _ = self.c.codec.flush(cx);
-            return Poll::Ready(Ok(()));
-        }
         loop {
+            // Every round: a timer armed by the last one (a backend going
+            // idle, a flood found) is registered before this poll ends.
+            if self.poll_timers(cx).is_ready() {
+                let _ = self.c.drain(cx);
+                let _ = self.c.codec.flush(cx);
+                return Poll::Ready(Ok(()));
+            }
             let mut progress = self.poll_dials(cx);
             progress |= self.c.drain(cx)?;
             progress |= self.drain_backends(cx);
@@ -563,7 +569,10 @@ where
                 progress |= self.poll_backends(cx);
             }
             // The client, while both directions have room.
-            if self.c.out.len() >= QUEUE || self.backends_full() {
+            if self.backends_full() {
+                // Held back for a backend, not by the client: its PING answer
+                // may be unread. (A client that does not read is not helped:
+                // it would not see the PING either.)
                 self.read_held = true;
             }
             while self.c.out.len() < QUEUE && !self.backends_full() {
@@ -1057,6 +1066,7 @@ where
             b.open += 1;
             if let Some(call) = self.calls.get_mut(&id) {
                 call.opened = true;
+                self.host.opened(&mut call.host);
             }
             self.release_up(id);
             self.settle(id);
@@ -1144,6 +1154,15 @@ where
                     side.out.push_back(ours.into());
                     push_window_update(&mut side.out, 0, CONN_WINDOW - DEFAULT_WINDOW);
                     self.conns[i].state = ConnState::Up(Box::new(side));
+                    if self.conns[i].calls == 0 {
+                        // Its calls ended while it was dialed: idle from now.
+                        let now = tokio::time::Instant::now();
+                        self.conns[i].idle_since = Some(now);
+                        if !self.sweep_armed {
+                            self.sweep_armed = true;
+                            self.sweep.as_mut().reset(now + BACKEND_IDLE);
+                        }
+                    }
                     self.open_waiting(i);
                 }
                 Poll::Ready(Err(e)) => {
@@ -1398,12 +1417,26 @@ where
                     return Err(format!("HEADERS on stream {id} after its end"));
                 }
                 let eos = h.is_end_stream();
+                if h.is_over_size() {
+                    // Fields past the limit were dropped by the codec: passing
+                    // on the rest could lose grpc-status itself.
+                    self.backend_reset(i, id, Reason::INTERNAL_ERROR);
+                    return Ok(());
+                }
                 if !call.answered {
                     call.answered = true;
                     self.host.answered(&mut call.host);
                 }
                 call.down.ended = eos;
-                call.down.queue.push_back(h.into());
+                // Rebuilt, not passed on: the codec keeps the frame's flags as
+                // received (PADDED, PRIORITY), which would misframe the block
+                // it re-encodes without them.
+                let (pseudo, fields) = h.into_parts();
+                let mut out = Headers::new(StreamId::from(id), pseudo, fields);
+                if eos {
+                    out.set_end_stream();
+                }
+                call.down.queue.push_back(out.into());
                 self.release_down(id);
             }
             Frame::Data(d) => {
@@ -1572,11 +1605,11 @@ fn request_head(pseudo: Pseudo, fields: HeaderMap) -> Option<http::request::Part
     }
     let scheme = pseudo.scheme?;
     let path = pseudo.path.filter(|p| !p.is_empty())?;
-    let mut uri = http::Uri::builder()
-        .scheme(scheme.as_bytes())
-        .path_and_query(path.as_bytes());
+    let mut uri = http::Uri::builder().path_and_query(path.as_bytes());
+    // `:authority` is optional (RFC 9113 §8.3.1): without it the URI is
+    // origin-form, as h2 builds it, and the route fills in the backend's.
     if let Some(a) = pseudo.authority {
-        uri = uri.authority(a.as_bytes());
+        uri = uri.scheme(scheme.as_bytes()).authority(a.as_bytes());
     }
     let uri = uri.build().ok()?;
     let mut req = http::Request::new(());

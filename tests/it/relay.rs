@@ -37,6 +37,9 @@ impl Host for TestHost {
         }
         let mut uri = head.uri.clone().into_parts();
         uri.scheme = Some(http::uri::Scheme::HTTP);
+        if uri.authority.is_none() {
+            uri.authority = Some(http::uri::Authority::from_static("localhost"));
+        }
         head.uri = http::Uri::from_parts(uri).unwrap();
         head.headers.insert(
             "x-forwarded-client-cert",
@@ -613,11 +616,17 @@ async fn cancelled_calls_give_back_the_backend_window_they_held() {
     );
 }
 
-/// An h2 backend that answers in full (headers, one message, trailers) while
-/// the request is still open, then resets the stream with NO_ERROR, as h2
-/// servers do to tell a client to stop sending.
-async fn answer_then_reset(listener: tokio::net::UnixListener) {
+/// An h2 backend that answers in full (headers, one message, trailers), with
+/// the request perhaps still open; with `reset`, then resets the stream with
+/// NO_ERROR, as h2 servers do to tell a client to stop sending. Each
+/// connection's end is reported on `closed`.
+async fn h2_backend(
+    listener: tokio::net::UnixListener,
+    reset: bool,
+    closed: tokio::sync::mpsc::UnboundedSender<()>,
+) {
     while let Ok((s, _)) = listener.accept().await {
+        let closed = closed.clone();
         tokio::spawn(async move {
             let mut conn = h2::server::handshake(s).await.unwrap();
             while let Some(Ok((_req, mut respond))) = conn.accept().await {
@@ -633,11 +642,14 @@ async fn answer_then_reset(listener: tokio::net::UnixListener) {
                 send.send_trailers(trailers).unwrap();
                 // Once the answer is out (h2 drops what a reset overtakes),
                 // while the accept loop keeps driving the connection.
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    send.send_reset(h2::Reason::NO_ERROR);
-                });
+                if reset {
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        send.send_reset(h2::Reason::NO_ERROR);
+                    });
+                }
             }
+            let _ = closed.send(());
         });
     }
 }
@@ -648,7 +660,8 @@ async fn a_response_complete_before_the_backend_resets_is_delivered() {
     // The tonic backend swapped for the h2 one above.
     rig.backend = None;
     let listener = tokio::net::UnixListener::bind(rig.dir.path().join("echo.sock")).unwrap();
-    tokio::spawn(answer_then_reset(listener));
+    let (closed, _) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(h2_backend(listener, true, closed));
     // The client takes no data yet, so the response waits in the relay when
     // the backend's reset arrives.
     let mut raw = rig.raw_with(&NO_WINDOW).await;
@@ -672,4 +685,91 @@ async fn a_response_complete_before_the_backend_resets_is_delivered() {
     // Headers, the message, trailers ending the stream, then the reset
     // telling the client to stop sending.
     assert_eq!(seen, [(0x1, 0), (0x0, 0), (0x1, 1), (0x3, 0)], "{seen:?}");
+}
+
+#[tokio::test]
+async fn an_idle_backend_connection_closes_with_no_one_calling() {
+    // No later call, no client frame: the relay's own timer closes it.
+    let mut rig = Rig::start().await;
+    rig.backend = None;
+    let listener = tokio::net::UnixListener::bind(rig.dir.path().join("echo.sock")).unwrap();
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(h2_backend(listener, false, closed_tx));
+    let mut raw = rig.raw().await;
+    raw.send(frame(0x1, 0x4, 1, &block(UNARY, &[]))).await;
+    raw.send(frame(0x0, 0x1, 1, &message(&req(b"once")))).await;
+    assert_eq!(within("the call", raw.outcome(1)).await, Seen::Answered);
+    within("the backend connection closed", closed.recv())
+        .await
+        .unwrap();
+    // The client's own connection stays.
+    raw.send(frame(0x1, 0x4, 3, &block(UNARY, &[]))).await;
+    raw.send(frame(0x0, 0x1, 3, &message(&req(b"again")))).await;
+    assert_eq!(
+        within("the next call", raw.outcome(3)).await,
+        Seen::Answered
+    );
+}
+
+/// A backend written frame by frame: it pads its response header blocks
+/// (legal, and what nghttp2 and Node can be told to do).
+async fn padding_backend(listener: tokio::net::UnixListener) {
+    while let Ok((mut s, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            let mut preface = [0u8; 24];
+            if s.read_exact(&mut preface).await.is_err() {
+                return;
+            }
+            s.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
+            let mut raw = Raw { s, buf: Vec::new() };
+            while let Some((kind, flags, id, _)) = raw.next().await {
+                if kind != 0x0 || flags & 0x1 == 0 {
+                    continue;
+                }
+                // The request is in: headers, one empty message, trailers.
+                let mut head = vec![4u8, 0x88, 0x0f, 0x10, 16];
+                head.extend_from_slice(b"application/grpc");
+                head.extend_from_slice(&[0; 4]);
+                let mut trailers = vec![3u8, 0x00, 11];
+                trailers.extend_from_slice(b"grpc-status");
+                trailers.extend_from_slice(&[1, b'0', 0, 0, 0]);
+                let mut out = frame(0x1, 0x4 | 0x8, id, &head);
+                out.extend(frame(0x0, 0, id, &EMPTY));
+                out.extend(frame(0x1, 0x1 | 0x4 | 0x8, id, &trailers));
+                raw.send(out).await;
+            }
+        });
+    }
+}
+
+#[tokio::test]
+async fn a_padded_response_header_block_reaches_the_client_intact() {
+    let mut rig = Rig::start().await;
+    rig.backend = None;
+    let listener = tokio::net::UnixListener::bind(rig.dir.path().join("echo.sock")).unwrap();
+    tokio::spawn(padding_backend(listener));
+    let mut c = rig.client();
+    for _ in 0..3 {
+        let reply = within("call", c.unary(req(b"x")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(reply.payload.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_request_without_authority_is_forwarded() {
+    // `:authority` is optional in HTTP/2; the route supplies the backend's.
+    let rig = Rig::start().await;
+    let mut b = vec![0x83, 0x86, 0x04, u8::try_from(UNARY.len()).unwrap()];
+    b.extend_from_slice(UNARY);
+    b.extend_from_slice(&[0x00, 12]);
+    b.extend_from_slice(b"content-type");
+    b.push(16);
+    b.extend_from_slice(b"application/grpc");
+    let mut raw = rig.raw().await;
+    raw.send(frame(0x1, 0x4, 1, &b)).await;
+    raw.send(frame(0x0, 0x1, 1, &EMPTY)).await;
+    assert_eq!(within("answer", raw.outcome(1)).await, Seen::Answered);
 }
