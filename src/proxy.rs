@@ -414,9 +414,9 @@ impl<B> Service<Request<B>> for Route {
                 )))
             }
         }
+        // Whatever the client sent under these names is gone already: the
+        // gateway strips them before the policy reads any header.
         let h = &mut head.headers;
-        h.remove(&XFCC);
-        h.remove(&PEER_CRED);
         h.insert(XFCC, self.peer.xfcc().clone());
         if let Some(v) = self.peer.cred_header() {
             h.insert(PEER_CRED, v.clone());

@@ -560,8 +560,9 @@ struct GatewayHost<S> {
 /// activity (idle timeout) until it ends, timed to its response headers.
 struct GatewayCall {
     _call: crate::grpc::InFlight,
-    started: std::time::Instant,
-    latency: Option<prometheus_client::metrics::histogram::Histogram>,
+    /// Its backend (the router's index), and when its HEADERS went there.
+    backend: usize,
+    sent: Option<std::time::Instant>,
 }
 
 impl<S> relay::Host for GatewayHost<S>
@@ -602,18 +603,15 @@ where
         };
         let (parts, body) = resp.into_parts();
         match body {
-            crate::grpc::Body::Forward(f) => {
-                let latency = self.router.backend(f.backend).map(|b| b.latency().clone());
-                Decision::Forward {
+            crate::grpc::Body::Forward(f) => Decision::Forward {
+                backend: f.backend,
+                head: f.head,
+                call: GatewayCall {
+                    _call: self.activity.call(),
                     backend: f.backend,
-                    head: f.head,
-                    call: GatewayCall {
-                        _call: self.activity.call(),
-                        started: std::time::Instant::now(),
-                        latency,
-                    },
-                }
-            }
+                    sent: None,
+                },
+            },
             _ => Decision::Answer(parts),
         }
     }
@@ -637,12 +635,12 @@ where
     fn opened(&mut self, call: &mut GatewayCall) {
         // Backend latency from the request's HEADERS going out (not from
         // its dial or its wait for a stream slot), as the pool measured it.
-        call.started = std::time::Instant::now();
+        call.sent = Some(std::time::Instant::now());
     }
 
     fn answered(&mut self, call: &mut GatewayCall) {
-        if let Some(h) = &call.latency {
-            h.observe(call.started.elapsed().as_secs_f64());
+        if let (Some(sent), Some(b)) = (call.sent, self.router.backend(call.backend)) {
+            b.latency().observe(sent.elapsed().as_secs_f64());
         }
     }
 

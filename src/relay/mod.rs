@@ -757,6 +757,23 @@ where
         self.scratch = ids;
     }
 
+    /// The same towards backend connection `i` (its windows grew).
+    fn release_all_up(&mut self, i: usize) {
+        let mut ids = std::mem::take(&mut self.scratch);
+        ids.clear();
+        ids.extend(
+            self.calls
+                .iter()
+                .filter(|(_, c)| c.conn == i && !c.up.queue.is_empty())
+                .map(|(id, _)| *id),
+        );
+        for &id in &ids {
+            self.release_up(id);
+            self.settle(id);
+        }
+        self.scratch = ids;
+    }
+
     fn client_frame(&mut self, f: Frame) -> Result<(), Reason> {
         match f {
             Frame::Settings(s) => {
@@ -1364,15 +1381,7 @@ where
                     .map(|c| &mut c.up.send_window);
                 side.settings(&s, windows)
                     .map_err(|r| format!("SETTINGS: {r:?}"))?;
-                let ids: Vec<u32> = self
-                    .calls
-                    .iter()
-                    .filter(|(_, c)| c.conn == i)
-                    .map(|(id, _)| *id)
-                    .collect();
-                for id in ids {
-                    self.release_up(id);
-                }
+                self.release_all_up(i);
                 self.open_waiting(i);
             }
             Frame::Ping(p) => {
@@ -1392,16 +1401,7 @@ where
                             return Err("connection window overflow".into());
                         }
                     }
-                    let ids: Vec<u32> = self
-                        .calls
-                        .iter()
-                        .filter(|(_, c)| c.conn == i)
-                        .map(|(id, _)| *id)
-                        .collect();
-                    for id in ids {
-                        self.release_up(id);
-                        self.settle(id);
-                    }
+                    self.release_all_up(i);
                 } else if let Some(call) = self.calls.get_mut(&id).filter(|c| c.conn == i) {
                     call.up.send_window += inc;
                     self.release_up(id);

@@ -83,17 +83,19 @@ async fn uds_and_tcp_listeners_share_mtls_and_policy_but_only_uds_has_a_uid() {
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
 
     // A rule without uids applies over TCP; XFCC carries the identity, and no
-    // peer-credential header reaches the backend (none was verified).
-    let mut s = within(
-        "tcp stream",
-        tcp.server_stream(ipcgate::pb::EchoRequest {
-            count: 2,
-            ..Default::default()
-        }),
-    )
-    .await
-    .unwrap()
-    .into_inner();
+    // peer-credential header reaches the backend (none was verified), not even
+    // one the client forged.
+    let mut forged = tonic::Request::new(ipcgate::pb::EchoRequest {
+        count: 2,
+        ..Default::default()
+    });
+    forged
+        .metadata_mut()
+        .insert("x-ipcgate-peer", "uid=0;gid=0;pid=1".parse().unwrap());
+    let mut s = within("tcp stream", tcp.server_stream(forged))
+        .await
+        .unwrap()
+        .into_inner();
     let mut n = 0;
     while let Some(m) = within("tcp stream message", s.message()).await.unwrap() {
         if n == 0 {
