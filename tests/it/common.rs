@@ -89,6 +89,24 @@ impl Pki {
         client_config(&issued.cert_pem, &issued.key_pem, self.ca.cert_pem())
     }
 
+    /// A client certificate for `id` that expires `secs` seconds from now.
+    pub fn short_lived(&self, id: &str, secs: i64) -> Arc<ClientConfig> {
+        let now = time::OffsetDateTime::now_utc();
+        let short = self
+            .ca
+            .issue(&LeafSpec {
+                spiffe: vec![id.into()],
+                client: true,
+                validity: Some((
+                    now - time::Duration::minutes(1),
+                    now + time::Duration::seconds(secs),
+                )),
+                ..Default::default()
+            })
+            .unwrap();
+        client_config(&short.cert_pem, &short.key_pem, self.ca.cert_pem())
+    }
+
     pub fn spiffe(&self, id: &str) -> Arc<ClientConfig> {
         self.client(LeafSpec {
             spiffe: vec![id.into()],
@@ -346,13 +364,7 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let tls = ipcgate::client::connect(
-        &h.gw_sock,
-        "localhost",
-        h.pki.spiffe("spiffe://test.local/alice"),
-    )
-    .await
-    .unwrap();
+    let tls = alice_tls(h).await;
     let (tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
         .await
         .unwrap();
@@ -468,4 +480,68 @@ pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
         }
     })
     .await;
+}
+
+/// One HTTP/2 frame on the wire.
+pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A hand-driven HTTP/2 peer, for what a well-behaved one never does: frames
+/// go out as written, come in parsed; SETTINGS are acknowledged, a PING is
+/// never answered.
+pub struct Frames<S> {
+    pub io: S,
+    buf: Vec<u8>,
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Frames<S> {
+    pub fn new(io: S) -> Frames<S> {
+        Frames {
+            io,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next frame (kind, flags, stream, payload); `None` once the
+    /// connection is closed.
+    pub async fn next(&mut self) -> Option<(u8, u8, u32, Vec<u8>)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            if self.buf.len() >= 9 {
+                let len = usize::from(self.buf[0]) << 16
+                    | usize::from(self.buf[1]) << 8
+                    | usize::from(self.buf[2]);
+                if self.buf.len() >= 9 + len {
+                    let (kind, flags) = (self.buf[3], self.buf[4]);
+                    let id = u32::from_be_bytes(self.buf[5..9].try_into().unwrap()) & 0x7fff_ffff;
+                    let payload: Vec<u8> = self.buf.drain(..9 + len).skip(9).collect();
+                    if kind == 0x4 && flags & 0x1 == 0 {
+                        let _ = self.io.write_all(&frame(0x4, 0x1, 0, &[])).await;
+                    }
+                    return Some((kind, flags, id, payload));
+                }
+            }
+            let mut chunk = [0u8; 16 << 10];
+            match self.io.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+/// An mTLS connection to the gateway as alice.
+pub async fn alice_tls(h: &Harness) -> tokio_rustls::client::TlsStream<ipcgate::client::ClientIo> {
+    ipcgate::client::connect(
+        &h.gw_sock,
+        "localhost",
+        h.pki.spiffe("spiffe://test.local/alice"),
+    )
+    .await
+    .unwrap()
 }

@@ -326,21 +326,7 @@ async fn a_bad_certificate_file_at_reload_keeps_the_old_material() {
 #[tokio::test]
 async fn a_connection_does_not_outlive_its_certificate() {
     let h = Harness::start().await;
-    let now = OffsetDateTime::now_utc();
-    let short = h
-        .pki
-        .ca
-        .issue(&LeafSpec {
-            spiffe: vec!["spiffe://test.local/alice".into()],
-            client: true,
-            validity: Some((
-                now - time::Duration::minutes(1),
-                now + time::Duration::seconds(2),
-            )),
-            ..Default::default()
-        })
-        .unwrap();
-    let cfg = client_config(&short.cert_pem, &short.key_pem, h.pki.ca.cert_pem());
+    let cfg = h.pki.short_lived("spiffe://test.local/alice", 2);
     let mut c = h.client(cfg.clone());
     c.unary(req(b"while-valid")).await.unwrap();
     let hh = &h;
@@ -569,8 +555,7 @@ async fn a_ca_without_a_crl_is_refused_unless_allowed() {
 /// A hand-driven HTTP/2 client over mTLS that acknowledges SETTINGS but never
 /// answers a PING — so h2 never completes a graceful GOAWAY on its own.
 struct Mute {
-    tls: tokio_rustls::client::TlsStream<ipcgate::client::ClientIo>,
-    buf: Vec<u8>,
+    f: Frames<tokio_rustls::client::TlsStream<ipcgate::client::ClientIo>>,
 }
 
 /// What became of a call on a `Mute` connection.
@@ -590,19 +575,10 @@ impl Mute {
         tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
             .await
             .unwrap();
-        tls.write_all(&Self::frame(0x4, 0, 0, &[])).await.unwrap();
+        tls.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
         Mute {
-            tls,
-            buf: Vec::new(),
+            f: Frames::new(tls),
         }
-    }
-
-    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
-        let mut f = vec![len[1], len[2], len[3], kind, flags];
-        f.extend_from_slice(&stream.to_be_bytes());
-        f.extend_from_slice(payload);
-        f
     }
 
     /// A unary Echo call on `stream`: HEADERS (static-table indices and
@@ -616,8 +592,8 @@ impl Mute {
     /// closed the connection already: what becomes of the call says so.
     async fn finish(&mut self, stream: u32) {
         use tokio::io::AsyncWriteExt;
-        let end = Self::frame(0x0, 0x1, stream, &[0, 0, 0, 0, 0]);
-        let _ = self.tls.write_all(&end).await;
+        let end = frame(0x0, 0x1, stream, &[0, 0, 0, 0, 0]);
+        let _ = self.f.io.write_all(&end).await;
     }
 
     /// A unary call's HEADERS alone: in flight until `finish`.
@@ -638,36 +614,14 @@ impl Mute {
         block.extend_from_slice(b"te");
         block.push(8);
         block.extend_from_slice(b"trailers");
-        let out = Self::frame(0x1, 0x4, stream, &block); // END_HEADERS
-        let _ = self.tls.write_all(&out).await;
+        let out = frame(0x1, 0x4, stream, &block); // END_HEADERS
+        let _ = self.f.io.write_all(&out).await;
     }
 
-    /// The next frame (kind, stream, payload), acknowledging SETTINGS and
-    /// never answering a PING; `None` once the connection is closed.
+    /// The next frame (kind, stream, payload); `None` once the connection
+    /// is closed.
     async fn frame_in(&mut self) -> Option<(u8, u32, Vec<u8>)> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        loop {
-            if self.buf.len() >= 9 {
-                let len = usize::from(self.buf[0]) << 16
-                    | usize::from(self.buf[1]) << 8
-                    | usize::from(self.buf[2]);
-                if self.buf.len() >= 9 + len {
-                    let (kind, flags) = (self.buf[3], self.buf[4]);
-                    let id = u32::from_be_bytes(self.buf[5..9].try_into().unwrap()) & 0x7fff_ffff;
-                    let payload: Vec<u8> = self.buf.drain(..9 + len).skip(9).collect();
-                    if kind == 0x4 && flags & 0x1 == 0 {
-                        let ack = Self::frame(0x4, 0x1, 0, &[]);
-                        self.tls.write_all(&ack).await.unwrap();
-                    }
-                    return Some((kind, id, payload));
-                }
-            }
-            let mut chunk = [0u8; 16 << 10];
-            match self.tls.read(&mut chunk).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
+        self.f.next().await.map(|(kind, _, id, p)| (kind, id, p))
     }
 
     /// Reads until `stream` is answered (HEADERS) or reset.
@@ -751,21 +705,7 @@ async fn a_revoked_client_that_ignores_goaway_gets_no_new_call() {
 #[tokio::test]
 async fn an_expired_client_that_ignores_goaway_gets_no_new_call() {
     let h = Harness::start().await;
-    let now = OffsetDateTime::now_utc();
-    let short = h
-        .pki
-        .ca
-        .issue(&LeafSpec {
-            spiffe: vec!["spiffe://test.local/alice".into()],
-            client: true,
-            validity: Some((
-                now - time::Duration::minutes(1),
-                now + time::Duration::seconds(2),
-            )),
-            ..Default::default()
-        })
-        .unwrap();
-    let cfg = client_config(&short.cert_pem, &short.key_pem, h.pki.ca.cert_pem());
+    let cfg = h.pki.short_lived("spiffe://test.local/alice", 2);
     let mut mute = Mute::connect(&h, cfg).await;
     mute.call(1).await;
     assert_eq!(within("call 1", mute.outcome(1)).await, Outcome::Answered);

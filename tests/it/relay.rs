@@ -18,7 +18,7 @@ use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
-use crate::common::{eventually, req, seen, within, Backend};
+use crate::common::{eventually, frame, req, seen, within, Backend, Frames};
 
 struct TestHost {
     backend: PathBuf,
@@ -150,7 +150,7 @@ impl Rig {
             .await
             .unwrap();
         s.write_all(&frame(0x4, 0, 0, settings)).await.unwrap();
-        Raw { s, buf: Vec::new() }
+        Frames::new(s)
     }
 }
 
@@ -291,14 +291,6 @@ async fn backend_max_concurrent_streams_queues_calls_instead_of_failing_them() {
 
 // --- Hand-written frames: what a well-behaved client never sends. ---
 
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
-    let mut f = vec![len[1], len[2], len[3], kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
 /// A request header block (static-table indices, literals never indexed).
 fn block(path: &[u8], extra: &[(&[u8], &[u8])]) -> Vec<u8> {
     let mut b = vec![0x83, 0x86]; // :method POST, :scheme http
@@ -326,10 +318,7 @@ const UNARY: &[u8] = b"/demo.v1.Echo/Unary";
 /// An empty gRPC message.
 const EMPTY: [u8; 5] = [0; 5];
 
-struct Raw {
-    s: UnixStream,
-    buf: Vec<u8>,
-}
+type Raw = Frames<UnixStream>;
 
 #[derive(Debug, PartialEq)]
 enum Seen {
@@ -343,32 +332,7 @@ enum Seen {
 
 impl Raw {
     async fn send(&mut self, f: Vec<u8>) {
-        self.s.write_all(&f).await.unwrap();
-    }
-
-    /// The next frame: (kind, flags, stream, payload); SETTINGS acknowledged.
-    async fn next(&mut self) -> Option<(u8, u8, u32, Vec<u8>)> {
-        loop {
-            if self.buf.len() >= 9 {
-                let len = usize::from(self.buf[0]) << 16
-                    | usize::from(self.buf[1]) << 8
-                    | usize::from(self.buf[2]);
-                if self.buf.len() >= 9 + len {
-                    let (kind, flags) = (self.buf[3], self.buf[4]);
-                    let id = u32::from_be_bytes(self.buf[5..9].try_into().unwrap()) & 0x7fff_ffff;
-                    let payload: Vec<u8> = self.buf.drain(..9 + len).skip(9).collect();
-                    if kind == 0x4 && flags & 1 == 0 {
-                        let _ = self.s.write_all(&frame(0x4, 1, 0, &[])).await;
-                    }
-                    return Some((kind, flags, id, payload));
-                }
-            }
-            let mut chunk = [0u8; 16 << 10];
-            match self.s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
+        self.io.write_all(&f).await.unwrap();
     }
 
     /// What became of `stream`, or of the connection: `Answered` once its
@@ -733,7 +697,7 @@ async fn padding_backend(listener: tokio::net::UnixListener) {
                 return;
             }
             s.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
-            let mut raw = Raw { s, buf: Vec::new() };
+            let mut raw = Frames::new(s);
             while let Some((kind, flags, id, _)) = raw.next().await {
                 if kind != 0x0 || flags & 0x1 == 0 {
                     continue;
@@ -850,7 +814,7 @@ async fn random_frame_sequences_never_panic_the_relay() {
         for _ in 0..(1 + r.below(40)) {
             burst.extend(random_frame(&mut r));
         }
-        let _ = raw.s.write_all(&burst).await;
+        let _ = raw.io.write_all(&burst).await;
         // Read what comes back for a moment, then hang up.
         let _ = tokio::time::timeout(Duration::from_millis(5), async {
             while raw.next().await.is_some() {}

@@ -215,14 +215,7 @@ async fn alice_conn(
     h2::client::SendRequest<bytes::Bytes>,
     tokio::task::JoinHandle<Result<(), h2::Error>>,
 ) {
-    let tls = ipcgate::client::connect(
-        &h.gw_sock,
-        "localhost",
-        h.pki.spiffe("spiffe://test.local/alice"),
-    )
-    .await
-    .unwrap();
-    let (client, conn) = h2::client::handshake(tls).await.unwrap();
+    let (client, conn) = h2::client::handshake(alice_tls(h).await).await.unwrap();
     (client, tokio::spawn(conn))
 }
 
