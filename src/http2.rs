@@ -75,6 +75,32 @@ const PREMATURE: Duration = Duration::from_secs(1);
 /// The budget of a client that flooded recently (see `FloodGuard`).
 pub const RESET_FLOOD_CALLS_STRICT: u64 = 20;
 
+/// One connection's count for the rapid-reset rule (h2 path and relay).
+#[derive(Debug, Default)]
+pub struct ResetCount {
+    /// Forwarded calls ended, and those the client cancelled prematurely.
+    ended: u64,
+    premature: u64,
+}
+
+impl ResetCount {
+    /// Counts a forwarded call's end; `Some((calls, cancelled))` once the
+    /// connection has flooded (`strict`: the client flooded recently).
+    pub fn ended(&mut self, premature: bool, strict: bool) -> Option<(u64, u64)> {
+        self.ended += 1;
+        if !premature {
+            return None;
+        }
+        self.premature += 1;
+        let budget = if strict {
+            RESET_FLOOD_CALLS_STRICT
+        } else {
+            RESET_FLOOD_CALLS
+        };
+        (self.premature * 2 >= self.ended.max(budget)).then_some((self.ended, self.premature))
+    }
+}
+
 /// What the connection's owner knows of its client beyond this connection:
 /// a client that just flooded must not get a fresh budget by reconnecting, or
 /// on the other connections it holds.
@@ -149,9 +175,7 @@ pub struct Serve<T, S> {
     ping: Option<PingPong>,
     awaiting_pong: bool,
     keep_alive: tokio::time::Interval,
-    /// Forwarded calls ended, and those the client cancelled prematurely.
-    forwarded_ended: u64,
-    premature_resets: u64,
+    resets: ResetCount,
     /// After a GOAWAY: streams h2 still hands over from this instant on are
     /// refused.
     refuse_from: Option<tokio::time::Instant>,
@@ -183,8 +207,7 @@ where
             ping,
             awaiting_pong: false,
             keep_alive,
-            forwarded_ended: 0,
-            premature_resets: 0,
+            resets: ResetCount::default(),
             refuse_from: None,
             flood_drain: None,
             drain: s.drain,
@@ -208,22 +231,15 @@ where
         if ended == Ended::Local || self.reset_flood() {
             return;
         }
-        self.forwarded_ended += 1;
-        if ended != Ended::PrematureReset {
-            return;
-        }
-        self.premature_resets += 1;
-        let budget = if self.flood_guard.as_ref().is_some_and(|g| g.strict()) {
-            RESET_FLOOD_CALLS_STRICT
-        } else {
-            RESET_FLOOD_CALLS
-        };
-        if self.premature_resets * 2 >= self.forwarded_ended.max(budget) {
+        let premature = ended == Ended::PrematureReset;
+        // The guard is asked only when it matters: a premature reset.
+        let strict = premature && self.flood_guard.as_ref().is_some_and(|g| g.strict());
+        if let Some((calls, cancelled)) = self.resets.ended(premature, strict) {
             match &self.flood_guard {
-                Some(g) => g.flooded(self.forwarded_ended, self.premature_resets),
+                Some(g) => g.flooded(calls, cancelled),
                 None => tracing::warn!(
-                    calls = self.forwarded_ended,
-                    cancelled = self.premature_resets,
+                    calls,
+                    cancelled,
                     "client cancels most calls as they start (rapid reset): closing the connection"
                 ),
             }

@@ -326,9 +326,7 @@ pub struct Relay<C, H: Host> {
     awaiting_pong: bool,
     /// Streams reset for the client's errors (see `client_reset`).
     local_error_resets: usize,
-    /// Forwarded calls ended, and those the client cancelled prematurely.
-    forwarded_ended: u64,
-    premature_resets: u64,
+    resets: crate::http2::ResetCount,
     /// Set when the connection was told to go away for a reset flood: it ends
     /// then, whatever is still in flight.
     flood_drain: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -395,8 +393,7 @@ where
             keep_alive,
             awaiting_pong: false,
             local_error_resets: 0,
-            forwarded_ended: 0,
-            premature_resets: 0,
+            resets: crate::http2::ResetCount::default(),
             flood_drain: None,
             sweep: Box::pin(tokio::time::sleep(BACKEND_IDLE)),
             sweep_armed: false,
@@ -522,19 +519,9 @@ where
         if self.reset_flood() {
             return;
         }
-        self.forwarded_ended += 1;
-        if !premature {
-            return;
-        }
-        self.premature_resets += 1;
-        let budget = if self.host.strict() {
-            crate::http2::RESET_FLOOD_CALLS_STRICT
-        } else {
-            crate::http2::RESET_FLOOD_CALLS
-        };
-        if self.premature_resets * 2 >= self.forwarded_ended.max(budget) {
-            self.host
-                .flooded(self.forwarded_ended, self.premature_resets);
+        let strict = premature && self.host.strict();
+        if let Some((calls, cancelled)) = self.resets.ended(premature, strict) {
+            self.host.flooded(calls, cancelled);
             self.flood_drain = Some(Box::pin(tokio::time::sleep(self.opts.drain)));
             // Graceful: calls in flight may finish; a client whose short
             // deadlines all expired in a backend stall loses no healthy call.
