@@ -9,7 +9,9 @@ use crate::proxy::Backend;
 
 /// Routes compiled once per config; a lookup is one hash of the service name.
 pub struct Router {
-    exact: HashMap<String, usize>,
+    /// foldhash (seeded per process): a client's service name is hashed on
+    /// every call, and SipHash was most of the lookup.
+    exact: HashMap<String, usize, foldhash::fast::RandomState>,
     default: Option<usize>,
     /// Every distinct backend, once; routes hold indices into it.
     backends: Vec<Arc<Backend>>,
@@ -20,7 +22,7 @@ impl Router {
     /// that name it.
     pub fn new(routes: &[config::Route], limits: &config::Limits, metrics: &Metrics) -> Router {
         let mut pools: Vec<Arc<Backend>> = Vec::new();
-        let mut exact = HashMap::new();
+        let mut exact = HashMap::default();
         let mut default = None;
         for r in routes {
             let backend = match pools.iter().position(|b| *b.addr() == r.backend) {
