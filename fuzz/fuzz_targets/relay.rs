@@ -1,18 +1,20 @@
 //! Any byte streams from a client (after its preface, which `read_preface`
 //! takes) and from a backend into the relay (`src/relay`): it may refuse
-//! anything, and must never panic. The input is
-//! split in two by its first two bytes: what the client sends, then what the
-//! backend sends once it is dialed (it starts with the backend's SETTINGS so
-//! the fuzzer reaches calls on it). Calls are forwarded to that backend, to
-//! one whose dial fails at once, or answered locally, so every path of the
-//! engine that a client and a backend can reach is open.
+//! anything, and must never panic, nor keep running once the client is gone.
+//! The input is split in two by its first two bytes: what the client sends,
+//! then what the backend sends once it is dialed (after its SETTINGS, so the
+//! fuzzer reaches calls on it). By the path's length a call goes to that
+//! backend, to one whose dial fails at once, to one whose dial never
+//! completes, or is answered locally, so every path of the engine that a
+//! client and a backend can reach is open. Time is paused: a relay waiting
+//! on a timer costs no wall time.
 #![no_main]
 
 use std::time::Duration;
 
 use ipcgate::relay::{Decision, Dial, Host, Options, Relay};
 use libfuzzer_sys::fuzz_target;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct FuzzHost {
     backend: Option<Vec<u8>>,
@@ -23,27 +25,31 @@ impl Host for FuzzHost {
     type Call = ();
 
     fn decide(&mut self, head: http::request::Parts) -> Decision<()> {
-        match head.uri.path().len() % 3 {
-            0 => Decision::Forward { backend: 0, head, call: () },
-            1 => Decision::Forward { backend: 1, head, call: () },
-            _ => Decision::Answer(http::Response::new(()).into_parts().0),
+        match head.uri.path().len() % 4 {
+            3 => Decision::Answer(http::Response::new(()).into_parts().0),
+            n => Decision::Forward { backend: n, head, call: () },
         }
     }
 
     fn dial(&mut self, backend: usize) -> Dial<Self::Io> {
-        match (backend, self.backend.take()) {
-            (0, Some(bytes)) => Box::pin(async move {
-                let (mut near, far) = tokio::io::duplex(1 << 20);
-                tokio::spawn(async move {
-                    let _ = near.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await;
-                    let _ = near.write_all(&bytes).await;
-                    // Keep reading what the relay sends so it never blocks.
-                    let mut sink = tokio::io::sink();
-                    let _ = tokio::io::copy(&mut near, &mut sink).await;
-                });
-                Ok(far)
-            }),
-            _ => Box::pin(async { Err(std::io::Error::other("down")) }),
+        match backend {
+            0 => {
+                let Some(bytes) = self.backend.take() else {
+                    return Box::pin(async { Err(std::io::Error::other("dialed once")) });
+                };
+                Box::pin(async move {
+                    let (mut near, far) = tokio::io::duplex(1 << 20);
+                    tokio::spawn(async move {
+                        let _ = near.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await;
+                        let _ = near.write_all(&bytes).await;
+                        // Keep reading what the relay sends so it never blocks.
+                        let _ = tokio::io::copy(&mut near, &mut tokio::io::sink()).await;
+                    });
+                    Ok(far)
+                })
+            }
+            1 => Box::pin(async { Err(std::io::Error::other("down")) }),
+            _ => Box::pin(std::future::pending()),
         }
     }
 
@@ -54,39 +60,41 @@ impl Host for FuzzHost {
 
 fuzz_target!(|data: &[u8]| {
     let (client_bytes, backend_bytes) = match data {
-        [a, b, rest @ ..] => {
-            let at = (usize::from(*a) << 8 | usize::from(*b)).min(rest.len());
-            rest.split_at(at)
-        }
+        [a, b, rest @ ..] => rest.split_at((usize::from(*a) << 8 | usize::from(*b)).min(rest.len())),
         _ => (data, &[][..]),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
+        .start_paused(true)
         .build()
         .unwrap();
     rt.block_on(async {
-        let (mut client, server) = tokio::io::duplex(1 << 20);
-        let _ = client.write_all(client_bytes).await;
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let (mut rd, mut wr) = tokio::io::split(client);
         let opts = Options::new(&ipcgate::config::Limits::default());
         let host = FuzzHost { backend: Some(backend_bytes.to_vec()) };
         let relay = tokio::spawn(Relay::new(server, host, opts));
-        // Give the backend's bytes time to arrive, then end the client.
-        for _ in 0..32 {
-            tokio::task::yield_now().await;
-        }
-        let _ = client.shutdown().await;
-        // FUZZ_SHOW=1 prints what the client got (for checking seeds).
-        let drained = async {
-            let mut got = Vec::new();
-            let _ = tokio::io::AsyncReadExt::read_to_end(&mut client, &mut got).await;
-            if std::env::var_os("FUZZ_SHOW").is_some() {
-                eprintln!("client got {got:02x?}");
+        let bytes = client_bytes.to_vec();
+        tokio::spawn(async move {
+            let _ = wr.write_all(&bytes).await;
+            // Let the backend's bytes arrive, then end the client.
+            for _ in 0..32 {
+                tokio::task::yield_now().await;
             }
-        };
-        let _ = tokio::time::timeout(Duration::from_millis(200), drained).await;
-        match tokio::time::timeout(Duration::from_millis(200), relay).await {
-            Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            _ => {}
+            let _ = wr.shutdown().await;
+        });
+        // FUZZ_SHOW=1 prints what the client got (for checking seeds).
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut got)).await;
+        if std::env::var_os("FUZZ_SHOW").is_some() {
+            eprintln!("client got {got:02x?}");
+        }
+        // The client is gone: the relay must end (its own timers are 30 s
+        // and more away, and paused time jumps to them when all is idle).
+        match tokio::time::timeout(Duration::from_secs(5), relay).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => panic!("the relay outlived its client by 5 s"),
         }
     });
 });

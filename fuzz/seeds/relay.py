@@ -27,23 +27,25 @@ def head(sid, path, end=False):
     return frame(1, 4 | (1 if end else 0), sid, block)
 
 
-# The fuzz host forwards paths of length 0 mod 3 to the backend, 1 mod 3 to
-# one that fails to dial, and answers 2 mod 3 itself.
+# The fuzz host forwards paths of length 0 mod 4 to the backend, 1 mod 4 to
+# one that fails to dial, 2 mod 4 to one that never answers the dial, and
+# answers 3 mod 4 itself.
+FWD, FAIL, PEND, ANSWER = "/a.B/CDE", "/a.B/CDEF", "/a.B/C", "/a.B/CD"
 MSG = b"\x00\x00\x00\x00\x05hello"
 SETTINGS = frame(4, 0, 0, b"")
 CLIENT = {
-    "one": SETTINGS + head(1, "/a.B/C") + frame(0, 1, 1, MSG),
-    "three": SETTINGS + head(1, "/a.B/C") + head(3, "/a.B/CD") + head(5, "/a.B/CDE", True)
+    "one": SETTINGS + head(1, FWD) + frame(0, 1, 1, MSG),
+    "four": SETTINGS + head(1, FWD) + head(3, FAIL) + head(5, PEND) + head(7, ANSWER, True)
     + frame(0, 1, 1, MSG) + frame(3, 0, 3, b"\x00\x00\x00\x08"),
     "ping": SETTINGS + frame(6, 0, 0, b"12345678") + frame(8, 0, 0, b"\x00\x01\x00\x00")
-    + head(1, "/x.Y/Z") + frame(0, 9, 1, b"\x03" + MSG + b"pad"),
-    "goaway": SETTINGS + head(1, "/a.B/C") + frame(7, 0, 0, b"\x00\x00\x00\x01\x00\x00\x00\x00"),
+    + head(1, FWD) + frame(0, 9, 1, b"\x03" + MSG + b"pad"),
+    "goaway": SETTINGS + head(1, FWD) + frame(7, 0, 0, b"\x00\x00\x00\x01\x00\x00\x00\x00"),
 }
 RESPONSE = frame(1, 4, 1, b"\x88" + lit("content-type", "application/grpc")) + frame(0, 0, 1, MSG) \
     + frame(1, 5, 1, lit("grpc-status", "0"))
 BACKEND = {
     "one": RESPONSE,
-    "three": RESPONSE + frame(3, 0, 3, b"\x00\x00\x00\x00") + frame(8, 0, 0, b"\x00\x01\x00\x00"),
+    "four": RESPONSE + frame(3, 0, 3, b"\x00\x00\x00\x00") + frame(8, 0, 0, b"\x00\x01\x00\x00"),
     "ping": frame(6, 0, 0, b"abcdefgh") + RESPONSE,
     "goaway": frame(7, 0, 0, b"\x00\x00\x00\x00\x00\x00\x00\x00"),
 }
