@@ -245,7 +245,6 @@ enum Out {
     Settings(Box<Settings>),
 }
 
-// The point of `Out`: a DATA frame moves at 48 bytes, not 296.
 const _: () = assert!(std::mem::size_of::<Out>() <= 48);
 
 impl From<Out> for Frame<Bytes> {
@@ -262,46 +261,25 @@ impl From<Out> for Frame<Bytes> {
     }
 }
 
-impl From<Data<Bytes>> for Out {
-    fn from(f: Data<Bytes>) -> Out {
-        Out::Data(f)
-    }
+/// `From` for each frame kind a queue holds, so `.into()` queues any of them.
+macro_rules! out_from {
+    ($($kind:ident($ty:ty) => $wrap:expr),* $(,)?) => {$(
+        impl From<$ty> for Out {
+            fn from(f: $ty) -> Out {
+                Out::$kind($wrap(f))
+            }
+        }
+    )*};
 }
 
-impl From<Headers> for Out {
-    fn from(f: Headers) -> Out {
-        Out::Headers(Box::new(f))
-    }
-}
-
-impl From<Reset> for Out {
-    fn from(f: Reset) -> Out {
-        Out::Reset(f)
-    }
-}
-
-impl From<WindowUpdate> for Out {
-    fn from(f: WindowUpdate) -> Out {
-        Out::WindowUpdate(f)
-    }
-}
-
-impl From<Ping> for Out {
-    fn from(f: Ping) -> Out {
-        Out::Ping(f)
-    }
-}
-
-impl From<GoAway> for Out {
-    fn from(f: GoAway) -> Out {
-        Out::GoAway(f)
-    }
-}
-
-impl From<Settings> for Out {
-    fn from(f: Settings) -> Out {
-        Out::Settings(Box::new(f))
-    }
+out_from! {
+    Data(Data<Bytes>) => std::convert::identity,
+    Headers(Headers) => Box::new,
+    Reset(Reset) => std::convert::identity,
+    WindowUpdate(WindowUpdate) => std::convert::identity,
+    Ping(Ping) => std::convert::identity,
+    GoAway(GoAway) => std::convert::identity,
+    Settings(Settings) => Box::new,
 }
 
 /// One direction of a call.
