@@ -6,7 +6,9 @@
 //! such a stream with PROTOCOL_ERROR before any application code runs, so these
 //! clients fail against every hyper/tonic server on a Unix socket.
 //!
-//! This filter sits between the socket (or TLS stream) and h2. It passes every
+//! The gateway's relay repairs `:authority` itself, after its codec has decoded
+//! the block (`relay::request_head`). The client sidecar serves with h2's own
+//! server, so there this filter sits between the socket and h2. It passes every
 //! frame through untouched except header blocks: HEADERS (+ CONTINUATION) are
 //! decoded with the client's HPACK state, an unparseable `:authority` is
 //! replaced by `localhost`, and the block is re-encoded with literals only
@@ -41,7 +43,7 @@ const MAX_FRAME: usize = 1 << 20;
 const MAX_BLOCK: usize = 256 << 10;
 /// Frame payload size we emit (the HTTP/2 default maximum).
 const OUT_FRAME: usize = 16_384;
-/// The most a header block may decode to here (the gateway refuses far less:
+/// The most a header block may decode to here (the sidecar refuses far less:
 /// `limits.max_header_list_size`, 16 KiB by default).
 const MAX_DECODED: usize = 256 << 10;
 /// What replaces an invalid `:authority`.
@@ -76,7 +78,7 @@ impl<T> NormalizeAuthority<T> {
     pub fn new(inner: T) -> Self {
         let mut decoder = loona_hpack::Decoder::new();
         // The client's encoder may not exceed what the server advertised; the
-        // gateway (h2) keeps HPACK's default of 4096.
+        // sidecar (h2) keeps HPACK's default of 4096.
         decoder.set_max_allowed_table_size(4096);
         NormalizeAuthority {
             inner,
@@ -382,80 +384,5 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for NormalizeAuthority<T> {
 
 /// The connection's byte stream with or without the repair (it can be turned
 /// off with `[listen] repair_authority = false`).
-// One per connection, never moved on the hot path: size does not matter here.
-#[allow(clippy::large_enum_variant)]
-pub enum MaybeRepaired<T> {
-    Repaired(NormalizeAuthority<T>),
-    Plain(T),
-}
-
-impl<T> MaybeRepaired<T> {
-    pub fn new(inner: T, repair: bool) -> Self {
-        if repair {
-            MaybeRepaired::Repaired(NormalizeAuthority::new(inner))
-        } else {
-            MaybeRepaired::Plain(inner)
-        }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for MaybeRepaired<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            MaybeRepaired::Repaired(r) => Pin::new(r).poll_read(cx, buf),
-            MaybeRepaired::Plain(p) => Pin::new(p).poll_read(cx, buf),
-        }
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for MaybeRepaired<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            MaybeRepaired::Repaired(r) => Pin::new(r).poll_write(cx, buf),
-            MaybeRepaired::Plain(p) => Pin::new(p).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            MaybeRepaired::Repaired(r) => Pin::new(r).poll_write_vectored(cx, bufs),
-            MaybeRepaired::Plain(p) => Pin::new(p).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            MaybeRepaired::Repaired(r) => r.is_write_vectored(),
-            MaybeRepaired::Plain(p) => p.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            MaybeRepaired::Repaired(r) => Pin::new(r).poll_flush(cx),
-            MaybeRepaired::Plain(p) => Pin::new(p).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            MaybeRepaired::Repaired(r) => Pin::new(r).poll_shutdown(cx),
-            MaybeRepaired::Plain(p) => Pin::new(p).poll_shutdown(cx),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests;

@@ -419,7 +419,7 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
         .layer(PathCheckLayer)
         .layer(AuthzLayer::new(shared.authz.clone(), peer.clone()))
         .service(Route::new(shared.router.clone(), peer.clone()));
-    let mut io = crate::authority::MaybeRepaired::new(tls, repair_authority);
+    let mut io = tls;
     // The HTTP/2 preface is inside the handshake budget: a client that finished
     // TLS and then says nothing is dropped like one that never finished it.
     match tokio::time::timeout_at(deadline, relay::read_preface(&mut io)).await {
@@ -445,7 +445,11 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
             metrics: shared.metrics.clone(),
         },
     };
-    let mut conn = Relay::new(io, host, relay::Options::new(&shared.limits));
+    let opts = relay::Options {
+        repair_authority,
+        ..relay::Options::new(&shared.limits)
+    };
+    let mut conn = Relay::new(io, host, opts);
 
     // The connection must not outlive its certificate. Timers are kept short
     // (tokio caps long sleeps) and re-armed until notAfter.

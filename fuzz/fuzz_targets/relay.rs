@@ -71,7 +71,11 @@ fuzz_target!(|data: &[u8]| {
     rt.block_on(async {
         let (client, server) = tokio::io::duplex(1 << 16);
         let (mut rd, mut wr) = tokio::io::split(client);
-        let opts = Options::new(&ipcgate::config::Limits::default());
+        // As the gateway runs it by default: socket-path authorities repaired.
+        let opts = Options {
+            repair_authority: true,
+            ..Options::new(&ipcgate::config::Limits::default())
+        };
         let host = FuzzHost { backend: Some(backend_bytes.to_vec()) };
         let relay = tokio::spawn(Relay::new(server, host, opts));
         let bytes = client_bytes.to_vec();

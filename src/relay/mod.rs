@@ -82,6 +82,9 @@ pub struct Options {
     /// How long calls in flight may run on once the connection was told to go
     /// away for a reset flood.
     pub drain: Duration,
+    /// An unparseable `:authority` becomes `localhost` instead of failing the
+    /// stream (see [`request_head`]).
+    pub repair_authority: bool,
 }
 
 impl Options {
@@ -92,6 +95,7 @@ impl Options {
             backend_streams_per_connection: limits.backend_streams_per_connection,
             keep_alive: KEEP_ALIVE,
             drain: limits.drain_timeout,
+            repair_authority: false,
         }
     }
 }
@@ -943,7 +947,7 @@ where
             return Ok(());
         }
         let (pseudo, fields) = h.into_parts();
-        let Some(head) = request_head(pseudo, fields) else {
+        let Some(head) = request_head(pseudo, fields, self.opts.repair_authority) else {
             self.client_reset(id, Reason::PROTOCOL_ERROR);
             return Ok(());
         };
@@ -1636,7 +1640,14 @@ fn release<T>(id: u32, d: &mut Dir, to: &mut Side<T>) -> i64 {
 
 /// The request head from a HEADERS frame's pseudo-headers and fields, or
 /// `None` if it is malformed (a stream error, as h2 treats it).
-fn request_head(pseudo: Pseudo, fields: HeaderMap) -> Option<http::request::Parts> {
+///
+/// gRPC C-core (Python, Ruby, PHP, C++) and grpc-java's Netty transport send
+/// the Unix socket path as `:authority` (`/run/app.sock`, `%2Frun%2Fapp.sock`)
+/// by default. With `repair` such an authority becomes `localhost` rather than
+/// failing every call those clients make; it routes nothing (routes go by
+/// path) and the backend sees a well-formed one. The codec has decoded the
+/// block already, so this costs nothing for a valid authority.
+fn request_head(pseudo: Pseudo, fields: HeaderMap, repair: bool) -> Option<http::request::Parts> {
     if pseudo.status.is_some() || pseudo.protocol.is_some() {
         return None;
     }
@@ -1650,7 +1661,15 @@ fn request_head(pseudo: Pseudo, fields: HeaderMap) -> Option<http::request::Part
     // `:authority` is optional (RFC 9113 §8.3.1): without it the URI is
     // origin-form, as h2 builds it, and the route fills in the backend's.
     if let Some(a) = pseudo.authority {
-        uri = uri.scheme(scheme.as_bytes()).authority(a.as_bytes());
+        let a = match http::uri::Authority::try_from(a.as_bytes()) {
+            Ok(a) => a,
+            Err(_) if repair => {
+                tracing::debug!(authority = ?&*a, "replacing an invalid :authority");
+                http::uri::Authority::from_static("localhost")
+            }
+            Err(_) => return None,
+        };
+        uri = uri.scheme(scheme.as_bytes()).authority(a);
     }
     let uri = uri.build().ok()?;
     let mut req = http::Request::new(());

@@ -71,6 +71,7 @@ const OPTS: Options = Options {
     backend_streams_per_connection: 100,
     keep_alive: Duration::from_secs(30),
     drain: Duration::from_secs(15),
+    repair_authority: false,
 };
 
 struct Rig {
@@ -84,10 +85,10 @@ struct Rig {
 
 impl Rig {
     async fn start() -> Rig {
-        Rig::start_with(false).await
+        Rig::start_with(false, OPTS).await
     }
 
-    async fn start_with(stall: bool) -> Rig {
+    async fn start_with(stall: bool, opts: Options) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let echo = EchoService::default();
         let backend_sock = dir.path().join("echo.sock");
@@ -107,7 +108,7 @@ impl Rig {
                 tokio::spawn(async move {
                     let relay = tokio::spawn(async move {
                         if ipcgate::relay::read_preface(&mut s).await.is_ok() {
-                            let _ = Relay::new(s, host, OPTS).await;
+                            let _ = Relay::new(s, host, opts).await;
                         }
                     });
                     if relay.await.is_err_and(|e| e.is_panic()) {
@@ -293,14 +294,18 @@ async fn backend_max_concurrent_streams_queues_calls_instead_of_failing_them() {
 
 /// A request header block (static-table indices, literals never indexed).
 fn block(path: &[u8], extra: &[(&[u8], &[u8])]) -> Vec<u8> {
+    block_for(path, b"localhost", extra)
+}
+
+fn block_for(path: &[u8], authority: &[u8], extra: &[(&[u8], &[u8])]) -> Vec<u8> {
     let mut b = vec![0x83, 0x86]; // :method POST, :scheme http
     if !path.is_empty() {
         b.push(0x04); // :path, literal never indexed
         b.push(u8::try_from(path.len()).unwrap());
         b.extend_from_slice(path);
     }
-    b.extend_from_slice(&[0x01, 9]); // :authority
-    b.extend_from_slice(b"localhost");
+    b.extend_from_slice(&[0x01, u8::try_from(authority.len()).unwrap()]); // :authority
+    b.extend_from_slice(authority);
     let mut fields: Vec<(&[u8], &[u8])> =
         vec![(b"content-type", b"application/grpc"), (b"te", b"trailers")];
     fields.extend_from_slice(extra);
@@ -320,7 +325,7 @@ const EMPTY: [u8; 5] = [0; 5];
 
 type Raw = Frames<UnixStream>;
 
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Seen {
     /// HEADERS on the stream (an answer).
     Answered,
@@ -448,7 +453,7 @@ async fn a_client_that_overruns_its_windows_is_cut_off() {
     // The backend never answers the dial, so the relay holds every byte it
     // is sent: exactly what its windows must bound. 1 MiB per stream is
     // offered; 1 MiB + 1 byte on one stream is over it.
-    let rig = Rig::start_with(true).await;
+    let rig = Rig::start_with(true, OPTS).await;
     let mut raw = rig.raw().await;
     raw.send(frame(0x1, 0x4, 1, &block(UNARY, &[]))).await;
     let chunk = vec![0u8; 16 << 10];
@@ -748,6 +753,46 @@ async fn a_request_without_authority_is_forwarded() {
     raw.send(frame(0x1, 0x4, 1, &b)).await;
     raw.send(frame(0x0, 0x1, 1, &EMPTY)).await;
     assert_eq!(within("answer", raw.outcome(1)).await, Seen::Answered);
+}
+
+#[tokio::test]
+async fn socket_path_authorities_are_repaired_only_when_asked() {
+    // gRPC C-core and Netty send the socket path as `:authority`. Repair on:
+    // answered, on every stream of the connection (not only its first).
+    // Repair off: the stream is malformed, as h2 would have it.
+    let repairing = Rig::start_with(
+        false,
+        Options {
+            repair_authority: true,
+            ..OPTS
+        },
+    )
+    .await;
+    let strict = Rig::start().await;
+    for (rig, want) in [
+        (&repairing, Seen::Answered),
+        (&strict, Seen::Reset(PROTOCOL_ERROR)),
+    ] {
+        let mut raw = rig.raw().await;
+        for (id, authority) in [
+            (1, &b"localhost"[..]),
+            (3, b"/run/app.sock"),
+            (5, b"%2Frun%2Fapp.sock"),
+            (7, b"a b"),
+        ] {
+            raw.send(frame(0x1, 0x4, id, &block_for(UNARY, authority, &[])))
+                .await;
+            raw.send(frame(0x0, 0x1, id, &EMPTY)).await;
+            let expect = if id == 1 { Seen::Answered } else { want };
+            let got = within("answer", raw.outcome(id)).await;
+            assert_eq!(
+                got,
+                expect,
+                "stream {id}: {:?}",
+                String::from_utf8_lossy(authority)
+            );
+        }
+    }
 }
 
 /// A backend that answers each call it is sent with a burst of random frames
