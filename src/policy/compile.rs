@@ -2,6 +2,9 @@
 //! (exact paths, whole services `/pkg.Svc/*` and methods `*/Method` in hash
 //! maps; other prefixes and suffixes in one hash map per distinct length), so a
 //! decision touches only the rules that can match the path, and allocates nothing.
+//! Sources (principals, uids, gids) are deduplicated: a connection checks each
+//! distinct source once, so neither it nor a decision grows with the number of
+//! rules that repeat a caller.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,7 +16,7 @@ use serde::Serialize;
 
 use super::model::{self, AuditCondition, PolicyError};
 use super::pattern::Pattern;
-use super::rule::{self, Rule, RuleExplanation};
+use super::rule::{self, Rule, RuleExplanation, SourceKey};
 use crate::identity::{hex, Peer};
 use crate::metrics::{MethodLabels, Metrics, RuleLabels};
 
@@ -42,17 +45,26 @@ struct RuleSet {
     /// For each path the policy names exactly: every rule whose paths can match
     /// it (exact, prefix, suffix), in file order — one probe per call.
     candidates: Map<Box<[u32]>>,
-    /// Exact principal → the rules naming it.
+    /// Each rule's source (principals, uids, gids) as an id: rules sharing a
+    /// source share its check, so a connection decides each distinct source
+    /// once, however many rules repeat it (a policy grows by methods, not by
+    /// callers).
+    source_of: Vec<u32>,
+    /// For each source id, the first rule that has it (to check it with).
+    source_rule: Vec<u32>,
+    /// Source ids while rules are added; emptied by `finish`.
+    source_ids: HashMap<SourceKey, u32>,
+    /// Exact principal → the sources naming it.
     by_principal: Map<Vec<u32>>,
-    /// Rules with a wildcard principal, checked one by one.
+    /// Sources with a wildcard principal, checked one by one.
     wildcard_principal: Vec<u32>,
-    /// Rules without principals.
+    /// Sources without principals.
     any_principal: Vec<u32>,
 }
 
-/// Which rules' sources (principals, uids, gids) match one connection's peer:
-/// fixed for the connection's lifetime under one policy, so computed once; and
-/// the decisions the connection has had, by path.
+/// Which sources (principals, uids, gids; by source id) match one connection's
+/// peer: fixed for the connection's lifetime under one policy, so computed
+/// once; and the decisions the connection has had, by path.
 ///
 /// A decision that no header condition took part in depends only on the path
 /// for this peer, so the connection's next call to that method costs one probe
@@ -149,17 +161,23 @@ impl RuleSet {
                 Pattern::Exact(_) => add(self.exact.entry(t.into()).or_default(), i),
             }
         }
-        match rule.principals() {
-            None => self.any_principal.push(i),
-            Some(ps) if ps.iter().all(|p| matches!(p.pattern, Pattern::Exact(_))) => {
-                for p in ps.iter().filter(|p| !p.text.is_empty()) {
-                    add(
-                        self.by_principal.entry(p.text.as_str().into()).or_default(),
-                        i,
-                    );
+        let next = self.source_rule.len() as u32;
+        let src = *self.source_ids.entry(rule.source_key()).or_insert(next);
+        self.source_of.push(src);
+        if src == next {
+            self.source_rule.push(i);
+            match rule.principals() {
+                None => self.any_principal.push(src),
+                Some(ps) if ps.iter().all(|p| matches!(p.pattern, Pattern::Exact(_))) => {
+                    for p in ps.iter().filter(|p| !p.text.is_empty()) {
+                        add(
+                            self.by_principal.entry(p.text.as_str().into()).or_default(),
+                            src,
+                        );
+                    }
                 }
+                Some(_) => self.wildcard_principal.push(src),
             }
-            Some(_) => self.wildcard_principal.push(i),
         }
         self.rules.push(rule);
     }
@@ -168,6 +186,7 @@ impl RuleSet {
     /// policy whose lists would grow past the budget falls back to probing the
     /// affix indexes for the remaining paths.
     fn finish(&mut self) {
+        self.source_ids = HashMap::new();
         let budget = 4 * self.rules.len() + 65_536;
         let mut used = 0;
         let mut candidates = Map::default();
@@ -181,6 +200,20 @@ impl RuleSet {
             }
             c.sort_unstable();
             c.dedup();
+            // Every candidate matches this path, so a rule without header
+            // conditions matches exactly when its source holds: a later rule
+            // with the same source can never be the first match. Each source
+            // then costs one test per path, however many methods repeat it.
+            let mut seen = std::collections::HashSet::new();
+            c.retain(|&i| {
+                let rule = &self.rules[i as usize];
+                let src = self.source_of[i as usize];
+                rule.has_headers()
+                    || !seen.contains(&src) && {
+                        seen.insert(src);
+                        true
+                    }
+            });
             used += c.len();
             if used > budget {
                 break;
@@ -202,17 +235,19 @@ impl RuleSet {
         service.into_iter().chain(method)
     }
 
+    /// The sources (by id) that hold for `peer`.
     fn source_bits(&self, peer: &Peer) -> Box<[u64]> {
-        let mut bits = vec![0u64; self.rules.len().div_ceil(64)];
-        let mut set = |i: u32| bits[i as usize / 64] |= 1 << (i % 64);
-        for &i in &self.any_principal {
-            if self.rules[i as usize].cred_matches(peer) {
-                set(i);
+        let mut bits = vec![0u64; self.source_rule.len().div_ceil(64)];
+        let mut set = |s: u32| bits[s as usize / 64] |= 1 << (s % 64);
+        let rule = |s: u32| &self.rules[self.source_rule[s as usize] as usize];
+        for &s in &self.any_principal {
+            if rule(s).cred_matches(peer) {
+                set(s);
             }
         }
-        for &i in &self.wildcard_principal {
-            if self.rules[i as usize].source_matches(peer) {
-                set(i);
+        for &s in &self.wildcard_principal {
+            if rule(s).source_matches(peer) {
+                set(s);
             }
         }
         let ids = peer
@@ -221,9 +256,9 @@ impl RuleSet {
             .chain(&peer.dns)
             .chain(std::iter::once(&peer.subject));
         for id in ids {
-            for &i in self.by_principal.get(id.as_str()).into_iter().flatten() {
-                if self.rules[i as usize].cred_matches(peer) {
-                    set(i);
+            for &s in self.by_principal.get(id.as_str()).into_iter().flatten() {
+                if rule(s).cred_matches(peer) {
+                    set(s);
                 }
             }
         }
@@ -251,7 +286,7 @@ impl RuleSet {
                 let rule = &self.rules[i as usize];
                 let hit = match src {
                     Some(bits) => {
-                        bit(bits, i) && {
+                        bit(bits, self.source_of[i as usize]) && {
                             by_headers |= rule.has_headers();
                             rule.headers_match(headers)
                         }

@@ -12,6 +12,15 @@ use super::model::{self, RawRule};
 use super::pattern::{check_path, check_stars, Pattern, Written};
 use crate::identity::Peer;
 
+/// A rule's source conditions, to share one source check among the rules
+/// that have the same (see [`Rule::source_key`]).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(super) struct SourceKey {
+    principals: Option<Vec<Box<str>>>,
+    uids: Vec<u32>,
+    gids: Vec<u32>,
+}
+
 #[derive(Debug)]
 pub struct HeaderMatch {
     name: HeaderName,
@@ -54,6 +63,28 @@ impl Rule {
     /// The principal patterns, if the rule has any.
     pub(super) fn principals(&self) -> Option<&[Written]> {
         self.principals.as_deref()
+    }
+
+    /// What decides [`Rule::source_matches`], normalized: two rules with equal
+    /// keys match exactly the same peers (principals are any-of, uids and gids
+    /// are membership lists).
+    pub(super) fn source_key(&self) -> SourceKey {
+        let sorted = |v: &[u32]| {
+            let mut v = v.to_vec();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        SourceKey {
+            principals: self.principals.as_ref().map(|ps| {
+                let mut t: Vec<Box<str>> = ps.iter().map(|p| p.text.as_str().into()).collect();
+                t.sort_unstable();
+                t.dedup();
+                t
+            }),
+            uids: sorted(&self.uids),
+            gids: sorted(&self.gids),
+        }
     }
 
     /// A43: a principal matches a URI SAN, a DNS SAN or the subject (the empty

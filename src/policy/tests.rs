@@ -577,3 +577,57 @@ fn memo_never_keeps_a_decision_that_headers_made() {
         );
     }
 }
+
+/// Rules that repeat a source share one check per connection; rules whose
+/// sources differ in any part (uids, gids, one principal more) never do.
+#[test]
+fn rules_share_a_source_check_only_when_their_sources_are_equal() {
+    let p = policy(
+        r#"{"name":"shared",
+        "deny_rules":[{"name":"d-uid-7","source":{"principals":["spiffe://t/svc"],"uids":[7]},"request":{"paths":["/a.B/D"]}},
+                      {"name":"d-svc","source":{"principals":["spiffe://t/svc"]},"request":{"paths":["/a.B/E"]}}],
+        "allow_rules":[
+          {"name":"uid-1000","source":{"principals":["spiffe://t/svc"],"uids":[1000, 5]},"request":{"paths":["/a.B/A"]}},
+          {"name":"uid-5","source":{"principals":["spiffe://t/svc"],"uids":[5]},"request":{"paths":["/a.B/B"]}},
+          {"name":"uid-1000-again","source":{"principals":["spiffe://t/svc"],"uids":[5, 1000, 5]},"request":{"paths":["/a.B/C"]}},
+          {"name":"gid-2","source":{"principals":["spiffe://t/svc"],"gids":[2]},"request":{"paths":["/a.B/G"]}},
+          {"name":"svc-or-bob","source":{"principals":["spiffe://t/bob","spiffe://t/svc"]},"request":{"paths":["/a.B/P"]}},
+          {"name":"bob-or-svc","source":{"principals":["spiffe://t/svc","spiffe://t/bob"]},"request":{"paths":["/a.B/Q"]}},
+          {"name":"bob","source":{"principals":["spiffe://t/bob"]},"request":{"paths":["/a.B/R"]}},
+          {"name":"anyone","request":{"paths":["/a.B/Z"]}},
+          {"name":"h-fast","source":{"principals":["spiffe://t/svc"]},"request":{"paths":["/a.B/H"],"headers":[{"key":"x-mode","values":["fast"]}]}},
+          {"name":"h-plain","source":{"principals":["spiffe://t/svc"]},"request":{"paths":["/a.B/H"]}},
+          {"name":"h-later","source":{"principals":["spiffe://t/svc"]},"request":{"paths":["*/H"]}}
+        ]}"#,
+    );
+    let h = HeaderMap::new();
+    let uid_1000 = peer_cred(1000, 1);
+    let uid_7 = peer_cred(7, 2);
+    let bob = peer(&["spiffe://t/bob"], &[], None);
+    let expect = [
+        ("/a.B/A", &uid_1000, (true, Some("uid-1000"))),
+        ("/a.B/B", &uid_1000, (false, None)),
+        ("/a.B/C", &uid_1000, (true, Some("uid-1000-again"))),
+        ("/a.B/G", &uid_1000, (false, None)),
+        ("/a.B/G", &uid_7, (true, Some("gid-2"))),
+        ("/a.B/D", &uid_1000, (false, None)),
+        ("/a.B/D", &uid_7, (false, Some("d-uid-7"))),
+        ("/a.B/E", &uid_1000, (false, Some("d-svc"))),
+        ("/a.B/P", &uid_1000, (true, Some("svc-or-bob"))),
+        ("/a.B/Q", &bob, (true, Some("bob-or-svc"))),
+        ("/a.B/R", &bob, (true, Some("bob"))),
+        ("/a.B/R", &uid_1000, (false, None)),
+        ("/a.B/Z", &bob, (true, Some("anyone"))),
+        ("/a.B/A", &bob, (false, None)),
+    ];
+    for (path, who, want) in expect {
+        assert_eq!(ev(&p, path, &h, who), want, "{path}");
+    }
+    // A header rule before a plain one with the same source: each decides
+    // in turn, and the plain one hides the later method-wide rule.
+    let mut fast = HeaderMap::new();
+    fast.insert("x-mode", "fast".parse().unwrap());
+    assert_eq!(ev(&p, "/a.B/H", &fast, &uid_1000), (true, Some("h-fast")));
+    assert_eq!(ev(&p, "/a.B/H", &h, &uid_1000), (true, Some("h-plain")));
+    assert_eq!(ev(&p, "/x.Y/H", &h, &uid_1000), (true, Some("h-later")));
+}
