@@ -382,7 +382,5 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for NormalizeAuthority<T> {
     }
 }
 
-/// The connection's byte stream with or without the repair (it can be turned
-/// off with `[listen] repair_authority = false`).
 #[cfg(test)]
 mod tests;

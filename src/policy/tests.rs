@@ -593,6 +593,7 @@ fn rules_share_a_source_check_only_when_their_sources_are_equal() {
           {"name":"gid-2","source":{"principals":["spiffe://t/svc"],"gids":[2]},"request":{"paths":["/a.B/G"]}},
           {"name":"svc-or-bob","source":{"principals":["spiffe://t/bob","spiffe://t/svc"]},"request":{"paths":["/a.B/P"]}},
           {"name":"bob-or-svc","source":{"principals":["spiffe://t/svc","spiffe://t/bob"]},"request":{"paths":["/a.B/Q"]}},
+          {"name":"r-svc","source":{"principals":["spiffe://t/svc"]},"request":{"paths":["/a.B/R"]}},
           {"name":"bob","source":{"principals":["spiffe://t/bob"]},"request":{"paths":["/a.B/R"]}},
           {"name":"anyone","request":{"paths":["/a.B/Z"]}},
           {"name":"h-fast","source":{"principals":["spiffe://t/svc"]},"request":{"paths":["/a.B/H"],"headers":[{"key":"x-mode","values":["fast"]}]}},
@@ -616,7 +617,7 @@ fn rules_share_a_source_check_only_when_their_sources_are_equal() {
         ("/a.B/P", &uid_1000, (true, Some("svc-or-bob"))),
         ("/a.B/Q", &bob, (true, Some("bob-or-svc"))),
         ("/a.B/R", &bob, (true, Some("bob"))),
-        ("/a.B/R", &uid_1000, (false, None)),
+        ("/a.B/R", &uid_1000, (true, Some("r-svc"))),
         ("/a.B/Z", &bob, (true, Some("anyone"))),
         ("/a.B/A", &bob, (false, None)),
     ];

@@ -88,6 +88,8 @@ pub struct Options {
 }
 
 impl Options {
+    /// The limits; `repair_authority` is off here and set per listener by
+    /// its owner (the config's default is on).
     pub fn new(limits: &crate::config::Limits) -> Options {
         Options {
             max_concurrent_streams: limits.max_concurrent_streams,
@@ -1646,7 +1648,8 @@ fn release<T>(id: u32, d: &mut Dir, to: &mut Side<T>) -> i64 {
 /// by default. With `repair` such an authority becomes `localhost` rather than
 /// failing every call those clients make; it routes nothing (routes go by
 /// path) and the backend sees a well-formed one. The codec has decoded the
-/// block already, so this costs nothing for a valid authority.
+/// block already, so this costs nothing for a valid authority. (An authority
+/// that is not UTF-8 never gets here: h2's codec fails the connection.)
 fn request_head(pseudo: Pseudo, fields: HeaderMap, repair: bool) -> Option<http::request::Parts> {
     if pseudo.status.is_some() || pseudo.protocol.is_some() {
         return None;

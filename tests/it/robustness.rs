@@ -240,6 +240,14 @@ async fn run_calls(
         delay_ms: 10,
         ..req(b"x")
     });
+    // Reset as the headers arrive: the first message must not beat the reset
+    // to the gateway (that would make the cancel not premature), even when
+    // the machine is busy, so it comes late.
+    let late = grpc_frame(&ipcgate::pb::EchoRequest {
+        count: 1000,
+        delay_ms: 500,
+        ..req(b"x")
+    });
     let slow = grpc_frame(&ipcgate::pb::EchoRequest {
         delay_ms: 2000,
         ..req(b"x")
@@ -252,9 +260,8 @@ async fn run_calls(
         for i in wave..(wave + 50).min(n) {
             let k = kind(i);
             let (path, body) = match k {
-                Kind::ResetAtHeaders | Kind::ResetAfterData => {
-                    ("demo.v1.Echo/ServerStream", &stream)
-                }
+                Kind::ResetAtHeaders => ("demo.v1.Echo/ServerStream", &late),
+                Kind::ResetAfterData => ("demo.v1.Echo/ServerStream", &stream),
                 Kind::ResetBeforeAnswer => ("demo.v1.Echo/Unary", &slow),
                 Kind::Complete => ("demo.v1.Echo/Unary", &short),
                 Kind::Refused => ("nope.v1.Nothing/Here", &short),
