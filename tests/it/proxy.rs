@@ -460,3 +460,65 @@ async fn request_trailers_from_clients_are_not_forwarded() {
         "request trailers reached the backend"
     );
 }
+
+/// Socket-path `:authority` values (what gRPC C-core and Netty send by
+/// default) through the whole gateway, on a connection's first stream and
+/// after it: answered by default, reset as malformed with
+/// `repair_authority = false` on the listener.
+#[tokio::test]
+async fn socket_path_authorities_follow_the_listener_setting() {
+    use tokio::io::AsyncWriteExt;
+    for repair in [None, Some(false)] {
+        let h = Harness::start_with(Opts {
+            listen: repair.map(|r: bool| {
+                format!("[listen]\nuds = \"gateway.sock\"\nrepair_authority = {r}\n")
+            }),
+            ..Opts::default()
+        })
+        .await;
+        let mut tls = alice_tls(&h).await;
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        tls.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
+        let mut f = Frames::new(tls);
+        for (id, authority) in [
+            (1u32, &b"localhost"[..]),
+            (3, b"/run/app.sock"),
+            (5, b"%2Frun%2Fapp.sock"),
+        ] {
+            let mut block = vec![0x83, 0x86]; // :method POST, :scheme http
+            for (name_index, value) in [(0x04u8, &b"/demo.v1.Echo/Unary"[..]), (0x01, authority)] {
+                block.push(name_index);
+                block.push(u8::try_from(value.len()).unwrap());
+                block.extend_from_slice(value);
+            }
+            block.extend_from_slice(&[0x0f, 0x10, 16]); // content-type
+            block.extend_from_slice(b"application/grpc");
+            f.io.write_all(&frame(0x1, 0x4, id, &block)).await.unwrap();
+            f.io.write_all(&frame(0x0, 0x1, id, &[0, 0, 0, 0, 0]))
+                .await
+                .unwrap();
+            let outcome = within("the call's outcome", async {
+                loop {
+                    match f.next().await {
+                        Some((0x1, _, s, _)) if s == id => return "answered",
+                        Some((0x3, _, s, p)) if s == id => {
+                            assert_eq!(p, 1u32.to_be_bytes(), "reset code");
+                            return "reset";
+                        }
+                        None => return "closed",
+                        Some(_) => {}
+                    }
+                }
+            })
+            .await;
+            let want = if id == 1 || repair.is_none() {
+                "answered"
+            } else {
+                "reset"
+            };
+            assert_eq!(outcome, want, "stream {id}, repair {repair:?}");
+        }
+    }
+}
