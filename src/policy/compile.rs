@@ -190,6 +190,7 @@ impl RuleSet {
         let budget = 4 * self.rules.len() + 65_536;
         let mut used = 0;
         let mut candidates = Map::default();
+        let mut seen = std::collections::HashSet::new();
         for (path, exact) in &self.exact {
             let mut c = exact.clone();
             for l in lookup(&self.prefix, path, true)
@@ -204,15 +205,9 @@ impl RuleSet {
             // conditions matches exactly when its source holds: a later rule
             // with the same source can never be the first match. Each source
             // then costs one test per path, however many methods repeat it.
-            let mut seen = std::collections::HashSet::new();
+            seen.clear();
             c.retain(|&i| {
-                let rule = &self.rules[i as usize];
-                let src = self.source_of[i as usize];
-                rule.has_headers()
-                    || !seen.contains(&src) && {
-                        seen.insert(src);
-                        true
-                    }
+                self.rules[i as usize].has_headers() || seen.insert(self.source_of[i as usize])
             });
             used += c.len();
             if used > budget {
