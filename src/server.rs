@@ -374,7 +374,7 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
     let acceptor = TlsAcceptor::from(tls_state.config.clone());
     // One budget for TLS and the HTTP/2 preface together.
     let deadline = tokio::time::Instant::now() + shared.limits.handshake_timeout;
-    let tls = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+    let mut tls = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             m.handshake("failed", failure_reason(&e));
@@ -419,10 +419,9 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
         .layer(PathCheckLayer)
         .layer(AuthzLayer::new(shared.authz.clone(), peer.clone()))
         .service(Route::new(shared.router.clone(), peer.clone()));
-    let mut io = tls;
     // The HTTP/2 preface is inside the handshake budget: a client that finished
     // TLS and then says nothing is dropped like one that never finished it.
-    match tokio::time::timeout_at(deadline, relay::read_preface(&mut io)).await {
+    match tokio::time::timeout_at(deadline, relay::read_preface(&mut tls)).await {
         Ok(Ok(())) => {}
         failed => {
             match failed {
@@ -449,7 +448,7 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
         repair_authority,
         ..relay::Options::new(&shared.limits)
     };
-    let mut conn = Relay::new(io, host, opts);
+    let mut conn = Relay::new(tls, host, opts);
 
     // The connection must not outlive its certificate. Timers are kept short
     // (tokio caps long sleeps) and re-armed until notAfter.
