@@ -52,8 +52,6 @@ struct RuleSet {
     source_of: Vec<u32>,
     /// For each source id, the first rule that has it (to check it with).
     source_rule: Vec<u32>,
-    /// Source ids while rules are added; emptied by `finish`.
-    source_ids: HashMap<SourceKey, u32>,
     /// Exact principal → the sources naming it.
     by_principal: Map<Vec<u32>>,
     /// Sources with a wildcard principal, checked one by one.
@@ -161,11 +159,20 @@ impl RuleSet {
                 Pattern::Exact(_) => add(self.exact.entry(t.into()).or_default(), i),
             }
         }
-        let next = self.source_rule.len() as u32;
-        let src = *self.source_ids.entry(rule.source_key()).or_insert(next);
-        self.source_of.push(src);
-        if src == next {
-            self.source_rule.push(i);
+        self.rules.push(rule);
+    }
+
+    /// Gives each distinct source an id and indexes the sources by principal.
+    fn index_sources(&mut self) {
+        let mut ids: HashMap<SourceKey, u32> = HashMap::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            let next = self.source_rule.len() as u32;
+            let src = *ids.entry(rule.source_key()).or_insert(next);
+            self.source_of.push(src);
+            if src != next {
+                continue;
+            }
+            self.source_rule.push(i as u32);
             match rule.principals() {
                 None => self.any_principal.push(src),
                 Some(ps) if ps.iter().all(|p| matches!(p.pattern, Pattern::Exact(_))) => {
@@ -179,14 +186,14 @@ impl RuleSet {
                 Some(_) => self.wildcard_principal.push(src),
             }
         }
-        self.rules.push(rule);
     }
 
-    /// Builds the per-path candidate lists once all rules are in. Bounded: a
+    /// Indexes the sources, then builds the per-path candidate lists, once all
+    /// rules are in. Bounded: a
     /// policy whose lists would grow past the budget falls back to probing the
     /// affix indexes for the remaining paths.
     fn finish(&mut self) {
-        self.source_ids = HashMap::new();
+        self.index_sources();
         let budget = 4 * self.rules.len() + 65_536;
         let mut used = 0;
         let mut candidates = Map::default();
