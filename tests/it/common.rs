@@ -491,6 +491,36 @@ pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// A request header block for a hand-driven client: `:method POST`, `:scheme
+/// http`, `:path` (left out if empty), `:authority` `localhost`, content-type and
+/// te, then `extra` (static-table indices, literals never indexed).
+pub fn block(path: &[u8], extra: &[(&[u8], &[u8])]) -> Vec<u8> {
+    block_for(path, b"localhost", extra)
+}
+
+/// [`block`] with another `:authority`.
+pub fn block_for(path: &[u8], authority: &[u8], extra: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let mut b = vec![0x83, 0x86]; // :method POST, :scheme http
+    if !path.is_empty() {
+        b.push(0x04); // :path, literal never indexed
+        b.push(u8::try_from(path.len()).unwrap());
+        b.extend_from_slice(path);
+    }
+    b.extend_from_slice(&[0x01, u8::try_from(authority.len()).unwrap()]); // :authority
+    b.extend_from_slice(authority);
+    let mut fields: Vec<(&[u8], &[u8])> =
+        vec![(b"content-type", b"application/grpc"), (b"te", b"trailers")];
+    fields.extend_from_slice(extra);
+    for (n, v) in fields {
+        b.push(0x00);
+        b.push(u8::try_from(n.len()).unwrap());
+        b.extend_from_slice(n);
+        b.push(u8::try_from(v.len()).unwrap());
+        b.extend_from_slice(v);
+    }
+    b
+}
+
 /// A hand-driven HTTP/2 peer, for what a well-behaved one never does: frames
 /// go out as written, come in parsed; SETTINGS are acknowledged, a PING is
 /// never answered.

@@ -599,22 +599,7 @@ impl Mute {
     /// A unary call's HEADERS alone: in flight until `finish`.
     async fn open(&mut self, stream: u32) {
         use tokio::io::AsyncWriteExt;
-        let mut block = vec![0x83, 0x86]; // :method POST, :scheme http
-        for (name_index, value) in [
-            (0x04u8, &b"/demo.v1.Echo/Unary"[..]), // :path
-            (0x01, b"localhost"),                  // :authority
-        ] {
-            block.push(name_index);
-            block.push(u8::try_from(value.len()).unwrap());
-            block.extend_from_slice(value);
-        }
-        block.extend_from_slice(&[0x0f, 0x10, 16]); // content-type (index 31)
-        block.extend_from_slice(b"application/grpc");
-        block.extend_from_slice(&[0x00, 2]);
-        block.extend_from_slice(b"te");
-        block.push(8);
-        block.extend_from_slice(b"trailers");
-        let out = frame(0x1, 0x4, stream, &block); // END_HEADERS
+        let out = frame(0x1, 0x4, stream, &block(b"/demo.v1.Echo/Unary", &[])); // END_HEADERS
         let _ = self.f.io.write_all(&out).await;
     }
 

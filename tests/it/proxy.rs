@@ -487,14 +487,7 @@ async fn socket_path_authorities_follow_the_listener_setting() {
             (3, b"/run/app.sock"),
             (5, b"%2Frun%2Fapp.sock"),
         ] {
-            let mut block = vec![0x83, 0x86]; // :method POST, :scheme http
-            for (name_index, value) in [(0x04u8, &b"/demo.v1.Echo/Unary"[..]), (0x01, authority)] {
-                block.push(name_index);
-                block.push(u8::try_from(value.len()).unwrap());
-                block.extend_from_slice(value);
-            }
-            block.extend_from_slice(&[0x0f, 0x10, 16]); // content-type
-            block.extend_from_slice(b"application/grpc");
+            let block = block_for(b"/demo.v1.Echo/Unary", authority, &[]);
             f.io.write_all(&frame(0x1, 0x4, id, &block)).await.unwrap();
             f.io.write_all(&frame(0x0, 0x1, id, &[0, 0, 0, 0, 0]))
                 .await

@@ -18,7 +18,7 @@ use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
-use crate::common::{eventually, frame, req, seen, within, Backend, Frames};
+use crate::common::{block, block_for, eventually, frame, req, seen, within, Backend, Frames};
 
 struct TestHost {
     backend: PathBuf,
@@ -291,33 +291,6 @@ async fn backend_max_concurrent_streams_queues_calls_instead_of_failing_them() {
 }
 
 // --- Hand-written frames: what a well-behaved client never sends. ---
-
-/// A request header block (static-table indices, literals never indexed).
-fn block(path: &[u8], extra: &[(&[u8], &[u8])]) -> Vec<u8> {
-    block_for(path, b"localhost", extra)
-}
-
-fn block_for(path: &[u8], authority: &[u8], extra: &[(&[u8], &[u8])]) -> Vec<u8> {
-    let mut b = vec![0x83, 0x86]; // :method POST, :scheme http
-    if !path.is_empty() {
-        b.push(0x04); // :path, literal never indexed
-        b.push(u8::try_from(path.len()).unwrap());
-        b.extend_from_slice(path);
-    }
-    b.extend_from_slice(&[0x01, u8::try_from(authority.len()).unwrap()]); // :authority
-    b.extend_from_slice(authority);
-    let mut fields: Vec<(&[u8], &[u8])> =
-        vec![(b"content-type", b"application/grpc"), (b"te", b"trailers")];
-    fields.extend_from_slice(extra);
-    for (n, v) in fields {
-        b.push(0x00);
-        b.push(u8::try_from(n.len()).unwrap());
-        b.extend_from_slice(n);
-        b.push(u8::try_from(v.len()).unwrap());
-        b.extend_from_slice(v);
-    }
-    b
-}
 
 const UNARY: &[u8] = b"/demo.v1.Echo/Unary";
 /// An empty gRPC message.
@@ -692,17 +665,23 @@ async fn an_idle_backend_connection_closes_with_no_one_calling() {
     );
 }
 
+/// The server side of a hand-written backend: the client's preface read, our
+/// (empty) SETTINGS sent.
+async fn backend_side(mut s: UnixStream) -> Option<Raw> {
+    let mut preface = [0u8; 24];
+    s.read_exact(&mut preface).await.ok()?;
+    s.write_all(&frame(0x4, 0, 0, &[])).await.ok()?;
+    Some(Frames::new(s))
+}
+
 /// A backend written frame by frame: it pads its response header blocks
 /// (legal, and what nghttp2 and Node can be told to do).
 async fn padding_backend(listener: tokio::net::UnixListener) {
-    while let Ok((mut s, _)) = listener.accept().await {
+    while let Ok((s, _)) = listener.accept().await {
         tokio::spawn(async move {
-            let mut preface = [0u8; 24];
-            if s.read_exact(&mut preface).await.is_err() {
+            let Some(mut raw) = backend_side(s).await else {
                 return;
-            }
-            s.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
-            let mut raw = Frames::new(s);
+            };
             while let Some((kind, flags, id, _)) = raw.next().await {
                 if kind != 0x0 || flags & 0x1 == 0 {
                     continue;
@@ -799,16 +778,13 @@ async fn socket_path_authorities_are_repaired_only_when_asked() {
 /// (sometimes after a well-formed response), on connections seeded in turn.
 async fn random_backend(listener: tokio::net::UnixListener) {
     let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-    while let Ok((mut s, _)) = listener.accept().await {
+    while let Ok((s, _)) = listener.accept().await {
         seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
         let mut r = Rng(seed | 1);
         tokio::spawn(async move {
-            let mut preface = [0u8; 24];
-            if s.read_exact(&mut preface).await.is_err() {
+            let Some(mut raw) = backend_side(s).await else {
                 return;
-            }
-            let _ = s.write_all(&frame(0x4, 0, 0, &[])).await;
-            let mut raw = Frames::new(s);
+            };
             while let Some((kind, _, id, _)) = raw.next().await {
                 if kind != 0x1 {
                     continue;
