@@ -1,0 +1,34 @@
+# Sourced by scripts/ab and scripts/instr: the certificates, the policy a
+# README reader would write, a gateway config and the payload-only bench
+# backend, all under $W (the caller's work directory; C=$W/certs).
+
+# Certificates for the gateway, the backend and the bench client (alice).
+lab_certs() {
+  C=$W/certs
+  local bin=target/release/ipcgate
+  $bin ca init --dir "$C" >/dev/null
+  $bin cert issue --ca-dir "$C" --out "$C/gateway" --dns localhost --server >/dev/null
+  $bin cert issue --ca-dir "$C" --out "$C/backend" --dns localhost --server >/dev/null
+  $bin cert issue --ca-dir "$C" --out "$C/alice" --spiffe spiffe://bench.test/alice --client >/dev/null
+  cat > "$W/policy.json" <<'JSON'
+{ "name": "bench",
+  "deny_rules": [{ "name": "no-client-stream", "request": { "paths": ["/demo.v1.Echo/ClientStream"] } }],
+  "allow_rules": [{ "name": "alice-echo", "source": { "principals": ["spiffe://bench.test/alice"] },
+    "request": { "paths": ["/demo.v1.Echo/Unary", "/demo.v1.Echo/ServerStream", "/demo.v1.Echo/Bidi"] } }] }
+JSON
+}
+
+# lab_config SOCKET OUT: a gateway config listening on SOCKET, routing Echo to
+# $W/echo.sock under $W/policy.json.
+lab_config() {
+  printf '[listen]\nuds = "%s"\n[tls]\ncert = "%s"\nkey = "%s"\nclient_ca = "%s"\n[policy]\nfile = "%s"\n[[route]]\nservice = "demo.v1.Echo"\nbackend = "unix:%s"\n' \
+    "$1" "$C/gateway.pem" "$C/gateway.key" "$C/ca.pem" "$W/policy.json" "$W/echo.sock" > "$2"
+}
+
+# lab_backend [ARGS...]: the bench backend on $W/echo.sock (h2c), replies
+# carrying the payload alone; its pid is added to PIDS.
+lab_backend() {
+  target/release/examples/backend --uds "$W/echo.sock" "$@" --cert "$C/backend.pem" --key "$C/backend.key" \
+    --client-ca "$C/ca.pem" --payload-only 2>"$W/backend.log" &
+  PIDS+=($!)
+}
