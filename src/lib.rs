@@ -18,6 +18,7 @@
 //! ```
 
 pub mod admin;
+pub mod alloc;
 pub mod audit;
 pub mod authority;
 pub mod ca;

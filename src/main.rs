@@ -8,12 +8,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use ipcgate::ca::{Ca, KeyType, LeafSpec};
 
-/// mimalloc: per-thread free lists suit the many short-lived buffers of
-/// HTTP/2 proxying better than glibc's arenas: about a quarter less CPU per
-/// call in scripts/bench. Built without transparent huge pages, which would
-/// otherwise raise the resident memory of 10,000 idle connections by half.
+/// See `ipcgate::alloc`: mimalloc for small objects, the system allocator for
+/// buffers.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: ipcgate::alloc::Split = ipcgate::alloc::Split;
 
 #[derive(Parser)]
 #[command(

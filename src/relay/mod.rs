@@ -65,6 +65,13 @@ const BACKEND_IDLE: Duration = Duration::from_millis(250);
 const PREMATURE: Duration = Duration::from_secs(1);
 /// Frames waiting for one side's codec before the relay stops reading.
 const QUEUE: usize = 256;
+/// DATA bytes waiting for one side's codec before the relay stops reading
+/// from the other. The windows would let a stream queue a MiB here; read that
+/// far ahead, a streamed message's buffers are cold again by the time TLS
+/// copies them out. Four TLS records' worth keeps each buffer in cache from
+/// the read to the write (and the allocator can hand it back for the next
+/// read): streaming CPU per GiB 2.02 → 1.81 s, scripts/ab, 8 alternating runs.
+const QUEUE_BYTES: usize = 64 << 10;
 /// Queued DATA frames are merged up to this (the smallest frame size a peer
 /// may allow).
 const MERGE_LIMIT: usize = 16 << 10;
@@ -156,6 +163,8 @@ pub trait Host {
 struct Side<T> {
     codec: Codec<Sniff<T>, Bytes>,
     out: VecDeque<Out>,
+    /// DATA bytes in `out`.
+    out_data: usize,
     /// What may still be sent to this peer on the connection.
     send_window: i64,
     /// The peer's SETTINGS_INITIAL_WINDOW_SIZE: each new stream's send window.
@@ -171,6 +180,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Side<T> {
         Side {
             codec: Codec::new(Sniff::new(io)),
             out: VecDeque::new(),
+            out_data: 0,
             send_window: DEFAULT_WINDOW,
             peer_init: DEFAULT_WINDOW,
             recv_window,
@@ -188,12 +198,21 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Side<T> {
                 Poll::Pending => break,
             }
             let Some(f) = self.out.pop_front() else { break };
+            if let Out::Data(d) = &f {
+                self.out_data -= d.payload().len();
+            }
+            debug_assert_eq!(self.out_data as i64, queued_data(&self.out));
             self.codec
                 .buffer(f.into())
                 .map_err(|e| io::Error::other(format!("{e:?}")))?;
             any = true;
         }
         Ok(any)
+    }
+
+    /// Whether the relay stops reading what would be queued for this peer.
+    fn full(&self) -> bool {
+        self.out.len() >= QUEUE || self.out_data >= QUEUE_BYTES
     }
 
     /// Applies the peer's SETTINGS to what is sent to it and acknowledges them.
@@ -696,7 +715,7 @@ where
 
     fn backends_full(&self) -> bool {
         self.conns.iter().any(|b| match &b.state {
-            ConnState::Up(s) => s.out.len() >= QUEUE,
+            ConnState::Up(s) => s.full(),
             _ => false,
         })
     }
@@ -1258,11 +1277,11 @@ where
     fn poll_backends(&mut self, cx: &mut Context<'_>) -> bool {
         let mut progress = false;
         for i in 0..self.conns.len() {
-            while self.c.out.len() < QUEUE {
+            while !self.c.full() {
                 let ConnState::Up(side) = &mut self.conns[i].state else {
                     break;
                 };
-                if side.out.len() >= QUEUE {
+                if side.full() {
                     break;
                 }
                 match Pin::new(&mut side.codec).poll_next(cx) {
@@ -1626,12 +1645,14 @@ fn release<T>(id: u32, d: &mut Dir, to: &mut Side<T>) -> i64 {
                 d.credit += room;
                 moved += room;
                 to.out.push_back(Data::new(StreamId::from(id), head).into());
+                to.out_data += room as usize;
                 continue;
             }
             d.send_window -= n;
             to.send_window -= n;
             d.credit += n;
             moved += n;
+            to.out_data += n as usize;
         }
         if let Some(f) = d.queue.pop_front() {
             to.out.push_back(f);
