@@ -76,7 +76,15 @@ unsafe impl GlobalAlloc for Split {
 mod tests {
     use super::*;
 
-    /// Fills a fresh block from `Split`, resizes it and checks the bytes kept.
+    /// Whether mimalloc made the block at `p`.
+    fn mimalloc_owns(p: *mut u8) -> bool {
+        // SAFETY: a lookup of the address in mimalloc's region map; any
+        // pointer may be asked about.
+        unsafe { libmimalloc_sys::mi_is_in_heap_region(p.cast()) }
+    }
+
+    /// Fills a fresh block from `Split`, resizes it and checks the bytes kept
+    /// and which allocator holds it before and after.
     fn resize(from: usize, to: usize, align: usize) {
         let l = Layout::from_size_align(from, align).unwrap();
         // SAFETY: `l` has a non-zero size; the block is written within its
@@ -85,12 +93,14 @@ mod tests {
         unsafe {
             let p = Split.alloc(l);
             assert!(!p.is_null());
+            assert_eq!(mimalloc_owns(p), from < BUFFER, "{from} bytes made by");
             for i in 0..from {
                 *p.add(i) = (i % 251) as u8;
             }
             let q = Split.realloc(p, l, to);
             assert!(!q.is_null());
             assert_eq!(q as usize % align, 0, "{from} -> {to}: alignment kept");
+            assert_eq!(mimalloc_owns(q), to < BUFFER, "{from} -> {to}: held by");
             for i in 0..from.min(to) {
                 assert_eq!(*q.add(i), (i % 251) as u8, "{from} -> {to}: byte {i}");
             }
@@ -123,6 +133,7 @@ mod tests {
             unsafe {
                 let p = Split.alloc_zeroed(l);
                 assert!(!p.is_null());
+                assert_eq!(mimalloc_owns(p), size < BUFFER, "{size} bytes made by");
                 assert!(std::slice::from_raw_parts(p, size).iter().all(|&b| b == 0));
                 Split.dealloc(p, l);
             }

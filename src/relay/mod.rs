@@ -65,12 +65,15 @@ const BACKEND_IDLE: Duration = Duration::from_millis(250);
 const PREMATURE: Duration = Duration::from_secs(1);
 /// Frames waiting for one side's codec before the relay stops reading.
 const QUEUE: usize = 256;
-/// DATA bytes waiting for one side's codec before the relay stops reading
-/// from the other. The windows would let a stream queue a MiB here; read that
-/// far ahead, a streamed message's buffers are cold again by the time TLS
-/// copies them out. Four TLS records' worth keeps each buffer in cache from
-/// the read to the write (and the allocator can hand it back for the next
-/// read): streaming CPU per GiB 2.02 → 1.81 s, scripts/ab, 8 alternating runs.
+/// Response DATA bytes waiting for the client's codec before the relay stops
+/// reading its backends. The windows would let a stream queue a MiB here;
+/// read that far ahead, a streamed message's buffers are cold again by the
+/// time TLS copies them out. Four TLS records' worth keeps each buffer in
+/// cache from the read to the write (and the allocator can hand it back for
+/// the next read): streaming CPU per GiB 2.02 → 1.81 s, scripts/ab, 8
+/// alternating runs. Requests have no such bound: reading the client stops
+/// for all its calls at once, so one upload to a slow backend would stall the
+/// connection's calls to the others.
 const QUEUE_BYTES: usize = 64 << 10;
 /// Queued DATA frames are merged up to this (the smallest frame size a peer
 /// may allow).
@@ -201,16 +204,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Side<T> {
             if let Out::Data(d) = &f {
                 self.out_data -= d.payload().len();
             }
-            debug_assert_eq!(self.out_data as i64, queued_data(&self.out));
             self.codec
                 .buffer(f.into())
                 .map_err(|e| io::Error::other(format!("{e:?}")))?;
             any = true;
         }
+        debug_assert_eq!(self.out_data as i64, queued_data(&self.out));
         Ok(any)
     }
 
-    /// Whether the relay stops reading what would be queued for this peer.
+    /// For the client's side: whether the relay stops reading the backends.
     fn full(&self) -> bool {
         self.out.len() >= QUEUE || self.out_data >= QUEUE_BYTES
     }
@@ -715,7 +718,7 @@ where
 
     fn backends_full(&self) -> bool {
         self.conns.iter().any(|b| match &b.state {
-            ConnState::Up(s) => s.full(),
+            ConnState::Up(s) => s.out.len() >= QUEUE,
             _ => false,
         })
     }
@@ -1281,7 +1284,7 @@ where
                 let ConnState::Up(side) = &mut self.conns[i].state else {
                     break;
                 };
-                if side.full() {
+                if side.out.len() >= QUEUE {
                     break;
                 }
                 match Pin::new(&mut side.codec).poll_next(cx) {
