@@ -21,11 +21,17 @@ use mimalloc::MiMalloc;
 /// Blocks of this size or more come from the system allocator.
 pub const BUFFER: usize = 4 << 10;
 
+/// Whether a block of `size` bytes comes from the system allocator: the one
+/// choice every method below makes, so a block always returns to its maker.
+fn system(size: usize) -> bool {
+    size >= BUFFER
+}
+
 /// The gateway binary's global allocator (see the module).
 pub struct Split;
 
 // SAFETY: each block is freed and resized by the allocator that made it. The
-// choice depends only on the layout's size, and GlobalAlloc's callers must
+// choice (`system`) depends only on the layout's size, and GlobalAlloc's callers must
 // pass `dealloc` and `realloc` the layout the block was made (or last resized)
 // with. A resize that crosses BUFFER moves the block: a new one from the other
 // allocator (`new` with the old alignment is a valid layout, as `realloc`'s
@@ -33,7 +39,7 @@ pub struct Split;
 // cannot overlap), the old one freed with its own layout.
 unsafe impl GlobalAlloc for Split {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        if l.size() >= BUFFER {
+        if system(l.size()) {
             System.alloc(l)
         } else {
             MiMalloc.alloc(l)
@@ -41,7 +47,7 @@ unsafe impl GlobalAlloc for Split {
     }
 
     unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        if l.size() >= BUFFER {
+        if system(l.size()) {
             System.alloc_zeroed(l)
         } else {
             MiMalloc.alloc_zeroed(l)
@@ -49,7 +55,7 @@ unsafe impl GlobalAlloc for Split {
     }
 
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        if l.size() >= BUFFER {
+        if system(l.size()) {
             System.dealloc(p, l)
         } else {
             MiMalloc.dealloc(p, l)
@@ -57,7 +63,7 @@ unsafe impl GlobalAlloc for Split {
     }
 
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        match (l.size() >= BUFFER, new >= BUFFER) {
+        match (system(l.size()), system(new)) {
             (true, true) => System.realloc(p, l, new),
             (false, false) => MiMalloc.realloc(p, l, new),
             _ => {
