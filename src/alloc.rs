@@ -31,9 +31,9 @@ fn system(size: usize) -> bool {
 pub struct Split;
 
 // SAFETY: each block is freed and resized by the allocator that made it. The
-// choice (`system`) depends only on the layout's size, and GlobalAlloc's callers must
-// pass `dealloc` and `realloc` the layout the block was made (or last resized)
-// with. A resize that crosses BUFFER moves the block: a new one from the other
+// choice (`system`) depends only on the layout's size, and GlobalAlloc's
+// callers must pass `dealloc` and `realloc` the layout the block was made (or
+// last resized) with. A resize that crosses BUFFER moves the block: a new one from the other
 // allocator (`new` with the old alignment is a valid layout, as `realloc`'s
 // contract requires), the smaller of the two sizes copied (distinct blocks
 // cannot overlap), the old one freed with its own layout.
