@@ -29,6 +29,9 @@ pub struct Config {
     pub admin: Option<Listen>,
     /// Worker threads of the gateway's runtime.
     pub threads: usize,
+    /// Longest busy-poll window of a client connection (zero: off); see
+    /// [`crate::busy_poll`].
+    pub busy_poll: Duration,
 }
 
 /// Where `ipcgate_file_logger` writes, and how much it may fall behind.
@@ -268,6 +271,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawRuntime {
     threads: Option<Spanned<usize>>,
+    busy_poll: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -563,8 +567,26 @@ impl Config {
             }
             Some(t) => *t.get_ref(),
         };
+        let busy_poll = match &raw.runtime.busy_poll {
+            None => Duration::ZERO,
+            Some(v) => {
+                let d = duration::parse(v.get_ref())
+                    .map_err(|m| err(Some(v.span()), format!("runtime.busy_poll: {m}")))?;
+                if d > MAX_BUSY_POLL {
+                    return Err(err(
+                        Some(v.span()),
+                        format!(
+                            "runtime.busy_poll must be at most {}us: a longer window only spins through pauses no wake-up costs (typical: \"100us\"; \"0us\" is off)",
+                            MAX_BUSY_POLL.as_micros()
+                        ),
+                    ));
+                }
+                d
+            }
+        };
         Ok(Config {
             threads,
+            busy_poll,
             audit: Audit {
                 file: raw.audit.file.as_deref().map(resolve),
                 queue,
@@ -700,6 +722,10 @@ fn parse_listen(
         repair_authority: l.repair_authority.unwrap_or(true),
     })
 }
+
+/// The longest `runtime.busy_poll` accepted: wake-ups cost tens of
+/// microseconds, so spinning for longer than this buys nothing.
+pub const MAX_BUSY_POLL: Duration = Duration::from_millis(1);
 
 /// Half the cores, at least one: a local gateway shares its machine with the
 /// clients and backends it connects, and on a 2-core machine one worker thread

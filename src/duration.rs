@@ -1,8 +1,9 @@
-//! Human durations for config keys and CLI flags: `500ms`, `10s`, `5m`, `24h`, `90d`.
+//! Human durations for config keys and CLI flags: `100us`, `500ms`, `10s`,
+//! `5m`, `24h`, `90d`.
 
 use std::time::Duration;
 
-/// Parses `<number><unit>` with unit one of `ms`, `s`, `m`, `h`, `d`.
+/// Parses `<number><unit>` with unit one of `us`, `ms`, `s`, `m`, `h`, `d`.
 ///
 /// # Errors
 /// A message saying what was expected, for the caller to prefix with the key name.
@@ -21,13 +22,14 @@ pub fn parse(s: &str) -> Result<Duration, String> {
             .ok_or_else(|| format!("{s:?} is too large"))
     };
     match unit {
+        "us" => Ok(Duration::from_micros(n)),
         "ms" => Ok(Duration::from_millis(n)),
         "s" => secs(1),
         "m" => secs(60),
         "h" => secs(3600),
         "d" => secs(86_400),
         _ => Err(format!(
-            "{s:?} has unknown unit {unit:?} (use ms, s, m, h or d)"
+            "{s:?} has unknown unit {unit:?} (use us, ms, s, m, h or d)"
         )),
     }
 }
@@ -38,6 +40,7 @@ mod tests {
 
     #[test]
     fn units() {
+        assert_eq!(parse("100us"), Ok(Duration::from_micros(100)));
         assert_eq!(parse("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse("24h"), Ok(Duration::from_secs(86_400)));

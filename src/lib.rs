@@ -21,6 +21,7 @@ pub mod admin;
 pub mod alloc;
 pub mod audit;
 pub mod authority;
+pub mod busy_poll;
 pub mod ca;
 pub mod client;
 pub mod coalesce;

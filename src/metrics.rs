@@ -77,6 +77,7 @@ pub struct Metrics {
     pub upstream_seconds: Family<BackendLabels, Histogram, fn() -> Histogram>,
     pub audit_events: Counter,
     pub audit_dropped: Counter,
+    pub busy_poll_turns: Counter,
     pub tls_reloads: Family<ResultLabels, Counter>,
     pub crl_next_update: Family<FileLabels, Gauge>,
     pub crl_stale: Family<FileLabels, Gauge>,
@@ -119,6 +120,7 @@ impl Metrics {
             upstream_seconds: Family::new_with_constructor(upstream_histogram),
             audit_events: Counter::default(),
             audit_dropped: Counter::default(),
+            busy_poll_turns: Counter::default(),
             tls_reloads: Family::default(),
             crl_next_update: Family::default(),
             crl_stale: Family::default(),
@@ -175,6 +177,11 @@ impl Metrics {
             "audit_events",
             "Audit events written",
             m.audit_events.clone(),
+        );
+        r.register(
+            "busy_poll_turns",
+            "Non-blocking event-loop turns client connections asked for while busy polling (runtime.busy_poll)",
+            m.busy_poll_turns.clone(),
         );
         r.register(
             "audit_dropped",

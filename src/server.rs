@@ -52,6 +52,8 @@ struct Shared {
     authz: Arc<Authorizer>,
     router: Arc<Router>,
     limits: Limits,
+    /// `runtime.busy_poll`: each client connection's longest spin.
+    busy_poll: Duration,
     metrics: Arc<Metrics>,
     conns: Arc<Conns>,
     /// Becomes true when the gateway starts shutting down.
@@ -149,6 +151,7 @@ impl Gateway {
                 authz,
                 router,
                 limits: config.limits,
+                busy_poll: config.busy_poll,
                 metrics,
                 conns,
                 stopping,
@@ -449,6 +452,7 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
         ..relay::Options::new(&shared.limits)
     };
     let mut conn = Relay::new(tls, host, opts);
+    let mut busy = crate::busy_poll::BusyPoll::new(shared.busy_poll);
 
     // The connection must not outlive its certificate. Timers are kept short
     // (tokio caps long sleeps) and re-armed until notAfter.
@@ -504,7 +508,13 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
                 warn!(client.id = peer.principal(), "calls still in flight after the drain bound: closing the connection");
                 break;
             }
-            r = &mut conn => {
+            r = std::future::poll_fn(|cx| {
+                let r = std::pin::Pin::new(&mut conn).poll(cx);
+                if r.is_pending() && busy.pending(conn.take_moved(), cx) {
+                    shared.metrics.busy_poll_turns.inc();
+                }
+                r
+            }) => {
                 if let Err(e) = r {
                     debug!(client.id = peer.principal(), error = %e, "connection ended with an error");
                 }

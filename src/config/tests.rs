@@ -197,6 +197,31 @@ fn runtime_threads_default_to_half_the_cores_and_refuse_zero() {
 }
 
 #[test]
+fn busy_poll_is_off_by_default_and_bounded() {
+    let c = Config::parse(MANY, Path::new("gw.toml")).unwrap();
+    assert_eq!(c.busy_poll, Duration::ZERO);
+    let c = Config::parse(
+        &format!("{MANY}\n[runtime]\nbusy_poll = \"200us\"\n"),
+        Path::new("gw.toml"),
+    )
+    .unwrap();
+    assert_eq!(c.busy_poll, Duration::from_micros(200));
+    let text = format!("{MANY}\n[runtime]\nbusy_poll = \"5ms\"\n");
+    let line = 1 + text
+        .lines()
+        .position(|l| l.starts_with("busy_poll"))
+        .unwrap();
+    let e = error_of(&text);
+    assert!(e.starts_with(&format!("gw.toml:{line}:")), "{e}");
+    assert!(
+        e.contains("runtime.busy_poll must be at most 1000us"),
+        "{e}"
+    );
+    let e = error_of(&format!("{MANY}\n[runtime]\nbusy_poll = \"fast\"\n"));
+    assert!(e.contains("runtime.busy_poll"), "{e}");
+}
+
+#[test]
 fn admin_takes_a_socket_and_mode_only() {
     let with = |admin: &str| error_of(&format!("{MANY}\n[admin]\n{admin}\n"));
     for bad in [

@@ -421,6 +421,8 @@ pub struct Relay<C, H: Host> {
     read_held: bool,
     /// Call ids, reused between frames that visit many calls.
     scratch: Vec<u32>,
+    /// A poll did work since `take_moved` last looked (busy polling's cue).
+    moved: bool,
 }
 
 /// Reads the client's preface (24 bytes) from an established TLS stream.
@@ -481,6 +483,7 @@ where
             sweep_armed: false,
             read_held: false,
             scratch: Vec::new(),
+            moved: false,
         }
     }
 
@@ -690,6 +693,7 @@ where
             if !progress {
                 break;
             }
+            self.moved = true;
         }
         if let Poll::Ready(Err(e)) = self.c.codec.flush(cx) {
             return Poll::Ready(Err(e));
@@ -702,6 +706,12 @@ where
             }
         }
         Poll::Pending
+    }
+
+    /// Whether a poll did work (read, wrote or dialled) since the last call:
+    /// the cue for [`crate::busy_poll`].
+    pub fn take_moved(&mut self) -> bool {
+        std::mem::take(&mut self.moved)
     }
 
     /// The end: what is queued for the client written out, then the TLS

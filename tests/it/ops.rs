@@ -503,3 +503,39 @@ async fn admin_socket_serves_health_metrics_and_reload() {
     assert_eq!(admin(&sock, "GET", "/reload").await.0, 405);
     assert_eq!(admin(&sock, "GET", "/nope").await.0, 404);
 }
+
+/// `runtime.busy_poll`: back-to-back calls make the connection spin between
+/// them, and the spinning ends once it is quiet (it must never become a busy
+/// loop on an idle connection). Off by default: no turn at all.
+#[tokio::test]
+async fn busy_poll_spins_between_calls_and_stops_when_quiet() {
+    let h = Harness::start_with(Opts {
+        extra: "\n[runtime]\nbusy_poll = \"1ms\"\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let mut alice = h.alice();
+    for _ in 0..200 {
+        alice.unary(req(b"x")).await.unwrap();
+    }
+    let turns = h.metrics.busy_poll_turns.get();
+    assert!(turns > 0, "200 back-to-back calls never spun");
+    // The window is at most 1 ms: well within this, the turns stop.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let settled = h.metrics.busy_poll_turns.get();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        h.metrics.busy_poll_turns.get(),
+        settled,
+        "a quiet connection is still spinning"
+    );
+    // And a call after the quiet spell is still answered.
+    alice.unary(req(b"x")).await.unwrap();
+
+    let off = Harness::start().await;
+    let mut alice = off.alice();
+    for _ in 0..50 {
+        alice.unary(req(b"x")).await.unwrap();
+    }
+    assert_eq!(off.metrics.busy_poll_turns.get(), 0, "spun while off");
+}
