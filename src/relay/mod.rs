@@ -176,6 +176,11 @@ struct Side<T> {
     recv_window: i64,
     /// Connection credit owed to this peer for data passed on.
     credit: i64,
+    /// Its last read in this poll found nothing. Reading again before the
+    /// task is polled anew would find nothing either (only the I/O driver
+    /// re-arms readiness, and it wakes the task when it does): a wasted
+    /// pass through the codec, TLS and tokio's readiness check per round.
+    read_dry: bool,
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Side<T> {
@@ -188,6 +193,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Side<T> {
             peer_init: DEFAULT_WINDOW,
             recv_window,
             credit: 0,
+            read_dry: false,
         }
     }
 
@@ -615,6 +621,12 @@ where
     }
 
     fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.c.read_dry = false;
+        for b in &mut self.conns {
+            if let ConnState::Up(side) = &mut b.state {
+                side.read_dry = false;
+            }
+        }
         loop {
             // Every round: a timer armed by the last one (a backend going
             // idle, a flood found) is registered before this poll ends.
@@ -647,7 +659,7 @@ where
                 // it would not see the PING either.)
                 self.read_held = true;
             }
-            while self.c.out.len() < QUEUE && !self.backends_full() {
+            while !self.c.read_dry && self.c.out.len() < QUEUE && !self.backends_full() {
                 match Pin::new(&mut self.c.codec).poll_next(cx) {
                     Poll::Ready(Some(Ok(f))) => {
                         progress = true;
@@ -679,7 +691,10 @@ where
                         }
                     }
                     Poll::Ready(None) => return Poll::Ready(Ok(())),
-                    Poll::Pending => break,
+                    Poll::Pending => {
+                        self.c.read_dry = true;
+                        break;
+                    }
                 }
             }
             self.credit();
@@ -1294,7 +1309,7 @@ where
                 let ConnState::Up(side) = &mut self.conns[i].state else {
                     break;
                 };
-                if side.out.len() >= QUEUE {
+                if side.read_dry || side.out.len() >= QUEUE {
                     break;
                 }
                 match Pin::new(&mut side.codec).poll_next(cx) {
@@ -1317,7 +1332,10 @@ where
                         progress = true;
                         self.conn_failed(i, "connection closed");
                     }
-                    Poll::Pending => break,
+                    Poll::Pending => {
+                        side.read_dry = true;
+                        break;
+                    }
                 }
             }
         }
