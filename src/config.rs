@@ -572,11 +572,12 @@ impl Config {
             Some(v) => {
                 let d = duration::parse(v.get_ref())
                     .map_err(|m| err(Some(v.span()), format!("runtime.busy_poll: {m}")))?;
-                if d > MAX_BUSY_POLL {
+                if !d.is_zero() && !(crate::busy_poll::GROW_START..=MAX_BUSY_POLL).contains(&d) {
                     return Err(err(
                         Some(v.span()),
                         format!(
-                            "runtime.busy_poll must be at most {}us: a longer window only spins through pauses no wake-up costs (typical: \"100us\"; \"0us\" is off)",
+                            "runtime.busy_poll must be between {}us and {}us: shorter windows catch nothing, longer ones only spin through pauses no wake-up costs (typical: \"200us\"; \"0us\" or leaving it out is off)",
+                            crate::busy_poll::GROW_START.as_micros(),
                             MAX_BUSY_POLL.as_micros()
                         ),
                     ));

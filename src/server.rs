@@ -510,7 +510,7 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
             }
             r = std::future::poll_fn(|cx| {
                 let r = std::pin::Pin::new(&mut conn).poll(cx);
-                if r.is_pending() && busy.pending(conn.take_moved(), cx) {
+                if r.is_pending() && busy.pending(conn.take_moved(), conn.calls() > 0, cx) {
                     shared.metrics.busy_poll_turns.inc();
                 }
                 r

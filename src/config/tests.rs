@@ -214,9 +214,17 @@ fn busy_poll_is_off_by_default_and_bounded() {
     let e = error_of(&text);
     assert!(e.starts_with(&format!("gw.toml:{line}:")), "{e}");
     assert!(
-        e.contains("runtime.busy_poll must be at most 1000us"),
+        e.contains("runtime.busy_poll must be between 10us and 1000us"),
         "{e}"
     );
+    let e = error_of(&format!("{MANY}\n[runtime]\nbusy_poll = \"5us\"\n"));
+    assert!(e.contains("between 10us and 1000us"), "{e}");
+    let c = Config::parse(
+        &format!("{MANY}\n[runtime]\nbusy_poll = \"0us\"\n"),
+        Path::new("gw.toml"),
+    )
+    .unwrap();
+    assert_eq!(c.busy_poll, Duration::ZERO);
     let e = error_of(&format!("{MANY}\n[runtime]\nbusy_poll = \"fast\"\n"));
     assert!(e.contains("runtime.busy_poll"), "{e}");
 }
