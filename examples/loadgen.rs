@@ -65,6 +65,9 @@ struct Args {
     /// Process whose RSS `--mode idle` watches (the proxy).
     #[arg(long)]
     watch_pid: Option<u32>,
+    /// Unary: a pause after each call (sparse traffic, e.g. "1ms").
+    #[arg(long, value_parser = ipcgate::duration::parse)]
+    pause: Option<Duration>,
 }
 
 #[derive(Clone)]
@@ -136,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
         let dialer = dialer.clone();
         let payload = vec![0x5a; a.payload];
         let mode = a.mode;
+        let pause = a.pause;
         let total = total.clone();
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
@@ -163,6 +167,9 @@ async fn main() -> anyhow::Result<()> {
                                 Ok(_) => hist.saturating_record(t.elapsed().as_micros() as u64),
                                 Err(_) => errors += 1,
                             }
+                        }
+                        if let Some(p) = pause {
+                            tokio::time::sleep(p).await;
                         }
                     }
                 }
