@@ -19,7 +19,8 @@
 //! calls in flight (waiting for a backend's answer or a client's next
 //! message) and one for spells with none (waiting for the client's next
 //! call). A client whose calls come further apart than the maximum therefore
-//! stops the second after a few calls, and spins only while its calls wait.
+//! stops spinning between calls after a few of them, and spins only while
+//! its calls wait.
 
 use std::future::Future as _;
 use std::task::Context;
@@ -28,6 +29,10 @@ use std::time::{Duration, Instant};
 /// Where a window starts when it grows from nothing (KVM's
 /// `halt_poll_ns_grow_start`); also the smallest maximum accepted.
 pub const GROW_START: Duration = Duration::from_micros(10);
+
+/// The largest maximum accepted: wake-ups cost tens of microseconds, so
+/// spinning for longer than this buys nothing.
+pub const MAX: Duration = Duration::from_millis(1);
 
 /// One connection's busy-poll state.
 #[derive(Debug)]
@@ -48,11 +53,6 @@ impl BusyPoll {
             window: [Duration::ZERO; 2],
             quiet_since: None,
         }
-    }
-
-    /// The current windows: without and with calls in flight.
-    pub fn windows(&self) -> [Duration; 2] {
-        self.window
     }
 
     /// After a poll of the connection returned `Pending`: `moved` says whether
@@ -137,7 +137,7 @@ mod tests {
                 now += US * u32::try_from(*gap).unwrap();
                 in_flight = spells.get(i + 1).is_some_and(|s| s.1);
                 b.spin_at(true, in_flight, now);
-                b.windows()
+                b.window
             })
             .collect()
     }
@@ -203,7 +203,7 @@ mod tests {
             b.spin_at(true, false, t0 + 190 * US * i);
         }
         let quiet = t0 + 190 * US * 6;
-        assert_eq!(b.windows()[0], 200 * US);
+        assert_eq!(b.window[0], 200 * US);
         assert!(b.spin_at(false, false, quiet + 199 * US));
         assert!(
             !b.spin_at(false, false, quiet + 200 * US),
@@ -226,7 +226,7 @@ mod tests {
         for _ in 0..10 {
             assert!(!b.pending(true, true, &mut cx));
         }
-        assert_eq!(b.windows(), [Duration::ZERO; 2]);
+        assert_eq!(b.window, [Duration::ZERO; 2]);
     }
 
     /// The deferral rests on tokio's internals (`yield_now` parks the waker

@@ -572,13 +572,15 @@ impl Config {
             Some(v) => {
                 let d = duration::parse(v.get_ref())
                     .map_err(|m| err(Some(v.span()), format!("runtime.busy_poll: {m}")))?;
-                if !d.is_zero() && !(crate::busy_poll::GROW_START..=MAX_BUSY_POLL).contains(&d) {
+                if !d.is_zero()
+                    && !(crate::busy_poll::GROW_START..=crate::busy_poll::MAX).contains(&d)
+                {
                     return Err(err(
                         Some(v.span()),
                         format!(
                             "runtime.busy_poll must be between {}us and {}us: shorter windows catch nothing, longer ones only spin through pauses no wake-up costs (typical: \"200us\"; \"0us\" or leaving it out is off)",
                             crate::busy_poll::GROW_START.as_micros(),
-                            MAX_BUSY_POLL.as_micros()
+                            crate::busy_poll::MAX.as_micros()
                         ),
                     ));
                 }
@@ -723,10 +725,6 @@ fn parse_listen(
         repair_authority: l.repair_authority.unwrap_or(true),
     })
 }
-
-/// The longest `runtime.busy_poll` accepted: wake-ups cost tens of
-/// microseconds, so spinning for longer than this buys nothing.
-pub const MAX_BUSY_POLL: Duration = Duration::from_millis(1);
 
 /// Half the cores, at least one: a local gateway shares its machine with the
 /// clients and backends it connects, and on a 2-core machine one worker thread
