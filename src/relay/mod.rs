@@ -2,8 +2,9 @@
 //! of its own.
 //!
 //! h2's frame layer (`h2::Codec`: framing, HPACK, CONTINUATION and header-list
-//! limits, connection-specific header checks) reads and writes both sides; the
-//! connection layer is here, because h2's — a stream store behind a mutex, a
+//! limits, connection-specific header checks) reads both sides; [`write`]
+//! writes them, with an HPACK encoder of its own ([`hpack`]). The connection
+//! layer is here, because h2's — a stream store behind a mutex, a
 //! waker, send queue and flow-control account per stream handle — was most of
 //! the gateway's cost per call (docs/PERFORMANCE.md). A call is a table entry:
 //! its request head is decided by the host (policy, route), its frames move
@@ -17,13 +18,15 @@
 //! Backends are trusted to speak HTTP/2 but still held to the windows the
 //! relay advertised them, so a faulty one cannot make it buffer without bound.
 
+mod hpack;
 mod sniff;
+mod write;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -162,9 +165,11 @@ pub trait Host {
     }
 }
 
-/// One peer: its codec, the frames cleared to go to it, its windows.
+/// One peer: its codec (read), its writer, the frames cleared to go to it,
+/// its windows.
 struct Side<T> {
     codec: Codec<Sniff<T>, Bytes>,
+    write: write::Writer,
     out: VecDeque<Out>,
     /// DATA bytes in `out`.
     out_data: usize,
@@ -187,6 +192,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Side<T> {
     fn new(io: T, recv_window: i64) -> Side<T> {
         Side {
             codec: Codec::new(Sniff::new(io)),
+            write: write::Writer::new(),
             out: VecDeque::new(),
             out_data: 0,
             send_window: DEFAULT_WINDOW,
@@ -197,26 +203,34 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Side<T> {
         }
     }
 
-    /// Moves cleared frames into the codec while it has room.
+    /// Moves cleared frames into the writer while it has room, writing what
+    /// it holds when it has none.
     fn drain(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
         let mut any = false;
         while !self.out.is_empty() {
-            match self.codec.poll_ready(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Err(e),
-                Poll::Pending => break,
+            if !self.write.has_room() {
+                if let Poll::Ready(Err(e)) = self.write.poll_write(self.codec.get_mut(), cx) {
+                    return Err(e);
+                }
+                if !self.write.has_room() {
+                    break;
+                }
             }
             let Some(f) = self.out.pop_front() else { break };
             if let Out::Data(d) = &f {
                 self.out_data -= d.payload().len();
             }
-            self.codec
-                .buffer(f.into())
-                .map_err(|e| io::Error::other(format!("{e:?}")))?;
+            self.write.frame(f)?;
             any = true;
         }
         debug_assert_eq!(self.out_data as i64, queued_data(&self.out));
         Ok(any)
+    }
+
+    /// Writes out what the writer holds and flushes the connection.
+    fn flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.write.poll_write(self.codec.get_mut(), cx))?;
+        Pin::new(self.codec.get_mut()).poll_flush(cx)
     }
 
     /// For the client's side: whether the relay stops reading the backends.
@@ -235,10 +249,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Side<T> {
             return Ok(());
         }
         if let Some(n) = s.max_frame_size() {
-            self.codec.set_max_send_frame_size(n as usize);
+            self.write.set_max_frame_size(n as usize);
         }
         if let Some(n) = s.header_table_size() {
-            self.codec.set_send_header_table_size(n as usize);
+            self.write.set_header_table_size(n as usize);
         }
         if let Some(n) = s.initial_window_size() {
             let delta = i64::from(n) - self.peer_init;
@@ -280,20 +294,6 @@ enum Out {
 }
 
 const _: () = assert!(std::mem::size_of::<Out>() <= 48);
-
-impl From<Out> for Frame<Bytes> {
-    fn from(f: Out) -> Frame<Bytes> {
-        match f {
-            Out::Data(f) => f.into(),
-            Out::Headers(f) => (*f).into(),
-            Out::Reset(f) => f.into(),
-            Out::WindowUpdate(f) => f.into(),
-            Out::Ping(f) => f.into(),
-            Out::GoAway(f) => f.into(),
-            Out::Settings(f) => (*f).into(),
-        }
-    }
-}
 
 /// `From` for each frame kind a queue holds, so `.into()` queues any of them.
 macro_rules! out_from {
@@ -632,7 +632,7 @@ where
             // idle, a flood found) is registered before this poll ends.
             if self.poll_timers(cx).is_ready() {
                 let _ = self.c.drain(cx);
-                let _ = self.c.codec.flush(cx);
+                let _ = self.c.flush(cx);
                 return Poll::Ready(Ok(()));
             }
             let mut progress = self.poll_dials(cx);
@@ -710,12 +710,12 @@ where
             }
             self.moved = true;
         }
-        if let Poll::Ready(Err(e)) = self.c.codec.flush(cx) {
+        if let Poll::Ready(Err(e)) = self.c.flush(cx) {
             return Poll::Ready(Err(e));
         }
         for i in 0..self.conns.len() {
             if let ConnState::Up(side) = &mut self.conns[i].state {
-                if let Poll::Ready(Err(e)) = side.codec.flush(cx) {
+                if let Poll::Ready(Err(e)) = side.flush(cx) {
                     self.conn_failed(i, &format!("write failed: {e}"));
                 }
             }
@@ -733,12 +733,14 @@ where
     /// close. A client that stops reading cannot hold this open for long: the
     /// keep-alive ping goes unanswered (and the owner's drain bound applies).
     fn finish(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.c.codec.flush(cx) {
+        match self.c.flush(cx) {
             Poll::Ready(Ok(())) => {}
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => return Poll::Pending,
         }
-        self.c.codec.shutdown(cx).map(|r| r.or(Ok(())))
+        Pin::new(self.c.codec.get_mut())
+            .poll_shutdown(cx)
+            .map(|r| r.or(Ok(())))
     }
 
     fn backends_full(&self) -> bool {

@@ -1,0 +1,309 @@
+//! HPACK encoding (RFC 7541) of the header blocks the relay writes.
+//!
+//! h2's encoder hashes every field into its table and Huffman-codes every
+//! string it writes: about 620 instructions a field, a sixth of the gateway's
+//! work per unary call (docs/PERFORMANCE.md). Both peers are local, where a
+//! byte on the wire costs less than an instruction, so this one spends bytes
+//! instead: strings go out raw (decoding them is a copy), and a field enters
+//! the dynamic table only if it is likely to come again on the connection.
+//! Such fields are found again by a scan of that table, which holds a handful
+//! of entries (a connection's authority, content type, user agent, XFCC...).
+//! Fields that change with every call (`grpc-timeout`, `grpc-message`) and
+//! sensitive ones are written as literals that are never indexed.
+
+use std::collections::VecDeque;
+
+use h2::frame::Pseudo;
+use http::HeaderMap;
+
+/// The largest table used, whatever the peer allows: RFC 7541's default,
+/// which is also every decoder's initial size (so none has to be announced).
+const TABLE: usize = 4096;
+/// What an entry costs beyond its name and value (RFC 7541 §4.1).
+const ENTRY_OVERHEAD: usize = 32;
+
+/// One connection's encoder: a mirror of the peer decoder's dynamic table.
+pub struct Encoder {
+    /// Oldest first; the newest is index 62.
+    table: VecDeque<Entry>,
+    /// The table's size by RFC 7541's count.
+    size: usize,
+    /// The table's maximum size: at most the peer's SETTINGS_HEADER_TABLE_SIZE.
+    max: usize,
+    /// Size updates owed at the start of the next block: the smallest maximum
+    /// since the last block and the final one (RFC 7541 §4.2).
+    update: Option<(usize, usize)>,
+}
+
+struct Entry {
+    /// The name's bytes, then the value's.
+    field: Box<[u8]>,
+    name_len: usize,
+}
+
+impl Entry {
+    fn is(&self, name: &[u8], value: &[u8]) -> bool {
+        self.name_len == name.len()
+            && self.field.len() == name.len() + value.len()
+            && self.field[..name.len()] == *name
+            && self.field[name.len()..] == *value
+    }
+
+    fn size(&self) -> usize {
+        self.field.len() + ENTRY_OVERHEAD
+    }
+}
+
+/// How a field may be written.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    /// Found in, or added to, the dynamic table.
+    Index,
+    /// A literal the peer does not add to its table.
+    Literal,
+    /// A literal no intermediary may ever index (RFC 7541 §7.1.3).
+    Never,
+}
+
+impl Default for Encoder {
+    fn default() -> Encoder {
+        Encoder {
+            table: VecDeque::new(),
+            size: 0,
+            max: TABLE,
+            update: None,
+        }
+    }
+}
+
+impl Encoder {
+    /// The peer's SETTINGS_HEADER_TABLE_SIZE. A smaller table takes effect at
+    /// once (entries beyond it are gone from the peer's table as soon as it
+    /// reads the size update this queues).
+    pub fn set_max_size(&mut self, limit: usize) {
+        let max = limit.min(TABLE);
+        if max == self.max {
+            return;
+        }
+        self.max = max;
+        self.evict(0);
+        let low = self.update.map_or(max, |(low, _)| low.min(max));
+        self.update = Some((low, max));
+    }
+
+    /// Appends the block for a head: pseudo-header fields first (RFC 9113
+    /// §8.3), in h2's order.
+    pub fn block(&mut self, pseudo: &Pseudo, fields: &HeaderMap, dst: &mut Vec<u8>) {
+        if let Some((low, max)) = self.update.take() {
+            if low < max {
+                int(dst, 0x20, 5, low);
+            }
+            int(dst, 0x20, 5, max);
+        }
+        if let Some(m) = &pseudo.method {
+            match m.as_str() {
+                "GET" => int(dst, 0x80, 7, 2),
+                "POST" => int(dst, 0x80, 7, 3),
+                m => self.field(b":method", Some(2), m.as_bytes(), Mode::Index, dst),
+            }
+        }
+        if let Some(s) = &pseudo.scheme {
+            match &**s {
+                "http" => int(dst, 0x80, 7, 6),
+                "https" => int(dst, 0x80, 7, 7),
+                s => self.field(b":scheme", Some(6), s.as_bytes(), Mode::Index, dst),
+            }
+        }
+        if let Some(a) = &pseudo.authority {
+            self.field(b":authority", Some(1), a.as_bytes(), Mode::Index, dst);
+        }
+        if let Some(p) = &pseudo.path {
+            match &**p {
+                "/" => int(dst, 0x80, 7, 4),
+                p => self.field(b":path", Some(4), p.as_bytes(), Mode::Index, dst),
+            }
+        }
+        if let Some(p) = &pseudo.protocol {
+            self.field(b":protocol", None, p.as_str().as_bytes(), Mode::Index, dst);
+        }
+        if let Some(s) = pseudo.status {
+            match s.as_u16() {
+                200 => int(dst, 0x80, 7, 8),
+                204 => int(dst, 0x80, 7, 9),
+                206 => int(dst, 0x80, 7, 10),
+                304 => int(dst, 0x80, 7, 11),
+                400 => int(dst, 0x80, 7, 12),
+                404 => int(dst, 0x80, 7, 13),
+                500 => int(dst, 0x80, 7, 14),
+                _ => self.field(
+                    b":status",
+                    Some(8),
+                    s.as_str().as_bytes(),
+                    Mode::Literal,
+                    dst,
+                ),
+            }
+        }
+        for (name, value) in fields {
+            let name = name.as_str();
+            let mode = if value.is_sensitive() {
+                Mode::Never
+            } else if per_call(name) {
+                Mode::Literal
+            } else {
+                Mode::Index
+            };
+            self.field(
+                name.as_bytes(),
+                static_name(name),
+                value.as_bytes(),
+                mode,
+                dst,
+            );
+        }
+    }
+
+    fn field(
+        &mut self,
+        name: &[u8],
+        static_index: Option<usize>,
+        value: &[u8],
+        mode: Mode,
+        dst: &mut Vec<u8>,
+    ) {
+        let mut mode = mode;
+        if mode == Mode::Index {
+            let n = self.table.len();
+            if let Some(i) = self.table.iter().rposition(|e| e.is(name, value)) {
+                int(dst, 0x80, 7, 62 + (n - 1 - i));
+                return;
+            }
+            // An entry larger than half the table would push out the ones
+            // that repeat on every call.
+            let size = name.len() + value.len() + ENTRY_OVERHEAD;
+            if size <= self.max / 2 {
+                self.evict(size);
+                let mut field = Vec::with_capacity(name.len() + value.len());
+                field.extend_from_slice(name);
+                field.extend_from_slice(value);
+                self.table.push_back(Entry {
+                    field: field.into_boxed_slice(),
+                    name_len: name.len(),
+                });
+                self.size += size;
+            } else {
+                mode = Mode::Literal;
+            }
+        }
+        let (flags, prefix) = match mode {
+            Mode::Index => (0x40, 6),
+            Mode::Literal => (0x00, 4),
+            Mode::Never => (0x10, 4),
+        };
+        match static_index {
+            Some(i) => int(dst, flags, prefix, i),
+            None => {
+                dst.push(flags);
+                string(dst, name);
+            }
+        }
+        string(dst, value);
+    }
+
+    /// Drops the oldest entries until `room` more bytes fit.
+    fn evict(&mut self, room: usize) {
+        while self.size + room > self.max {
+            let Some(e) = self.table.pop_front() else {
+                break;
+            };
+            self.size -= e.size();
+        }
+    }
+}
+
+/// Fields that differ from call to call: indexing them would only push out
+/// the ones that repeat.
+fn per_call(name: &str) -> bool {
+    matches!(
+        name,
+        "grpc-timeout" | "grpc-message" | "grpc-status-details-bin" | "content-length" | "date"
+    )
+}
+
+/// An integer with an `prefix`-bit prefix, the byte's other bits `flags`
+/// (RFC 7541 §5.1).
+fn int(dst: &mut Vec<u8>, flags: u8, prefix: u8, value: usize) {
+    let max = (1usize << prefix) - 1;
+    if value < max {
+        dst.push(flags | value as u8);
+        return;
+    }
+    dst.push(flags | max as u8);
+    let mut rest = value - max;
+    while rest >= 0x80 {
+        dst.push(0x80 | (rest & 0x7f) as u8);
+        rest >>= 7;
+    }
+    dst.push(rest as u8);
+}
+
+/// A string literal, not Huffman-coded (RFC 7541 §5.2).
+fn string(dst: &mut Vec<u8>, s: &[u8]) {
+    int(dst, 0, 7, s.len());
+    dst.extend_from_slice(s);
+}
+
+/// The static table's first index for a (lower-case) field name
+/// (RFC 7541 Appendix A).
+fn static_name(name: &str) -> Option<usize> {
+    Some(match name {
+        "accept-charset" => 15,
+        "accept-encoding" => 16,
+        "accept-language" => 17,
+        "accept-ranges" => 18,
+        "accept" => 19,
+        "access-control-allow-origin" => 20,
+        "age" => 21,
+        "allow" => 22,
+        "authorization" => 23,
+        "cache-control" => 24,
+        "content-disposition" => 25,
+        "content-encoding" => 26,
+        "content-language" => 27,
+        "content-length" => 28,
+        "content-location" => 29,
+        "content-range" => 30,
+        "content-type" => 31,
+        "cookie" => 32,
+        "date" => 33,
+        "etag" => 34,
+        "expect" => 35,
+        "expires" => 36,
+        "from" => 37,
+        "host" => 38,
+        "if-match" => 39,
+        "if-modified-since" => 40,
+        "if-none-match" => 41,
+        "if-range" => 42,
+        "if-unmodified-since" => 43,
+        "last-modified" => 44,
+        "link" => 45,
+        "location" => 46,
+        "max-forwards" => 47,
+        "proxy-authenticate" => 48,
+        "proxy-authorization" => 49,
+        "range" => 50,
+        "referer" => 51,
+        "refresh" => 52,
+        "retry-after" => 53,
+        "server" => 54,
+        "set-cookie" => 55,
+        "strict-transport-security" => 56,
+        "transfer-encoding" => 57,
+        "user-agent" => 58,
+        "vary" => 59,
+        "via" => 60,
+        "www-authenticate" => 61,
+        _ => return None,
+    })
+}

@@ -1,0 +1,648 @@
+//! The write half of one side: frames encoded into a buffer, sent with one
+//! vectored write per flush.
+//!
+//! h2's codec still reads (framing limits, HPACK decoding, CONTINUATION);
+//! writing is simple enough to own, and owning it lets the header blocks go
+//! through [`hpack::Encoder`] instead of h2's. Frame heads and small payloads
+//! are copied into the buffer; a DATA payload of [`CHAIN`] bytes or more is
+//! sent from where it is, between the buffered bytes before and after it.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes};
+use tokio::io::AsyncWrite;
+
+use super::hpack;
+use super::Out;
+
+/// DATA payloads this large are not copied (h2's threshold with vectored I/O).
+const CHAIN: usize = 256;
+/// Bytes waiting to be written before the side takes no more frames without
+/// writing first (h2's write buffer).
+const ROOM: usize = 16 << 10;
+/// Slices per vectored write.
+const SLICES: usize = 64;
+
+const HEAD: usize = 9;
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const WINDOW_UPDATE: u8 = 0x8;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const ACK: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+/// HTTP/2's smallest SETTINGS_MAX_FRAME_SIZE, every peer's initial one.
+const DEFAULT_MAX_FRAME: usize = 16 << 10;
+
+pub struct Writer {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already written.
+    done: usize,
+    /// Payloads sent from their own buffers: each goes after `buf[..at]`.
+    chained: VecDeque<(usize, Bytes)>,
+    /// Bytes left in `chained`.
+    chained_len: usize,
+    hpack: hpack::Encoder,
+    max_frame: usize,
+}
+
+impl Writer {
+    pub fn new() -> Writer {
+        Writer {
+            buf: Vec::new(),
+            done: 0,
+            chained: VecDeque::new(),
+            chained_len: 0,
+            hpack: hpack::Encoder::default(),
+            max_frame: DEFAULT_MAX_FRAME,
+        }
+    }
+
+    /// The peer's SETTINGS_MAX_FRAME_SIZE (validated by the codec that read it).
+    pub fn set_max_frame_size(&mut self, n: usize) {
+        self.max_frame = n;
+    }
+
+    /// The peer's SETTINGS_HEADER_TABLE_SIZE.
+    pub fn set_header_table_size(&mut self, n: usize) {
+        self.hpack.set_max_size(n);
+    }
+
+    /// Whether a frame can be taken before what is buffered is written.
+    pub fn has_room(&self) -> bool {
+        self.buf.len() - self.done + self.chained_len < ROOM
+    }
+
+    fn is_empty(&self) -> bool {
+        self.done == self.buf.len() && self.chained.is_empty()
+    }
+
+    /// Encodes a frame. `Err` for a DATA payload larger than the peer's
+    /// frame size: the relay never makes one, so it is a bug, not the peer's.
+    pub fn frame(&mut self, f: Out) -> io::Result<()> {
+        match f {
+            Out::Data(d) => {
+                let len = d.payload().len();
+                if len > self.max_frame {
+                    return Err(io::Error::other(format!(
+                        "DATA of {len} bytes exceeds the peer's frame size {}",
+                        self.max_frame
+                    )));
+                }
+                let flags = if d.is_end_stream() { END_STREAM } else { 0 };
+                head(&mut self.buf, len, DATA, flags, d.stream_id().into());
+                if len >= CHAIN {
+                    self.chained.push_back((self.buf.len(), d.into_payload()));
+                    self.chained_len += len;
+                } else {
+                    self.buf.extend_from_slice(d.payload());
+                }
+            }
+            Out::Headers(h) => {
+                let id = u32::from(h.stream_id());
+                let end = if h.is_end_stream() { END_STREAM } else { 0 };
+                let (pseudo, fields) = h.into_parts();
+                let start = self.buf.len();
+                self.buf.extend_from_slice(&[0; HEAD]);
+                self.hpack.block(&pseudo, &fields, &mut self.buf);
+                let len = self.buf.len() - start - HEAD;
+                if len <= self.max_frame {
+                    self.buf[start..start + HEAD].copy_from_slice(&head_bytes(
+                        len,
+                        HEADERS,
+                        end | END_HEADERS,
+                        id,
+                    ));
+                } else {
+                    // Too large for one frame: HEADERS, then CONTINUATION.
+                    let block = self.buf.split_off(start + HEAD);
+                    self.buf.truncate(start);
+                    let mut parts = block.chunks(self.max_frame).peekable();
+                    let mut kind = HEADERS;
+                    let mut flags = end;
+                    while let Some(part) = parts.next() {
+                        if parts.peek().is_none() {
+                            flags |= END_HEADERS;
+                        }
+                        head(&mut self.buf, part.len(), kind, flags, id);
+                        self.buf.extend_from_slice(part);
+                        kind = CONTINUATION;
+                        flags = 0;
+                    }
+                }
+            }
+            Out::Reset(r) => {
+                head(&mut self.buf, 4, RST_STREAM, 0, r.stream_id().into());
+                self.buf
+                    .extend_from_slice(&u32::from(r.reason()).to_be_bytes());
+            }
+            Out::WindowUpdate(w) => {
+                head(&mut self.buf, 4, WINDOW_UPDATE, 0, w.stream_id().into());
+                self.buf
+                    .extend_from_slice(&w.size_increment().to_be_bytes());
+            }
+            Out::Ping(p) => {
+                let flags = if p.is_ack() { ACK } else { 0 };
+                head(&mut self.buf, 8, PING, flags, 0);
+                self.buf.extend_from_slice(p.payload());
+            }
+            Out::GoAway(g) => {
+                let debug = g.debug_data();
+                head(&mut self.buf, 8 + debug.len(), GOAWAY, 0, 0);
+                self.buf
+                    .extend_from_slice(&u32::from(g.last_stream_id()).to_be_bytes());
+                self.buf
+                    .extend_from_slice(&u32::from(g.reason()).to_be_bytes());
+                self.buf.extend_from_slice(debug);
+            }
+            Out::Settings(s) => {
+                if s.is_ack() {
+                    head(&mut self.buf, 0, SETTINGS, ACK, 0);
+                    return Ok(());
+                }
+                let values = [
+                    (1, s.header_table_size()),
+                    (2, s.is_push_enabled().map(u32::from)),
+                    (3, s.max_concurrent_streams()),
+                    (4, s.initial_window_size()),
+                    (5, s.max_frame_size()),
+                    (6, s.max_header_list_size()),
+                    (8, s.is_extended_connect_protocol_enabled().map(u32::from)),
+                ];
+                let n = values.iter().filter(|(_, v)| v.is_some()).count();
+                head(&mut self.buf, 6 * n, SETTINGS, 0, 0);
+                for (id, v) in values {
+                    if let Some(v) = v {
+                        self.buf.extend_from_slice(&u16::to_be_bytes(id));
+                        self.buf.extend_from_slice(&v.to_be_bytes());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes out everything encoded, one vectored write at a time.
+    pub fn poll_write<T: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut T,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        while !self.is_empty() {
+            let mut slices = [IoSlice::new(&[]); SLICES];
+            let mut n = 0;
+            let mut pos = self.done;
+            let mut all = true;
+            for (at, payload) in &self.chained {
+                if n + 2 > SLICES {
+                    all = false;
+                    break;
+                }
+                if *at > pos {
+                    slices[n] = IoSlice::new(&self.buf[pos..*at]);
+                    n += 1;
+                    pos = *at;
+                }
+                slices[n] = IoSlice::new(payload);
+                n += 1;
+            }
+            if all && pos < self.buf.len() {
+                slices[n] = IoSlice::new(&self.buf[pos..]);
+                n += 1;
+            }
+            let written = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n]))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.advance(written);
+        }
+        self.buf.clear();
+        self.done = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let at = self.chained.front().map_or(self.buf.len(), |c| c.0);
+            if self.done < at {
+                let k = n.min(at - self.done);
+                self.done += k;
+                n -= k;
+                continue;
+            }
+            let Some((_, payload)) = self.chained.front_mut() else {
+                return;
+            };
+            let k = n.min(payload.len());
+            payload.advance(k);
+            self.chained_len -= k;
+            n -= k;
+            if payload.is_empty() {
+                self.chained.pop_front();
+            }
+        }
+    }
+}
+
+/// A frame head (RFC 9113 §4.1); stream ids here are below 2^31.
+fn head(dst: &mut Vec<u8>, len: usize, kind: u8, flags: u8, id: u32) {
+    dst.extend_from_slice(&head_bytes(len, kind, flags, id));
+}
+
+fn head_bytes(len: usize, kind: u8, flags: u8, id: u32) -> [u8; HEAD] {
+    let l = (len as u32).to_be_bytes();
+    let i = id.to_be_bytes();
+    [l[1], l[2], l[3], kind, flags, i[0], i[1], i[2], i[3]]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt as _;
+    use h2::frame::{
+        Data, Frame, GoAway, Headers, Ping, Pseudo, Reason, Reset, Settings, StreamId, WindowUpdate,
+    };
+    use h2::Codec;
+    use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+    use tokio::io::AsyncWriteExt as _;
+
+    /// Everything the writer holds, as the bytes a peer would read.
+    fn wire(w: &mut Writer) -> Vec<u8> {
+        let mut out = Vec::new();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        match w.poll_write(&mut out, &mut cx) {
+            Poll::Ready(Ok(())) => out,
+            other => panic!("write: {other:?}"),
+        }
+    }
+
+    /// The frames h2's codec (the relay's reader, and hyper's, tonic's) reads
+    /// from `bytes`.
+    async fn read(bytes: &[u8]) -> Vec<Frame> {
+        let (mut tx, rx) = tokio::io::duplex(bytes.len() + 1);
+        tx.write_all(bytes).await.unwrap();
+        drop(tx);
+        let mut codec = Codec::<_, Bytes>::new(rx);
+        codec.set_max_recv_header_list_size(1 << 20);
+        let mut frames = Vec::new();
+        while let Some(f) = codec.next().await {
+            frames.push(f.unwrap());
+        }
+        frames
+    }
+
+    fn request(id: u32, path: &str, fields: &[(&str, &str)]) -> Headers {
+        let uri: Uri = format!("http://backend.local{path}").parse().unwrap();
+        let mut map = HeaderMap::new();
+        for (k, v) in fields {
+            map.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        Headers::new(
+            StreamId::from(id),
+            Pseudo::request(Method::POST, uri, None),
+            map,
+        )
+    }
+
+    fn parts(f: Frame) -> (Pseudo, HeaderMap) {
+        let Frame::Headers(h) = f else {
+            panic!("not HEADERS: {f:?}")
+        };
+        h.into_parts()
+    }
+
+    const XFCC: &str = "By=spiffe://example.org/backend;Hash=5d3c0c7d2ad8e4a1d29b0a3f0c2b8e4f6a1d7e9c3b5a2f8d4e6c1b7a9f0e3d2c;Subject=\"CN=client\";URI=spiffe://example.org/client";
+
+    fn grpc_fields(timeout: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("content-type", "application/grpc".into()),
+            ("te", "trailers".into()),
+            ("user-agent", "grpc-rust/0.14".into()),
+            ("grpc-timeout", timeout.into()),
+            ("x-forwarded-client-cert", XFCC.into()),
+        ]
+    }
+
+    #[tokio::test]
+    async fn header_blocks_decode_to_what_was_sent_and_repeats_are_indexed() {
+        let mut w = Writer::new();
+        let mut sent = Vec::new();
+        let mut sizes = Vec::new();
+        for (i, path) in ["/a.A/One", "/a.A/One", "/a.A/Two", "/a.A/One"]
+            .iter()
+            .enumerate()
+        {
+            let f = grpc_fields(&format!("{}m", 100 + i));
+            let f: Vec<(&str, &str)> = f.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let id = 1 + 2 * i as u32;
+            sent.push(request(id, path, &f));
+            w.frame(Out::Headers(Box::new(request(id, path, &f))))
+                .unwrap();
+            sizes.push(wire(&mut w));
+        }
+        let mut all = Vec::new();
+        for s in &sizes {
+            all.extend_from_slice(s);
+        }
+        let got = read(&all).await;
+        assert_eq!(got.len(), sent.len());
+        for (g, s) in got.into_iter().zip(sent) {
+            let (gp, gf) = parts(g);
+            let (sp, sf) = s.into_parts();
+            assert_eq!(gp.method, sp.method);
+            assert_eq!(gp.scheme.as_deref(), sp.scheme.as_deref());
+            assert_eq!(gp.authority.as_deref(), sp.authority.as_deref());
+            assert_eq!(gp.path.as_deref(), sp.path.as_deref());
+            assert_eq!(gf, sf);
+        }
+        // The first block carries every string; a repeat only the call's
+        // path (if new) and grpc-timeout, the rest one byte each.
+        assert!(sizes[0].len() > XFCC.len(), "{}", sizes[0].len());
+        // (36 bytes: the frame head, eight indexed fields, grpc-timeout.)
+        assert!(sizes[1].len() < 40, "repeat: {} bytes", sizes[1].len());
+        assert!(sizes[2].len() < 50, "new path: {} bytes", sizes[2].len());
+        assert!(sizes[3].len() < 40, "path again: {} bytes", sizes[3].len());
+    }
+
+    #[tokio::test]
+    async fn responses_trailers_sensitive_and_unindexed_fields() {
+        let mut w = Writer::new();
+        let response = |status: u16| {
+            let mut fields = HeaderMap::new();
+            fields.insert("content-type", HeaderValue::from_static("application/grpc"));
+            let mut secret = HeaderValue::from_static("Bearer s3cr3t");
+            secret.set_sensitive(true);
+            fields.insert("authorization", secret);
+            // Larger than half the table: written, never indexed.
+            fields.insert("x-big", HeaderValue::from_str(&"b".repeat(3000)).unwrap());
+            Headers::new(
+                StreamId::from(1),
+                Pseudo::response(StatusCode::from_u16(status).unwrap()),
+                fields,
+            )
+        };
+        let statuses = [200, 404, 418, 200, 503];
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        trailers.insert("grpc-message", HeaderValue::from_static("fine"));
+        let mut t = Headers::trailers(StreamId::from(1), trailers.clone());
+        t.set_end_stream();
+        for s in statuses {
+            w.frame(Out::Headers(Box::new(response(s)))).unwrap();
+        }
+        w.frame(Out::Headers(Box::new(t))).unwrap();
+        let bytes = wire(&mut w);
+        // Neither the secret nor the big value entered the table: each block
+        // carries both again.
+        let count = |needle: &[u8]| bytes.windows(needle.len()).filter(|w| *w == needle).count();
+        // Never indexed (0x10), name index 23 (authorization), 13 bytes raw.
+        assert_eq!(count(b"\x1f\x08\x0dBearer s3cr3t"), 5);
+        assert_eq!(count("b".repeat(3000).as_bytes()), 5);
+        let mut got = read(&bytes).await;
+        assert_eq!(got.len(), 6);
+        let last = got.pop().unwrap();
+        for (g, s) in got.into_iter().zip(statuses) {
+            let (gp, gf) = parts(g);
+            let (sp, sf) = response(s).into_parts();
+            assert_eq!(gp.status, sp.status);
+            assert_eq!(gf, sf);
+        }
+        let Frame::Headers(last) = last else {
+            panic!("trailers")
+        };
+        assert!(last.is_end_stream());
+        assert_eq!(last.fields(), &trailers);
+    }
+
+    #[tokio::test]
+    async fn the_table_follows_the_peers_size_and_evicts_as_its_decoder_does() {
+        let mut w = Writer::new();
+        let mut sent = Vec::new();
+        let mut all = Vec::new();
+        let mut firsts = Vec::new();
+        // Values cycle through more entries than a small table holds, so
+        // entries are evicted while others are still referenced. Changes:
+        // 300; 0; 50 then 200 with no block between (both are announced).
+        let changes: [&[usize]; 5] = [&[], &[300], &[], &[0], &[50, 200]];
+        for (i, change) in changes.iter().enumerate() {
+            for l in *change {
+                w.set_header_table_size(*l);
+            }
+            for j in 0..40 {
+                let v = format!("value-{}-{}", i, j % 7);
+                let f = [("x-k", v.as_str()), ("x-fixed", "same")];
+                sent.push(request(1, "/s.S/M", &f));
+                w.frame(Out::Headers(Box::new(request(1, "/s.S/M", &f))))
+                    .unwrap();
+                let b = wire(&mut w);
+                if j == 0 {
+                    firsts.push(b[HEAD..HEAD + 3].to_vec());
+                }
+                all.extend_from_slice(&b);
+            }
+        }
+        let got = read(&all).await;
+        assert_eq!(got.len(), sent.len());
+        for (g, s) in got.into_iter().zip(sent) {
+            assert_eq!(parts(g).1, s.into_parts().1);
+        }
+        // A size update opens the first block after each change (an integer
+        // past the five-bit prefix takes more bytes), and the block after no
+        // change opens with a field (0x83: :method POST).
+        assert_eq!(firsts[0][0], 0x83);
+        assert_eq!(firsts[1], [0x3f, 0x8d, 0x02]);
+        assert_eq!(firsts[2][0], 0x83);
+        assert_eq!(firsts[3][..2], [0x20, 0x83]);
+        assert_eq!(firsts[4], [0x3f, 0x13, 0x3f]);
+    }
+
+    #[tokio::test]
+    async fn a_block_larger_than_a_frame_goes_on_in_continuation_frames() {
+        let mut w = Writer::new();
+        let big = "v".repeat(1000);
+        let fields: Vec<(String, &str)> = (0..40)
+            .map(|i| (format!("x-big-{i}"), big.as_str()))
+            .collect();
+        let f: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        let mut h = request(5, "/big.B/M", &f);
+        h.set_end_stream();
+        let want = h.fields().clone();
+        w.frame(Out::Headers(Box::new(h))).unwrap();
+        let bytes = wire(&mut w);
+        // HEADERS (END_STREAM, no END_HEADERS), then CONTINUATION frames, the
+        // last with END_HEADERS; none larger than the peer's frame size.
+        let mut at = 0;
+        let mut heads = Vec::new();
+        while at < bytes.len() {
+            let len = u32::from_be_bytes([0, bytes[at], bytes[at + 1], bytes[at + 2]]) as usize;
+            assert!(len <= DEFAULT_MAX_FRAME);
+            heads.push((bytes[at + 3], bytes[at + 4]));
+            at += HEAD + len;
+        }
+        assert_eq!(heads.len(), 3, "{heads:?}");
+        assert_eq!(heads[0], (HEADERS, END_STREAM));
+        assert_eq!(heads[1], (CONTINUATION, 0));
+        assert_eq!(heads[2], (CONTINUATION, END_HEADERS));
+        let got = read(&bytes).await;
+        assert_eq!(got.len(), 1);
+        let Frame::Headers(g) = &got[0] else {
+            panic!("HEADERS")
+        };
+        assert!(g.is_end_stream());
+        assert_eq!(g.stream_id(), StreamId::from(5));
+        assert_eq!(g.fields(), &want);
+    }
+
+    fn every_kind() -> Vec<Out> {
+        let mut s = Settings::default();
+        s.set_initial_window_size(Some(1 << 20));
+        s.set_max_concurrent_streams(Some(100));
+        s.set_max_header_list_size(Some(16 << 10));
+        s.set_enable_push(false);
+        s.set_max_frame_size(Some(32 << 10));
+        s.set_header_table_size(Some(0));
+        let mut end = Data::new(StreamId::from(3), Bytes::from(vec![9u8; 300]));
+        end.set_end_stream(true);
+        vec![
+            Out::Settings(Box::new(s)),
+            Out::Settings(Box::new(Settings::ack())),
+            Out::WindowUpdate(WindowUpdate::new(StreamId::zero(), 1 << 20)),
+            Out::Data(Data::new(StreamId::from(1), Bytes::from_static(b"tiny"))),
+            Out::Data(Data::new(
+                StreamId::from(1),
+                Bytes::from(vec![7u8; 16 << 10]),
+            )),
+            Out::Data(end),
+            Out::Reset(Reset::new(StreamId::from(7), Reason::CANCEL)),
+            Out::Ping(Ping::new(*b"12345678")),
+            Out::Ping(Ping::pong(*b"abcdefgh")),
+            Out::WindowUpdate(WindowUpdate::new(StreamId::from(3), 77)),
+            Out::GoAway(GoAway::with_debug_data(
+                StreamId::from(9),
+                Reason::ENHANCE_YOUR_CALM,
+                Bytes::from_static(b"too many resets"),
+            )),
+        ]
+    }
+
+    #[tokio::test]
+    async fn every_frame_kind_reads_back_as_written() {
+        let mut w = Writer::new();
+        for f in every_kind() {
+            w.frame(f).unwrap();
+        }
+        let got = read(&wire(&mut w)).await;
+        let want = format!(
+            "{:?}",
+            every_kind()
+                .into_iter()
+                .map(|f| match f {
+                    Out::Data(f) => Frame::from(f),
+                    Out::Headers(f) => (*f).into(),
+                    Out::Reset(f) => f.into(),
+                    Out::WindowUpdate(f) => f.into(),
+                    Out::Ping(f) => f.into(),
+                    Out::GoAway(f) => f.into(),
+                    Out::Settings(f) => (*f).into(),
+                })
+                .collect::<Vec<Frame>>()
+        );
+        assert_eq!(format!("{got:?}"), want);
+        // (Data's Debug leaves out the payload.)
+        let payloads: Vec<&[u8]> = got
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Data(d) => Some(&d.payload()[..]),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(payloads, [&b"tiny"[..], &[7u8; 16 << 10], &[9u8; 300]]);
+    }
+
+    #[test]
+    fn oversized_data_is_refused() {
+        let mut w = Writer::new();
+        let d = Data::new(StreamId::from(1), Bytes::from(vec![0u8; (16 << 10) + 1]));
+        assert!(w.frame(Out::Data(d)).is_err());
+        w.set_max_frame_size(32 << 10);
+        let d = Data::new(StreamId::from(1), Bytes::from(vec![0u8; (16 << 10) + 1]));
+        w.frame(Out::Data(d)).unwrap();
+    }
+
+    /// Takes at most `max` bytes of the first slice per write, and every other
+    /// write is not ready.
+    struct Trickle {
+        out: Vec<u8>,
+        max: usize,
+        ready: bool,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.ready = !self.ready;
+            if !self.ready {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let n = buf.len().min(self.max);
+            self.out.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn partial_and_pending_writes_keep_every_byte_in_order() {
+        let mut whole = Writer::new();
+        for f in every_kind() {
+            whole.frame(f).unwrap();
+        }
+        let want = wire(&mut whole);
+        for max in [1, 7, 300, 5000] {
+            let mut w = Writer::new();
+            let mut io = Trickle {
+                out: Vec::new(),
+                max,
+                ready: false,
+            };
+            let waker = futures_util::task::noop_waker();
+            let mut cx = Context::from_waker(&waker);
+            let mut kinds = every_kind().into_iter();
+            // Frames keep coming while earlier ones are half written.
+            loop {
+                if let Some(f) = kinds.next() {
+                    w.frame(f).unwrap();
+                }
+                match w.poll_write(&mut io, &mut cx) {
+                    Poll::Ready(Ok(())) if kinds.len() == 0 => break,
+                    Poll::Ready(Err(e)) => panic!("{e}"),
+                    _ => {}
+                }
+            }
+            assert!(w.is_empty() && w.buf.is_empty());
+            assert_eq!(io.out, want, "at most {max} bytes a write");
+        }
+    }
+}
