@@ -2,7 +2,7 @@
 //! of its own.
 //!
 //! h2's frame layer (`h2::Codec`: framing, HPACK, CONTINUATION and header-list
-//! limits, connection-specific header checks) reads both sides; [`write`]
+//! limits, connection-specific header checks) reads both sides; [`write`](mod@write)
 //! writes them, with an HPACK encoder of its own ([`hpack`]). The connection
 //! layer is here, because h2's — a stream store behind a mutex, a
 //! waker, send queue and flow-control account per stream handle — was most of
