@@ -248,12 +248,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Side<T> {
         if s.is_ack() {
             return Ok(());
         }
-        if let Some(n) = s.max_frame_size() {
-            self.write.set_max_frame_size(n as usize);
-        }
-        if let Some(n) = s.header_table_size() {
-            self.write.set_header_table_size(n as usize);
-        }
         if let Some(n) = s.initial_window_size() {
             let delta = i64::from(n) - self.peer_init;
             self.peer_init = i64::from(n);
@@ -264,7 +258,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Side<T> {
                 }
             }
         }
-        self.out.push_back(Settings::ack().into());
+        // The frame size and table size apply from the acknowledgement on
+        // (the writer takes them as it writes it): the peer's decoder allows
+        // a larger table only once it knows its SETTINGS arrived.
+        self.out.push_back(Out::SettingsAck(write::Ack {
+            max_frame_size: s.max_frame_size(),
+            header_table_size: s.header_table_size(),
+        }));
         Ok(())
     }
 
@@ -291,6 +291,9 @@ enum Out {
     Ping(Ping),
     GoAway(GoAway),
     Settings(Box<Settings>),
+    /// The acknowledgement of the peer's SETTINGS, with what the writer
+    /// applies from then on.
+    SettingsAck(write::Ack),
 }
 
 const _: () = assert!(std::mem::size_of::<Out>() <= 48);

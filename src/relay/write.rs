@@ -41,6 +41,15 @@ const END_HEADERS: u8 = 0x4;
 /// HTTP/2's smallest SETTINGS_MAX_FRAME_SIZE, every peer's initial one.
 const DEFAULT_MAX_FRAME: usize = 16 << 10;
 
+/// What a SETTINGS acknowledgement carries to the writer: the peer's values
+/// that govern encoding, applied once the acknowledgement is encoded, so every
+/// header block after it on the wire (and none before) uses them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Ack {
+    pub max_frame_size: Option<u32>,
+    pub header_table_size: Option<u32>,
+}
+
 pub struct Writer {
     buf: Vec<u8>,
     /// Bytes of `buf` already written.
@@ -65,19 +74,12 @@ impl Writer {
         }
     }
 
-    /// The peer's SETTINGS_MAX_FRAME_SIZE (validated by the codec that read it).
-    pub fn set_max_frame_size(&mut self, n: usize) {
-        self.max_frame = n;
-    }
-
-    /// The peer's SETTINGS_HEADER_TABLE_SIZE.
-    pub fn set_header_table_size(&mut self, n: usize) {
-        self.hpack.set_max_size(n);
-    }
-
-    /// Whether a frame can be taken before what is buffered is written.
+    /// Whether a frame can be taken before what is buffered is written. The
+    /// whole buffer counts, written part included: it is cleared only once
+    /// all of it is out, so a peer that keeps reading slowly cannot make it
+    /// grow (h2's writer did the same).
     pub fn has_room(&self) -> bool {
-        self.buf.len() - self.done + self.chained_len < ROOM
+        self.buf.len() + self.chained_len < ROOM
     }
 
     fn is_empty(&self) -> bool {
@@ -162,6 +164,16 @@ impl Writer {
                     .extend_from_slice(&u32::from(g.reason()).to_be_bytes());
                 self.buf.extend_from_slice(debug);
             }
+            Out::SettingsAck(a) => {
+                head(&mut self.buf, 0, SETTINGS, ACK, 0);
+                // (The codec that read them held them to RFC 9113's bounds.)
+                if let Some(n) = a.max_frame_size {
+                    self.max_frame = n as usize;
+                }
+                if let Some(n) = a.header_table_size {
+                    self.hpack.set_max_size(n as usize);
+                }
+            }
             Out::Settings(s) => {
                 if s.is_ack() {
                     head(&mut self.buf, 0, SETTINGS, ACK, 0);
@@ -213,7 +225,9 @@ impl Writer {
                 slices[n] = IoSlice::new(payload);
                 n += 1;
             }
-            if all && pos < self.buf.len() {
+            // (After 32 payloads each behind buffered bytes the slices are
+            // full: the tail goes in the next write.)
+            if all && pos < self.buf.len() && n < SLICES {
                 slices[n] = IoSlice::new(&self.buf[pos..]);
                 n += 1;
             }
@@ -225,6 +239,10 @@ impl Writer {
         }
         self.buf.clear();
         self.done = 0;
+        if self.buf.capacity() > 2 * ROOM {
+            // One huge header block must not stay with the connection.
+            self.buf = Vec::new();
+        }
         Poll::Ready(Ok(()))
     }
 
@@ -320,6 +338,13 @@ mod tests {
             panic!("not HEADERS: {f:?}")
         };
         h.into_parts()
+    }
+
+    fn table_size(n: usize) -> Out {
+        Out::SettingsAck(Ack {
+            header_table_size: Some(n as u32),
+            ..Ack::default()
+        })
     }
 
     const XFCC: &str = "By=spiffe://example.org/backend;Hash=5d3c0c7d2ad8e4a1d29b0a3f0c2b8e4f6a1d7e9c3b5a2f8d4e6c1b7a9f0e3d2c;Subject=\"CN=client\";URI=spiffe://example.org/client";
@@ -437,8 +462,9 @@ mod tests {
         let changes: [&[usize]; 5] = [&[], &[300], &[], &[0], &[50, 200]];
         for (i, change) in changes.iter().enumerate() {
             for l in *change {
-                w.set_header_table_size(*l);
+                w.frame(table_size(*l)).unwrap();
             }
+            all.extend_from_slice(&wire(&mut w));
             for j in 0..40 {
                 let v = format!("value-{}-{}", i, j % 7);
                 let f = [("x-k", v.as_str()), ("x-fixed", "same")];
@@ -453,6 +479,10 @@ mod tests {
             }
         }
         let got = read(&all).await;
+        let got: Vec<Frame> = got
+            .into_iter()
+            .filter(|f| matches!(f, Frame::Headers(_)))
+            .collect();
         assert_eq!(got.len(), sent.len());
         for (g, s) in got.into_iter().zip(sent) {
             assert_eq!(parts(g).1, s.into_parts().1);
@@ -516,7 +546,7 @@ mod tests {
         end.set_end_stream(true);
         vec![
             Out::Settings(Box::new(s)),
-            Out::Settings(Box::new(Settings::ack())),
+            Out::SettingsAck(Ack::default()),
             Out::WindowUpdate(WindowUpdate::new(StreamId::zero(), 1 << 20)),
             Out::Data(Data::new(StreamId::from(1), Bytes::from_static(b"tiny"))),
             Out::Data(Data::new(
@@ -555,6 +585,7 @@ mod tests {
                     Out::Ping(f) => f.into(),
                     Out::GoAway(f) => f.into(),
                     Out::Settings(f) => (*f).into(),
+                    Out::SettingsAck(_) => Settings::ack().into(),
                 })
                 .collect::<Vec<Frame>>()
         );
@@ -575,33 +606,69 @@ mod tests {
         let mut w = Writer::new();
         let d = Data::new(StreamId::from(1), Bytes::from(vec![0u8; (16 << 10) + 1]));
         assert!(w.frame(Out::Data(d)).is_err());
-        w.set_max_frame_size(32 << 10);
+        w.frame(Out::SettingsAck(Ack {
+            max_frame_size: Some(32 << 10),
+            ..Ack::default()
+        }))
+        .unwrap();
         let d = Data::new(StreamId::from(1), Bytes::from(vec![0u8; (16 << 10) + 1]));
         w.frame(Out::Data(d)).unwrap();
     }
 
-    /// Takes at most `max` bytes of the first slice per write, and every other
-    /// write is not ready.
+    /// Takes at most `max` bytes per write (across slices when `vectored`,
+    /// else of the first one), and every other write is not ready.
     struct Trickle {
         out: Vec<u8>,
         max: usize,
+        vectored: bool,
         ready: bool,
+    }
+
+    impl Trickle {
+        fn new(max: usize, vectored: bool) -> Trickle {
+            Trickle {
+                out: Vec::new(),
+                max,
+                vectored,
+                ready: false,
+            }
+        }
     }
 
     impl AsyncWrite for Trickle {
         fn poll_write(
-            mut self: Pin<&mut Self>,
+            self: Pin<&mut Self>,
             cx: &mut Context<'_>,
             buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
         ) -> Poll<io::Result<usize>> {
             self.ready = !self.ready;
             if !self.ready {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            let n = buf.len().min(self.max);
-            self.out.extend_from_slice(&buf[..n]);
+            let bufs = if self.vectored { bufs } else { &bufs[..1] };
+            let mut n = 0;
+            for b in bufs {
+                let k = b.len().min(self.max - n);
+                self.out.extend_from_slice(&b[..k]);
+                n += k;
+                if n == self.max {
+                    break;
+                }
+            }
             Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.vectored
         }
 
         fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -613,36 +680,161 @@ mod tests {
         }
     }
 
+    /// Enough chained payloads, each behind buffered bytes, to fill a
+    /// vectored write's slices (`n` = 32 fills them exactly), and bytes after.
+    fn many_payloads(n: u8) -> Vec<Out> {
+        let mut v = Vec::new();
+        for i in 0..n {
+            v.push(Out::WindowUpdate(WindowUpdate::new(StreamId::from(1), 1)));
+            v.push(Out::Data(Data::new(
+                StreamId::from(1),
+                Bytes::from(vec![i; 256 + usize::from(i)]),
+            )));
+        }
+        v.push(Out::Ping(Ping::new(*b"trailing")));
+        v
+    }
+
+    #[tokio::test]
+    async fn payloads_past_one_writes_slices_go_in_the_next_write() {
+        for n in [31, 32, 33, 40] {
+            let mut w = Writer::new();
+            for f in many_payloads(n) {
+                w.frame(f).unwrap();
+            }
+            let got = read(&wire(&mut w)).await;
+            assert_eq!(got.len(), 2 * usize::from(n) + 1, "{n} payloads");
+            for (i, f) in got.iter().skip(1).step_by(2).enumerate() {
+                let Frame::Data(d) = f else { panic!("DATA") };
+                assert_eq!(d.payload()[..], vec![i as u8; 256 + i][..]);
+            }
+            assert!(matches!(got.last(), Some(Frame::Ping(_))));
+        }
+    }
+
     #[test]
     fn partial_and_pending_writes_keep_every_byte_in_order() {
+        let frames = || {
+            let mut v = every_kind();
+            v.extend(many_payloads(40));
+            v.into_iter()
+        };
         let mut whole = Writer::new();
-        for f in every_kind() {
+        for f in frames() {
             whole.frame(f).unwrap();
         }
         let want = wire(&mut whole);
-        for max in [1, 7, 300, 5000] {
-            let mut w = Writer::new();
-            let mut io = Trickle {
-                out: Vec::new(),
-                max,
-                ready: false,
-            };
-            let waker = futures_util::task::noop_waker();
-            let mut cx = Context::from_waker(&waker);
-            let mut kinds = every_kind().into_iter();
-            // Frames keep coming while earlier ones are half written.
-            loop {
-                if let Some(f) = kinds.next() {
-                    w.frame(f).unwrap();
+        for vectored in [false, true] {
+            for max in [1, 7, 300, 5000] {
+                let mut w = Writer::new();
+                let mut io = Trickle::new(max, vectored);
+                let waker = futures_util::task::noop_waker();
+                let mut cx = Context::from_waker(&waker);
+                let mut kinds = frames();
+                // Frames keep coming while earlier ones are half written.
+                loop {
+                    if let Some(f) = kinds.next() {
+                        w.frame(f).unwrap();
+                    }
+                    match w.poll_write(&mut io, &mut cx) {
+                        Poll::Ready(Ok(())) if kinds.len() == 0 => break,
+                        Poll::Ready(Err(e)) => panic!("{e}"),
+                        _ => {}
+                    }
                 }
-                match w.poll_write(&mut io, &mut cx) {
-                    Poll::Ready(Ok(())) if kinds.len() == 0 => break,
-                    Poll::Ready(Err(e)) => panic!("{e}"),
-                    _ => {}
-                }
+                assert!(w.is_empty() && w.buf.is_empty());
+                assert_eq!(
+                    io.out, want,
+                    "at most {max} bytes a write, vectored {vectored}"
+                );
             }
-            assert!(w.is_empty() && w.buf.is_empty());
-            assert_eq!(io.out, want, "at most {max} bytes a write");
+        }
+    }
+
+    #[test]
+    fn a_peer_that_reads_slowly_cannot_make_the_buffer_grow() {
+        let mut w = Writer::new();
+        let mut io = Trickle::new(100, true);
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut sent = 0usize;
+        let mut peak = 0;
+        for _ in 0..40_000 {
+            // As `Side::drain` does: frames while there is room, then a write.
+            while w.has_room() {
+                w.frame(Out::WindowUpdate(WindowUpdate::new(StreamId::from(1), 1)))
+                    .unwrap();
+                w.frame(Out::Data(Data::new(
+                    StreamId::from(1),
+                    Bytes::from(vec![1; 300]),
+                )))
+                .unwrap();
+                sent += 2 * HEAD + 4 + 300;
+            }
+            peak = peak.max(w.buf.len() + w.chained_len);
+            let _ = w.poll_write(&mut io, &mut cx);
+        }
+        assert!(sent > 1 << 20, "{sent}");
+        assert!(peak < ROOM + 2 * HEAD + 4 + 300, "peak {peak}");
+        assert!(w.buf.capacity() <= 2 * ROOM, "{}", w.buf.capacity());
+    }
+
+    #[test]
+    fn the_peers_sizes_apply_from_the_acknowledgement_on() {
+        let mut w = Writer::new();
+        let f = [("x-k", "v")];
+        // A block queued before the acknowledgement indexes (table 4096)...
+        w.frame(Out::Headers(Box::new(request(1, "/s.S/M", &f))))
+            .unwrap();
+        w.frame(table_size(0)).unwrap();
+        w.frame(Out::Headers(Box::new(request(3, "/s.S/M", &f))))
+            .unwrap();
+        w.frame(table_size(4096)).unwrap();
+        w.frame(Out::Headers(Box::new(request(5, "/s.S/M", &f))))
+            .unwrap();
+        let bytes = wire(&mut w);
+        let mut frames = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let len = u32::from_be_bytes([0, bytes[at], bytes[at + 1], bytes[at + 2]]) as usize;
+            frames.push((bytes[at + 3], &bytes[at + HEAD..at + HEAD + len]));
+            at += HEAD + len;
+        }
+        let kinds: Vec<u8> = frames.iter().map(|f| f.0).collect();
+        assert_eq!(kinds, [HEADERS, SETTINGS, HEADERS, SETTINGS, HEADERS]);
+        // ...with literals with incremental indexing (0x40) and no update.
+        assert_eq!(frames[0].1[0], 0x83);
+        assert!(frames[0].1.contains(&0x40));
+        // After the first acknowledgement: the update to 0, then literals
+        // only; after the second: the update back to 4096 (0x3f 0xe1 0x1f).
+        assert_eq!(frames[2].1[..2], [0x20, 0x83]);
+        assert!(!frames[2].1.contains(&0x40));
+        assert_eq!(frames[4].1[..4], [0x3f, 0xe1, 0x1f, 0x83]);
+        // The frame size, too: a 20 KB block is one frame only after a larger
+        // size is acknowledged.
+        let big = "v".repeat(20_000);
+        for (max, frames) in [(None, 2), (Some(32 << 10), 1)] {
+            let mut w = Writer::new();
+            w.frame(Out::SettingsAck(Ack {
+                max_frame_size: max,
+                ..Ack::default()
+            }))
+            .unwrap();
+            w.frame(Out::Headers(Box::new(request(
+                1,
+                "/b.B/M",
+                &[("x-big", &big)],
+            ))))
+            .unwrap();
+            let bytes = wire(&mut w);
+            let mut at = HEAD;
+            let mut n = 0;
+            while at < bytes.len() {
+                let len = u32::from_be_bytes([0, bytes[at], bytes[at + 1], bytes[at + 2]]) as usize;
+                at += HEAD + len;
+                n += 1;
+            }
+            assert_eq!(n, frames, "max frame {max:?}");
         }
     }
 }
