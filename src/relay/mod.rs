@@ -425,6 +425,9 @@ pub struct Relay<C, H: Host> {
     /// one is idle, so an idle client connection is never woken for it.
     sweep: Pin<Box<tokio::time::Sleep>>,
     sweep_armed: bool,
+    /// A timer was armed or reset since the timers were last polled: it
+    /// must be polled (registered) before this poll of the relay ends.
+    timers_dirty: bool,
     /// Reading was held back (an out queue full) since the last keep-alive
     /// tick: an unread PING answer is then no sign of a dead client.
     read_held: bool,
@@ -490,6 +493,7 @@ where
             flood_drain: None,
             sweep: Box::pin(tokio::time::sleep(BACKEND_IDLE)),
             sweep_armed: false,
+            timers_dirty: false,
             read_held: false,
             scratch: Vec::new(),
             moved: false,
@@ -538,6 +542,7 @@ where
                     .push_back(GoAway::new(StreamId::from(MAX_STREAM_ID), Reason::NO_ERROR).into());
                 self.c.out.push_back(Ping::new(SHUTDOWN_PING).into());
                 self.refuse_at = Some(Box::pin(tokio::time::sleep_until(at)));
+                self.timers_dirty = true;
             }
         }
     }
@@ -617,6 +622,7 @@ where
         if let Some((calls, cancelled)) = self.resets.ended(premature, strict) {
             self.host.flooded(calls, cancelled);
             self.flood_drain = Some(Box::pin(tokio::time::sleep(self.opts.drain)));
+            self.timers_dirty = true;
             // Graceful: calls in flight may finish; a client whose short
             // deadlines all expired in a backend stall loses no healthy call.
             self.graceful_shutdown(Duration::ZERO);
@@ -630,10 +636,14 @@ where
                 side.read_dry = false;
             }
         }
+        let mut first = true;
         loop {
-            // Every round: a timer armed by the last one (a backend going
-            // idle, a flood found) is registered before this poll ends.
-            if self.poll_timers(cx).is_ready() {
+            // The first round, and any round after one that armed a timer (a
+            // backend going idle, a flood found), so every timer is
+            // registered before this poll ends. Not every round: a timer
+            // poll costs ~200 instructions, and a call takes several rounds.
+            let timers = std::mem::take(&mut first) || std::mem::take(&mut self.timers_dirty);
+            if timers && self.poll_timers(cx).is_ready() {
                 let _ = self.c.drain(cx);
                 let _ = self.c.flush(cx);
                 return Poll::Ready(Ok(()));
@@ -645,7 +655,7 @@ where
                 if self.c.out.is_empty() {
                     return self.finish(cx);
                 }
-                if !progress {
+                if !progress && !self.timers_dirty {
                     break;
                 }
                 continue;
@@ -708,7 +718,7 @@ where
                 self.closing = true;
                 return self.finish(cx);
             }
-            if !progress {
+            if !progress && !self.timers_dirty {
                 break;
             }
             self.moved = true;
@@ -808,6 +818,7 @@ where
             b.idle_since = Some(now);
             if !self.sweep_armed {
                 self.sweep_armed = true;
+                self.timers_dirty = true;
                 self.sweep.as_mut().reset(now + BACKEND_IDLE);
             }
         }
@@ -1276,6 +1287,7 @@ where
                         self.conns[i].idle_since = Some(now);
                         if !self.sweep_armed {
                             self.sweep_armed = true;
+                            self.timers_dirty = true;
                             self.sweep.as_mut().reset(now + BACKEND_IDLE);
                         }
                     }
