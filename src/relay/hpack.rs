@@ -33,7 +33,20 @@ pub struct Encoder {
     /// Size updates owed at the start of the next block: the smallest maximum
     /// since the last block and the final one (RFC 7541 §4.2).
     update: Option<(usize, usize)>,
+    /// Entries ever inserted: entry `i` of `table` is number
+    /// `inserted - table.len() + i`, whatever was evicted since.
+    inserted: usize,
+    /// Where each field of a block was found last time (its entry's number
+    /// + 1, 0 for none), by kind of block (request, response, trailers) and
+    /// the field's place in it: a connection's blocks repeat their shape, so
+    /// the entry is checked first and the scan is mostly skipped.
+    hints: [[usize; HINTS]; 3],
+    /// The block being encoded: its kind and the next field's place.
+    cursor: (usize, usize),
 }
+
+/// Places in a block that have a hint.
+const HINTS: usize = 16;
 
 struct Entry {
     /// The name's bytes, then the value's.
@@ -72,6 +85,9 @@ impl Default for Encoder {
             size: 0,
             max: TABLE,
             update: None,
+            inserted: 0,
+            hints: [[0; HINTS]; 3],
+            cursor: (0, 0),
         }
     }
 }
@@ -100,6 +116,14 @@ impl Encoder {
             }
             int(dst, 0x20, 5, max);
         }
+        let kind = if pseudo.method.is_some() {
+            0
+        } else if pseudo.status.is_some() {
+            1
+        } else {
+            2
+        };
+        self.cursor = (kind, 0);
         if let Some(m) = &pseudo.method {
             match m.as_str() {
                 "GET" => int(dst, 0x80, 7, 2),
@@ -166,9 +190,20 @@ impl Encoder {
         dst: &mut Vec<u8>,
     ) {
         let mut mode = mode;
+        let (kind, place) = self.cursor;
+        self.cursor.1 += 1;
         if mode == Mode::Index {
             let n = self.table.len();
-            if let Some(i) = self.table.iter().rposition(|e| e.is(name, value)) {
+            let first = self.inserted - n;
+            let hint = self.hints[kind].get(place).copied().unwrap_or(0);
+            let hinted = hint
+                .checked_sub(first + 1)
+                .filter(|&i| i < n && self.table[i].is(name, value));
+            let found = hinted.or_else(|| self.table.iter().rposition(|e| e.is(name, value)));
+            if let Some(i) = found {
+                if let Some(h) = self.hints[kind].get_mut(place) {
+                    *h = first + i + 1;
+                }
                 int(dst, 0x80, 7, 62 + (n - 1 - i));
                 return;
             }
@@ -185,6 +220,10 @@ impl Encoder {
                     name_len: name.len(),
                 });
                 self.size += size;
+                self.inserted += 1;
+                if let Some(h) = self.hints[kind].get_mut(place) {
+                    *h = self.inserted;
+                }
             } else {
                 mode = Mode::Literal;
             }
