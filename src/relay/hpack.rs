@@ -14,7 +14,57 @@
 use std::collections::VecDeque;
 
 use h2::frame::Pseudo;
-use http::HeaderMap;
+use http::{HeaderMap, Method, StatusCode};
+
+/// A head's pseudo-header fields, borrowed from h2's `Pseudo` or from an
+/// `http` request head.
+#[derive(Clone, Copy)]
+pub struct View<'a> {
+    pub method: Option<&'a Method>,
+    pub scheme: Option<&'a str>,
+    pub authority: Option<&'a str>,
+    pub path: Option<&'a str>,
+    pub protocol: Option<&'a str>,
+    pub status: Option<StatusCode>,
+}
+
+impl<'a> View<'a> {
+    pub fn of(p: &'a Pseudo) -> View<'a> {
+        View {
+            method: p.method.as_ref(),
+            scheme: p.scheme.as_deref(),
+            authority: p.authority.as_deref(),
+            path: p.path.as_deref(),
+            protocol: p.protocol.as_ref().map(|p| p.as_str()),
+            status: p.status,
+        }
+    }
+
+    /// The fields h2's `Pseudo::request` makes of a head (without
+    /// `:protocol`): no `:scheme` or `:path` for CONNECT, and an empty path
+    /// written as `/` (`*` for OPTIONS).
+    pub fn request(head: &'a http::request::Parts) -> View<'a> {
+        let uri = &head.uri;
+        let (scheme, path) = if head.method == Method::CONNECT {
+            (None, None)
+        } else {
+            let path = match uri.path_and_query().map_or("", |p| p.as_str()) {
+                "" if head.method == Method::OPTIONS => "*",
+                "" => "/",
+                p => p,
+            };
+            (uri.scheme_str(), Some(path))
+        };
+        View {
+            method: Some(&head.method),
+            scheme,
+            authority: uri.authority().map(|a| a.as_str()),
+            path,
+            protocol: None,
+            status: None,
+        }
+    }
+}
 
 /// The largest table used, whatever the peer allows: RFC 7541's default,
 /// which is also every decoder's initial size (so none has to be announced).
@@ -36,10 +86,11 @@ pub struct Encoder {
     /// Entries ever inserted: entry `i` of `table` is number
     /// `inserted - table.len() + i`, whatever was evicted since.
     inserted: usize,
-    /// Where each field of a block was found last time (its entry's number
-    /// + 1, 0 for none), by kind of block (request, response, trailers) and
-    /// the field's place in it: a connection's blocks repeat their shape, so
-    /// the entry is checked first and the scan is mostly skipped.
+    /// Where each field of a block was found last time (one more than its
+    /// entry's number, 0 for none), by kind of block (request, response,
+    /// trailers) and the field's place in it: a connection's blocks repeat
+    /// their shape, so that entry is checked first and the scan is mostly
+    /// skipped.
     hints: [[usize; HINTS]; 3],
     /// The block being encoded: its kind and the next field's place.
     cursor: (usize, usize),
@@ -109,7 +160,7 @@ impl Encoder {
 
     /// Appends the block for a head: pseudo-header fields first (RFC 9113
     /// §8.3), in h2's order.
-    pub fn block(&mut self, pseudo: &Pseudo, fields: &HeaderMap, dst: &mut Vec<u8>) {
+    pub fn block(&mut self, pseudo: View<'_>, fields: &HeaderMap, dst: &mut Vec<u8>) {
         if let Some((low, max)) = self.update.take() {
             if low < max {
                 int(dst, 0x20, 5, low);
@@ -124,31 +175,31 @@ impl Encoder {
             2
         };
         self.cursor = (kind, 0);
-        if let Some(m) = &pseudo.method {
+        if let Some(m) = pseudo.method {
             match m.as_str() {
                 "GET" => int(dst, 0x80, 7, 2),
                 "POST" => int(dst, 0x80, 7, 3),
                 m => self.field(b":method", Some(2), m.as_bytes(), Mode::Index, dst),
             }
         }
-        if let Some(s) = &pseudo.scheme {
-            match &**s {
+        if let Some(s) = pseudo.scheme {
+            match s {
                 "http" => int(dst, 0x80, 7, 6),
                 "https" => int(dst, 0x80, 7, 7),
                 s => self.field(b":scheme", Some(6), s.as_bytes(), Mode::Index, dst),
             }
         }
-        if let Some(a) = &pseudo.authority {
+        if let Some(a) = pseudo.authority {
             self.field(b":authority", Some(1), a.as_bytes(), Mode::Index, dst);
         }
-        if let Some(p) = &pseudo.path {
-            match &**p {
+        if let Some(p) = pseudo.path {
+            match p {
                 "/" => int(dst, 0x80, 7, 4),
                 p => self.field(b":path", Some(4), p.as_bytes(), Mode::Index, dst),
             }
         }
-        if let Some(p) = &pseudo.protocol {
-            self.field(b":protocol", None, p.as_str().as_bytes(), Mode::Index, dst);
+        if let Some(p) = pseudo.protocol {
+            self.field(b":protocol", None, p.as_bytes(), Mode::Index, dst);
         }
         if let Some(s) = pseudo.status {
             match s.as_u16() {

@@ -294,6 +294,8 @@ enum Out {
     /// The acknowledgement of the peer's SETTINGS, with what the writer
     /// applies from then on.
     SettingsAck(write::Ack),
+    /// A request head for a backend.
+    Request(Box<write::Request>),
 }
 
 const _: () = assert!(std::mem::size_of::<Out>() <= 48);
@@ -1045,13 +1047,11 @@ where
                 call: host_call,
             } => {
                 let conn = self.conn_for(backend);
-                let (parts, ()) = http::Request::from_parts(head, ()).into_parts();
-                let mut pseudo = Pseudo::request(parts.method, parts.uri, None);
-                pseudo.protocol = None;
-                let mut out = Headers::new(StreamId::from(id), pseudo, parts.headers);
-                if eos {
-                    out.set_end_stream();
-                }
+                let out = Out::Request(Box::new(write::Request {
+                    id,
+                    end_stream: eos,
+                    head,
+                }));
                 let send = match &self.conns[conn].state {
                     ConnState::Up(side) => side.peer_init,
                     _ => DEFAULT_WINDOW,
@@ -1069,7 +1069,7 @@ where
                     received: 0,
                 };
                 call.up.ended = eos;
-                call.up.queue.push_back(out.into());
+                call.up.queue.push_back(out);
                 self.calls.insert(id, call);
                 let b = &mut self.conns[conn];
                 b.calls += 1;

@@ -50,6 +50,15 @@ pub struct Ack {
     pub header_table_size: Option<u32>,
 }
 
+/// A request head for a backend, written from the decided parts as they are
+/// (h2's `Headers` would copy the path and authority into new buffers first).
+#[derive(Debug)]
+pub struct Request {
+    pub id: u32,
+    pub end_stream: bool,
+    pub head: http::request::Parts,
+}
+
 pub struct Writer {
     buf: Vec<u8>,
     /// Bytes of `buf` already written.
@@ -109,36 +118,17 @@ impl Writer {
             }
             Out::Headers(h) => {
                 let id = u32::from(h.stream_id());
-                let end = if h.is_end_stream() { END_STREAM } else { 0 };
+                let end = h.is_end_stream();
                 let (pseudo, fields) = h.into_parts();
-                let start = self.buf.len();
-                self.buf.extend_from_slice(&[0; HEAD]);
-                self.hpack.block(&pseudo, &fields, &mut self.buf);
-                let len = self.buf.len() - start - HEAD;
-                if len <= self.max_frame {
-                    self.buf[start..start + HEAD].copy_from_slice(&head_bytes(
-                        len,
-                        HEADERS,
-                        end | END_HEADERS,
-                        id,
-                    ));
-                } else {
-                    // Too large for one frame: HEADERS, then CONTINUATION.
-                    let block = self.buf.split_off(start + HEAD);
-                    self.buf.truncate(start);
-                    let mut parts = block.chunks(self.max_frame).peekable();
-                    let mut kind = HEADERS;
-                    let mut flags = end;
-                    while let Some(part) = parts.next() {
-                        if parts.peek().is_none() {
-                            flags |= END_HEADERS;
-                        }
-                        head(&mut self.buf, part.len(), kind, flags, id);
-                        self.buf.extend_from_slice(part);
-                        kind = CONTINUATION;
-                        flags = 0;
-                    }
-                }
+                let view = hpack::View::of(&pseudo);
+                self.header_frames(id, end, |hpack, buf| hpack.block(view, &fields, buf));
+            }
+            Out::Request(r) => {
+                let view = hpack::View::request(&r.head);
+                let fields = &r.head.headers;
+                self.header_frames(r.id, r.end_stream, |hpack, buf| {
+                    hpack.block(view, fields, buf)
+                });
             }
             Out::Reset(r) => {
                 head(&mut self.buf, 4, RST_STREAM, 0, r.stream_id().into());
@@ -199,6 +189,44 @@ impl Writer {
             }
         }
         Ok(())
+    }
+
+    /// A header block as HEADERS, and CONTINUATION frames if it is larger
+    /// than the peer's frame size.
+    fn header_frames(
+        &mut self,
+        id: u32,
+        end_stream: bool,
+        encode: impl FnOnce(&mut hpack::Encoder, &mut Vec<u8>),
+    ) {
+        let end = if end_stream { END_STREAM } else { 0 };
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&[0; HEAD]);
+        encode(&mut self.hpack, &mut self.buf);
+        let len = self.buf.len() - start - HEAD;
+        if len <= self.max_frame {
+            self.buf[start..start + HEAD].copy_from_slice(&head_bytes(
+                len,
+                HEADERS,
+                end | END_HEADERS,
+                id,
+            ));
+            return;
+        }
+        let block = self.buf.split_off(start + HEAD);
+        self.buf.truncate(start);
+        let mut parts = block.chunks(self.max_frame).peekable();
+        let mut kind = HEADERS;
+        let mut flags = end;
+        while let Some(part) = parts.next() {
+            if parts.peek().is_none() {
+                flags |= END_HEADERS;
+            }
+            head(&mut self.buf, part.len(), kind, flags, id);
+            self.buf.extend_from_slice(part);
+            kind = CONTINUATION;
+            flags = 0;
+        }
     }
 
     /// Writes out everything encoded, one vectored write at a time.
@@ -534,6 +562,44 @@ mod tests {
         assert_eq!(g.fields(), &want);
     }
 
+    #[tokio::test]
+    async fn request_heads_read_back_as_h2s_own_request_pseudo_fields() {
+        let heads = [
+            (Method::POST, "http://backend.local/p.S/M"),
+            (Method::POST, "/p.S/M?x=1"),
+            (Method::GET, "http://backend.local"),
+            (Method::OPTIONS, "http://backend.local"),
+            (Method::CONNECT, "backend.local:443"),
+            (Method::from_bytes(b"PURGE").unwrap(), "https://a.b/c"),
+        ];
+        let mut w = Writer::new();
+        for (i, (m, uri)) in heads.iter().enumerate() {
+            let (mut head, ()) = http::Request::new(()).into_parts();
+            head.method = m.clone();
+            head.uri = uri.parse().unwrap();
+            head.headers.insert("x-n", HeaderValue::from(i));
+            w.frame(Out::Request(Box::new(Request {
+                id: 2 * i as u32 + 1,
+                end_stream: i % 2 == 0,
+                head,
+            })))
+            .unwrap();
+        }
+        let got = read(&wire(&mut w)).await;
+        assert_eq!(got.len(), heads.len());
+        for (i, (g, (m, uri))) in got.into_iter().zip(heads).enumerate() {
+            let Frame::Headers(g) = g else {
+                panic!("HEADERS")
+            };
+            assert_eq!(u32::from(g.stream_id()), 2 * i as u32 + 1);
+            assert_eq!(g.is_end_stream(), i % 2 == 0);
+            let (gp, gf) = g.into_parts();
+            let want = Pseudo::request(m, uri.parse().unwrap(), None);
+            assert_eq!(gp, want, "{uri}");
+            assert_eq!(gf["x-n"], HeaderValue::from(i));
+        }
+    }
+
     fn every_kind() -> Vec<Out> {
         let mut s = Settings::default();
         s.set_initial_window_size(Some(1 << 20));
@@ -586,6 +652,7 @@ mod tests {
                     Out::GoAway(f) => f.into(),
                     Out::Settings(f) => (*f).into(),
                     Out::SettingsAck(_) => Settings::ack().into(),
+                    Out::Request(_) => unreachable!("not in every_kind"),
                 })
                 .collect::<Vec<Frame>>()
         );
