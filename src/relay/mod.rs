@@ -1542,15 +1542,10 @@ where
                     self.host.answered(&mut call.host);
                 }
                 call.down.ended = eos;
-                // Rebuilt, not passed on: the codec keeps the frame's flags as
-                // received (PADDED, PRIORITY), which would misframe the block
-                // it re-encodes without them.
-                let (pseudo, fields) = h.into_parts();
-                let mut out = Headers::new(StreamId::from(id), pseudo, fields);
-                if eos {
-                    out.set_end_stream();
-                }
-                call.down.queue.push_back(out.into());
+                // Passed on as read: the writer takes only the stream id,
+                // END_STREAM and the fields from it (none of the flags it was
+                // received with, such as PADDED or PRIORITY).
+                call.down.queue.push_back(h.into());
                 self.release_down(id);
             }
             Frame::Data(d) => {

@@ -600,6 +600,35 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_relayed_head_keeps_none_of_the_flags_it_was_read_with() {
+        // HEADERS on stream 1: END_STREAM, END_HEADERS, PADDED (3 bytes) and
+        // PRIORITY; :status 200 and `a: b`.
+        let block = [0x88, 0x00, 0x01, b'a', 0x01, b'b'];
+        let mut payload = vec![3, 0, 0, 0, 0, 16];
+        payload.extend_from_slice(&block);
+        payload.extend_from_slice(&[0; 3]);
+        let mut raw = head_bytes(payload.len(), HEADERS, 0x2d, 1).to_vec();
+        raw.extend_from_slice(&payload);
+        let mut read_back = read(&raw).await;
+        let Some(Frame::Headers(h)) = read_back.pop() else {
+            panic!("HEADERS")
+        };
+        let mut w = Writer::new();
+        w.frame(Out::Headers(Box::new(h))).unwrap();
+        let bytes = wire(&mut w);
+        assert_eq!(bytes[3..5], [HEADERS, END_STREAM | END_HEADERS]);
+        let mut again = read(&bytes).await;
+        let Some(Frame::Headers(h)) = again.pop() else {
+            panic!("HEADERS")
+        };
+        assert!(h.is_end_stream());
+        let (p, f) = h.into_parts();
+        assert_eq!(p.status, Some(StatusCode::OK));
+        assert_eq!(f.len(), 1);
+        assert_eq!(f["a"], "b");
+    }
+
     fn every_kind() -> Vec<Out> {
         let mut s = Settings::default();
         s.set_initial_window_size(Some(1 << 20));
