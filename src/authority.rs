@@ -26,14 +26,13 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::relay::hpack;
+use crate::relay::write::{header_frames, CONTINUATION, END_HEADERS, END_STREAM, HEADERS};
+
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const HEADERS: u8 = 0x1;
-const CONTINUATION: u8 = 0x9;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
 /// Largest frame we buffer (the server advertises 16 KiB; anything far larger is
@@ -233,30 +232,9 @@ impl<T> NormalizeAuthority<T> {
             }
             self.rewriting = true;
         }
-        let mut out = BytesMut::with_capacity(block.len() + 9);
-        let mut chunks = block.chunks(OUT_FRAME).peekable();
-        let mut first = true;
-        if block.is_empty() {
-            let flags = END_HEADERS | if p.end_stream { END_STREAM } else { 0 };
-            frame_header(&mut out, 0, HEADERS, flags, p.stream);
-            self.out.push_back(out.freeze());
-            return Ok(());
-        }
-        while let Some(chunk) = chunks.next() {
-            let last = chunks.peek().is_none();
-            let (kind, mut flags) = if first {
-                (HEADERS, if p.end_stream { END_STREAM } else { 0 })
-            } else {
-                (CONTINUATION, 0)
-            };
-            if last {
-                flags |= END_HEADERS;
-            }
-            frame_header(&mut out, chunk.len(), kind, flags, p.stream);
-            out.extend_from_slice(chunk);
-            first = false;
-        }
-        self.out.push_back(out.freeze());
+        let mut out = Vec::with_capacity(block.len() + 9);
+        header_frames(&mut out, &block, p.stream, p.end_stream, OUT_FRAME);
+        self.out.push_back(Bytes::from(out));
         Ok(())
     }
 }
@@ -270,37 +248,12 @@ fn bad() -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, "malformed HTTP/2 header frame")
 }
 
-fn frame_header(out: &mut BytesMut, len: usize, kind: u8, flags: u8, stream: u32) {
-    out.put_uint(len as u64, 3);
-    out.put_u8(kind);
-    out.put_u8(flags);
-    out.put_u32(stream);
-}
-
 /// HPACK "literal header field without indexing — new name" (RFC 7541 §6.2.2),
 /// no Huffman: the server's dynamic table is never used.
 fn literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.push(0x00);
-    integer(out, name.len(), 7, 0);
-    out.extend_from_slice(name);
-    integer(out, value.len(), 7, 0);
-    out.extend_from_slice(value);
-}
-
-/// HPACK integer with an `n`-bit prefix (RFC 7541 §5.1).
-fn integer(out: &mut Vec<u8>, mut v: usize, n: u8, first_bits: u8) {
-    let max = (1usize << n) - 1;
-    if v < max {
-        out.push(first_bits | v as u8);
-        return;
-    }
-    out.push(first_bits | max as u8);
-    v -= max;
-    while v >= 128 {
-        out.push((v % 128) as u8 | 0x80);
-        v /= 128;
-    }
-    out.push(v as u8);
+    hpack::string(out, name);
+    hpack::string(out, value);
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for NormalizeAuthority<T> {

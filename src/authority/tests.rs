@@ -3,10 +3,9 @@ use tokio::io::AsyncReadExt;
 use super::*;
 
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let mut out = BytesMut::new();
-    frame_header(&mut out, payload.len(), kind, flags, stream);
+    let mut out = crate::relay::write::head_bytes(payload.len(), kind, flags, stream).to_vec();
     out.extend_from_slice(payload);
-    out.to_vec()
+    out
 }
 
 async fn run(input: &[u8]) -> io::Result<Vec<u8>> {

@@ -19,17 +19,17 @@ use http::{HeaderMap, Method, StatusCode};
 /// A head's pseudo-header fields, borrowed from h2's `Pseudo` or from an
 /// `http` request head.
 #[derive(Clone, Copy)]
-pub struct View<'a> {
-    pub method: Option<&'a Method>,
-    pub scheme: Option<&'a str>,
-    pub authority: Option<&'a str>,
-    pub path: Option<&'a str>,
-    pub protocol: Option<&'a str>,
-    pub status: Option<StatusCode>,
+pub(super) struct View<'a> {
+    pub(super) method: Option<&'a Method>,
+    pub(super) scheme: Option<&'a str>,
+    pub(super) authority: Option<&'a str>,
+    pub(super) path: Option<&'a str>,
+    pub(super) protocol: Option<&'a str>,
+    pub(super) status: Option<StatusCode>,
 }
 
 impl<'a> View<'a> {
-    pub fn of(p: &'a Pseudo) -> View<'a> {
+    pub(super) fn of(p: &'a Pseudo) -> View<'a> {
         View {
             method: p.method.as_ref(),
             scheme: p.scheme.as_deref(),
@@ -43,7 +43,7 @@ impl<'a> View<'a> {
     /// The fields h2's `Pseudo::request` makes of a head (without
     /// `:protocol`): no `:scheme` or `:path` for CONNECT, and an empty path
     /// written as `/` (`*` for OPTIONS).
-    pub fn request(head: &'a http::request::Parts) -> View<'a> {
+    pub(super) fn request(head: &'a http::request::Parts) -> View<'a> {
         let uri = &head.uri;
         let (scheme, path) = if head.method == Method::CONNECT {
             (None, None)
@@ -73,7 +73,7 @@ const TABLE: usize = 4096;
 const ENTRY_OVERHEAD: usize = 32;
 
 /// One connection's encoder: a mirror of the peer decoder's dynamic table.
-pub struct Encoder {
+pub(super) struct Encoder {
     /// Oldest first; the newest is index 62.
     table: VecDeque<Entry>,
     /// The table's size by RFC 7541's count.
@@ -147,7 +147,7 @@ impl Encoder {
     /// The peer's SETTINGS_HEADER_TABLE_SIZE. A smaller table takes effect at
     /// once (entries beyond it are gone from the peer's table as soon as it
     /// reads the size update this queues).
-    pub fn set_max_size(&mut self, limit: usize) {
+    pub(super) fn set_max_size(&mut self, limit: usize) {
         let max = limit.min(TABLE);
         if max == self.max {
             return;
@@ -160,7 +160,7 @@ impl Encoder {
 
     /// Appends the block for a head: pseudo-header fields first (RFC 9113
     /// §8.3), in h2's order.
-    pub fn block(&mut self, pseudo: View<'_>, fields: &HeaderMap, dst: &mut Vec<u8>) {
+    pub(super) fn block(&mut self, pseudo: View<'_>, fields: &HeaderMap, dst: &mut Vec<u8>) {
         if let Some((low, max)) = self.update.take() {
             if low < max {
                 int(dst, 0x20, 5, low);
@@ -179,27 +179,27 @@ impl Encoder {
             match m.as_str() {
                 "GET" => int(dst, 0x80, 7, 2),
                 "POST" => int(dst, 0x80, 7, 3),
-                m => self.field(b":method", Some(2), m.as_bytes(), Mode::Index, dst),
+                m => self.field(b":method", m.as_bytes(), Mode::Index, dst),
             }
         }
         if let Some(s) = pseudo.scheme {
             match s {
                 "http" => int(dst, 0x80, 7, 6),
                 "https" => int(dst, 0x80, 7, 7),
-                s => self.field(b":scheme", Some(6), s.as_bytes(), Mode::Index, dst),
+                s => self.field(b":scheme", s.as_bytes(), Mode::Index, dst),
             }
         }
         if let Some(a) = pseudo.authority {
-            self.field(b":authority", Some(1), a.as_bytes(), Mode::Index, dst);
+            self.field(b":authority", a.as_bytes(), Mode::Index, dst);
         }
         if let Some(p) = pseudo.path {
             match p {
                 "/" => int(dst, 0x80, 7, 4),
-                p => self.field(b":path", Some(4), p.as_bytes(), Mode::Index, dst),
+                p => self.field(b":path", p.as_bytes(), Mode::Index, dst),
             }
         }
         if let Some(p) = pseudo.protocol {
-            self.field(b":protocol", None, p.as_bytes(), Mode::Index, dst);
+            self.field(b":protocol", p.as_bytes(), Mode::Index, dst);
         }
         if let Some(s) = pseudo.status {
             match s.as_u16() {
@@ -210,13 +210,7 @@ impl Encoder {
                 400 => int(dst, 0x80, 7, 12),
                 404 => int(dst, 0x80, 7, 13),
                 500 => int(dst, 0x80, 7, 14),
-                _ => self.field(
-                    b":status",
-                    Some(8),
-                    s.as_str().as_bytes(),
-                    Mode::Literal,
-                    dst,
-                ),
+                _ => self.field(b":status", s.as_str().as_bytes(), Mode::Literal, dst),
             }
         }
         for (name, value) in fields {
@@ -228,19 +222,11 @@ impl Encoder {
             } else {
                 Mode::Index
             };
-            self.field(name.as_bytes(), None, value.as_bytes(), mode, dst);
+            self.field(name.as_bytes(), value.as_bytes(), mode, dst);
         }
     }
 
-    fn field(
-        &mut self,
-        name: &[u8],
-        static_index: Option<usize>,
-        value: &[u8],
-        mode: Mode,
-        dst: &mut Vec<u8>,
-    ) {
-        let mut mode = mode;
+    fn field(&mut self, name: &[u8], value: &[u8], mut mode: Mode, dst: &mut Vec<u8>) {
         let (kind, place) = self.cursor;
         self.cursor.1 += 1;
         if mode == Mode::Index {
@@ -285,8 +271,7 @@ impl Encoder {
             Mode::Never => (0x10, 4),
         };
         // Looked up only for a literal: most fields are found in the table.
-        let static_index = static_index.or_else(|| static_name(name));
-        match static_index {
+        match static_name(name) {
             Some(i) => int(dst, flags, prefix, i),
             None => {
                 dst.push(flags);
@@ -316,9 +301,9 @@ fn per_call(name: &str) -> bool {
     )
 }
 
-/// An integer with an `prefix`-bit prefix, the byte's other bits `flags`
+/// An integer with a `prefix`-bit prefix, the byte's other bits `flags`
 /// (RFC 7541 §5.1).
-fn int(dst: &mut Vec<u8>, flags: u8, prefix: u8, value: usize) {
+pub(crate) fn int(dst: &mut Vec<u8>, flags: u8, prefix: u8, value: usize) {
     let max = (1usize << prefix) - 1;
     if value < max {
         dst.push(flags | value as u8);
@@ -334,7 +319,7 @@ fn int(dst: &mut Vec<u8>, flags: u8, prefix: u8, value: usize) {
 }
 
 /// A string literal, not Huffman-coded (RFC 7541 §5.2).
-fn string(dst: &mut Vec<u8>, s: &[u8]) {
+pub(crate) fn string(dst: &mut Vec<u8>, s: &[u8]) {
     int(dst, 0, 7, s.len());
     dst.extend_from_slice(s);
 }
@@ -343,6 +328,11 @@ fn string(dst: &mut Vec<u8>, s: &[u8]) {
 /// (RFC 7541 Appendix A).
 fn static_name(name: &[u8]) -> Option<usize> {
     Some(match name {
+        b":authority" => 1,
+        b":method" => 2,
+        b":path" => 4,
+        b":scheme" => 6,
+        b":status" => 8,
         b"accept-charset" => 15,
         b"accept-encoding" => 16,
         b"accept-language" => 17,

@@ -18,9 +18,9 @@
 //! Backends are trusted to speak HTTP/2 but still held to the windows the
 //! relay advertised them, so a faulty one cannot make it buffer without bound.
 
-mod hpack;
+pub(crate) mod hpack;
 mod sniff;
-mod write;
+pub(crate) mod write;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -563,6 +563,16 @@ where
 
     /// Timers: the end of a graceful close's grace, the keep-alive, the
     /// drain bound of a flooding client. `Ready` ends the connection.
+    /// A backend connection went idle at `now`: the sweep closes it after
+    /// `BACKEND_IDLE`, unless the sweep is already due sooner.
+    fn arm_sweep(&mut self, now: tokio::time::Instant) {
+        if !self.sweep_armed {
+            self.sweep_armed = true;
+            self.timers_dirty = true;
+            self.sweep.as_mut().reset(now + BACKEND_IDLE);
+        }
+    }
+
     fn poll_timers(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         while self.sweep_armed && self.sweep.as_mut().poll(cx).is_ready() {
             let now = tokio::time::Instant::now();
@@ -815,14 +825,9 @@ where
             side.credit += queued_data(&call.down.queue);
         }
         b.calls -= 1;
-        if b.calls == 0 {
-            let now = tokio::time::Instant::now();
-            b.idle_since = Some(now);
-            if !self.sweep_armed {
-                self.sweep_armed = true;
-                self.timers_dirty = true;
-                self.sweep.as_mut().reset(now + BACKEND_IDLE);
-            }
+        let idle = (b.calls == 0).then(tokio::time::Instant::now);
+        if idle.is_some() {
+            b.idle_since = idle;
         }
         if call.opened {
             b.open -= 1;
@@ -836,6 +841,9 @@ where
         if b.draining && b.calls == 0 {
             // Its backend said GOAWAY and its last call is over.
             b.state = ConnState::Gone;
+        }
+        if let Some(now) = idle {
+            self.arm_sweep(now);
         }
         self.open_waiting(call.conn);
     }
@@ -1285,11 +1293,7 @@ where
                         // Its calls ended while it was dialed: idle from now.
                         let now = tokio::time::Instant::now();
                         self.conns[i].idle_since = Some(now);
-                        if !self.sweep_armed {
-                            self.sweep_armed = true;
-                            self.timers_dirty = true;
-                            self.sweep.as_mut().reset(now + BACKEND_IDLE);
-                        }
+                        self.arm_sweep(now);
                     }
                     self.open_waiting(i);
                 }

@@ -28,16 +28,16 @@ const SLICES: usize = 64;
 
 const HEAD: usize = 9;
 const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
+pub(crate) const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
 const GOAWAY: u8 = 0x7;
 const WINDOW_UPDATE: u8 = 0x8;
-const CONTINUATION: u8 = 0x9;
-const END_STREAM: u8 = 0x1;
+pub(crate) const CONTINUATION: u8 = 0x9;
+pub(crate) const END_STREAM: u8 = 0x1;
 const ACK: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
+pub(crate) const END_HEADERS: u8 = 0x4;
 /// HTTP/2's smallest SETTINGS_MAX_FRAME_SIZE, every peer's initial one.
 const DEFAULT_MAX_FRAME: usize = 16 << 10;
 
@@ -45,21 +45,21 @@ const DEFAULT_MAX_FRAME: usize = 16 << 10;
 /// that govern encoding, applied once the acknowledgement is encoded, so every
 /// header block after it on the wire (and none before) uses them.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Ack {
-    pub max_frame_size: Option<u32>,
-    pub header_table_size: Option<u32>,
+pub(super) struct Ack {
+    pub(super) max_frame_size: Option<u32>,
+    pub(super) header_table_size: Option<u32>,
 }
 
 /// A request head for a backend, written from the decided parts as they are
 /// (h2's `Headers` would copy the path and authority into new buffers first).
 #[derive(Debug)]
-pub struct Request {
-    pub id: u32,
-    pub end_stream: bool,
-    pub head: http::request::Parts,
+pub(super) struct Request {
+    pub(super) id: u32,
+    pub(super) end_stream: bool,
+    pub(super) head: http::request::Parts,
 }
 
-pub struct Writer {
+pub(super) struct Writer {
     buf: Vec<u8>,
     /// Bytes of `buf` already written.
     done: usize,
@@ -72,7 +72,7 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn new() -> Writer {
+    pub(super) fn new() -> Writer {
         Writer {
             buf: Vec::new(),
             done: 0,
@@ -87,7 +87,7 @@ impl Writer {
     /// whole buffer counts, written part included: it is cleared only once
     /// all of it is out, so a peer that keeps reading slowly cannot make it
     /// grow (h2's writer did the same).
-    pub fn has_room(&self) -> bool {
+    pub(super) fn has_room(&self) -> bool {
         self.buf.len() + self.chained_len < ROOM
     }
 
@@ -97,7 +97,7 @@ impl Writer {
 
     /// Encodes a frame. `Err` for a DATA payload larger than the peer's
     /// frame size: the relay never makes one, so it is a bug, not the peer's.
-    pub fn frame(&mut self, f: Out) -> io::Result<()> {
+    pub(super) fn frame(&mut self, f: Out) -> io::Result<()> {
         match f {
             Out::Data(d) => {
                 let len = d.payload().len();
@@ -165,10 +165,6 @@ impl Writer {
                 }
             }
             Out::Settings(s) => {
-                if s.is_ack() {
-                    head(&mut self.buf, 0, SETTINGS, ACK, 0);
-                    return Ok(());
-                }
                 let values = [
                     (1, s.header_table_size()),
                     (2, s.is_push_enabled().map(u32::from)),
@@ -179,7 +175,8 @@ impl Writer {
                     (8, s.is_extended_connect_protocol_enabled().map(u32::from)),
                 ];
                 let n = values.iter().filter(|(_, v)| v.is_some()).count();
-                head(&mut self.buf, 6 * n, SETTINGS, 0, 0);
+                let flags = if s.is_ack() { ACK } else { 0 };
+                head(&mut self.buf, 6 * n, SETTINGS, flags, 0);
                 for (id, v) in values {
                     if let Some(v) = v {
                         self.buf.extend_from_slice(&u16::to_be_bytes(id));
@@ -199,12 +196,14 @@ impl Writer {
         end_stream: bool,
         encode: impl FnOnce(&mut hpack::Encoder, &mut Vec<u8>),
     ) {
-        let end = if end_stream { END_STREAM } else { 0 };
+        // Encoded in place behind a head filled in after; only a block too
+        // large for one frame is moved out and framed again.
         let start = self.buf.len();
         self.buf.extend_from_slice(&[0; HEAD]);
         encode(&mut self.hpack, &mut self.buf);
         let len = self.buf.len() - start - HEAD;
         if len <= self.max_frame {
+            let end = if end_stream { END_STREAM } else { 0 };
             self.buf[start..start + HEAD].copy_from_slice(&head_bytes(
                 len,
                 HEADERS,
@@ -215,22 +214,11 @@ impl Writer {
         }
         let block = self.buf.split_off(start + HEAD);
         self.buf.truncate(start);
-        let mut parts = block.chunks(self.max_frame).peekable();
-        let mut kind = HEADERS;
-        let mut flags = end;
-        while let Some(part) = parts.next() {
-            if parts.peek().is_none() {
-                flags |= END_HEADERS;
-            }
-            head(&mut self.buf, part.len(), kind, flags, id);
-            self.buf.extend_from_slice(part);
-            kind = CONTINUATION;
-            flags = 0;
-        }
+        header_frames(&mut self.buf, &block, id, end_stream, self.max_frame);
     }
 
     /// Writes out everything encoded, one vectored write at a time.
-    pub fn poll_write<T: AsyncWrite + Unpin>(
+    pub(super) fn poll_write<T: AsyncWrite + Unpin>(
         &mut self,
         io: &mut T,
         cx: &mut Context<'_>,
@@ -297,12 +285,38 @@ impl Writer {
     }
 }
 
+/// A header block as a HEADERS frame and, past `max_frame` bytes,
+/// CONTINUATION frames (RFC 9113 §6.10); an empty block is one empty HEADERS.
+pub(crate) fn header_frames(
+    dst: &mut Vec<u8>,
+    block: &[u8],
+    id: u32,
+    end_stream: bool,
+    max_frame: usize,
+) {
+    let mut kind = HEADERS;
+    let mut flags = if end_stream { END_STREAM } else { 0 };
+    let mut rest = block;
+    loop {
+        let (part, next) = rest.split_at(rest.len().min(max_frame));
+        if next.is_empty() {
+            flags |= END_HEADERS;
+        }
+        head(dst, part.len(), kind, flags, id);
+        dst.extend_from_slice(part);
+        if next.is_empty() {
+            return;
+        }
+        (kind, flags, rest) = (CONTINUATION, 0, next);
+    }
+}
+
 /// A frame head (RFC 9113 §4.1); stream ids here are below 2^31.
 fn head(dst: &mut Vec<u8>, len: usize, kind: u8, flags: u8, id: u32) {
     dst.extend_from_slice(&head_bytes(len, kind, flags, id));
 }
 
-fn head_bytes(len: usize, kind: u8, flags: u8, id: u32) -> [u8; HEAD] {
+pub(crate) fn head_bytes(len: usize, kind: u8, flags: u8, id: u32) -> [u8; HEAD] {
     let l = (len as u32).to_be_bytes();
     let i = id.to_be_bytes();
     [l[1], l[2], l[3], kind, flags, i[0], i[1], i[2], i[3]]
