@@ -714,6 +714,13 @@ mod tests {
         }
     }
 
+    #[test]
+    fn an_empty_block_is_one_empty_headers_frame() {
+        let mut out = Vec::new();
+        header_frames(&mut out, &[], 3, true, DEFAULT_MAX_FRAME);
+        assert_eq!(out, head_bytes(0, HEADERS, END_STREAM | END_HEADERS, 3));
+    }
+
     fn every_kind() -> Vec<Out> {
         let mut s = Settings::default();
         s.set_initial_window_size(Some(1 << 20));
