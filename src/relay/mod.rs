@@ -18,8 +18,10 @@
 //! Backends are trusted to speak HTTP/2 but still held to the windows the
 //! relay advertised them, so a faulty one cannot make it buffer without bound.
 
+mod decode;
 pub(crate) mod hpack;
-mod sniff;
+mod huffman;
+mod read;
 pub(crate) mod write;
 
 use std::collections::{HashMap, VecDeque};
@@ -30,15 +32,11 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::Stream as _;
 use h2::frame::{
-    Data, Frame, GoAway, Headers, Ping, Pseudo, Reason, Reset, Settings, StreamId, WindowUpdate,
+    Data, GoAway, Headers, Ping, Pseudo, Reason, Reset, Settings, StreamId, WindowUpdate,
 };
-use h2::Codec;
 use http::{HeaderMap, Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-
-pub use sniff::Sniff;
 
 use crate::grpc;
 
@@ -165,10 +163,11 @@ pub trait Host {
     }
 }
 
-/// One peer: its codec (read), its writer, the frames cleared to go to it,
-/// its windows.
+/// One peer: its connection, reader and writer, the frames cleared to go to
+/// it, its windows.
 struct Side<T> {
-    codec: Codec<Sniff<T>, Bytes>,
+    io: T,
+    read: read::Reader,
     write: write::Writer,
     out: VecDeque<Out>,
     /// DATA bytes in `out`.
@@ -189,9 +188,10 @@ struct Side<T> {
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Side<T> {
-    fn new(io: T, recv_window: i64) -> Side<T> {
+    fn new(io: T, recv_window: i64, max_header_list_size: u32) -> Side<T> {
         Side {
-            codec: Codec::new(Sniff::new(io)),
+            io,
+            read: read::Reader::new(max_header_list_size as usize),
             write: write::Writer::new(),
             out: VecDeque::new(),
             out_data: 0,
@@ -209,7 +209,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Side<T> {
         let mut any = false;
         while !self.out.is_empty() {
             if !self.write.has_room() {
-                if let Poll::Ready(Err(e)) = self.write.poll_write(self.codec.get_mut(), cx) {
+                if let Poll::Ready(Err(e)) = self.write.poll_write(&mut self.io, cx) {
                     return Err(e);
                 }
                 if !self.write.has_room() {
@@ -229,8 +229,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Side<T> {
 
     /// Writes out what the writer holds and flushes the connection.
     fn flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.write.poll_write(self.codec.get_mut(), cx))?;
-        Pin::new(self.codec.get_mut()).poll_flush(cx)
+        ready!(self.write.poll_write(&mut self.io, cx))?;
+        Pin::new(&mut self.io).poll_flush(cx)
     }
 
     /// For the client's side: whether the relay stops reading the backends.
@@ -266,16 +266,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Side<T> {
             header_table_size: s.header_table_size(),
         }));
         Ok(())
-    }
-
-    /// The flow-controlled length of a DATA frame just read (padding included).
-    fn data_len(&mut self, d: &Data) -> i64 {
-        let n = self
-            .codec
-            .get_mut()
-            .next_data()
-            .map_or(d.payload().len(), |n| n as usize);
-        n as i64
     }
 }
 
@@ -464,9 +454,7 @@ where
 {
     /// A relay for a client whose preface was read (see [`read_preface`]).
     pub fn new(client: C, host: H, opts: Options) -> Relay<C, H> {
-        let mut c = Side::new(client, CONN_WINDOW);
-        c.codec
-            .set_max_recv_header_list_size(opts.max_header_list_size as usize);
+        let mut c = Side::new(client, CONN_WINDOW, opts.max_header_list_size);
         let mut ours = Settings::default();
         ours.set_initial_window_size(Some(STREAM_WINDOW));
         ours.set_max_concurrent_streams(Some(opts.max_concurrent_streams));
@@ -685,7 +673,7 @@ where
                 self.read_held = true;
             }
             while !self.c.read_dry && self.c.out.len() < QUEUE && !self.backends_full() {
-                match Pin::new(&mut self.c.codec).poll_next(cx) {
+                match self.c.read.poll_next(&mut self.c.io, cx) {
                     Poll::Ready(Some(Ok(f))) => {
                         progress = true;
                         if let Err(reason) = self.client_frame(f) {
@@ -694,25 +682,22 @@ where
                         }
                     }
                     Poll::Ready(Some(Err(e))) => {
-                        // The codec's own verdict: a connection error it
-                        // already described, or a stream it could not parse.
+                        // The reader's verdict: a connection error, or a
+                        // stream it could not parse.
                         match e {
-                            h2::proto::Error::Reset(id, reason, _) => {
-                                let id = u32::from(id);
-                                if id % 2 == 1 && id > self.last_id {
+                            read::Error::Reset { id, reason, opens } => {
+                                if opens && id % 2 == 1 && id > self.last_id {
                                     // A new stream, refused at its first frame.
                                     self.last_id = id;
                                 }
                                 self.client_reset(id, reason);
                                 progress = true;
                             }
-                            h2::proto::Error::GoAway(_, reason, _) => {
+                            read::Error::GoAway(reason) => {
                                 self.go_away(reason);
                                 break;
                             }
-                            h2::proto::Error::Io(kind, _) => {
-                                return Poll::Ready(Err(io::Error::from(kind)));
-                            }
+                            read::Error::Io(e) => return Poll::Ready(Err(e)),
                         }
                     }
                     Poll::Ready(None) => return Poll::Ready(Ok(())),
@@ -763,7 +748,7 @@ where
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => return Poll::Pending,
         }
-        Pin::new(self.c.codec.get_mut())
+        Pin::new(&mut self.c.io)
             .poll_shutdown(cx)
             .map(|r| r.or(Ok(())))
     }
@@ -894,7 +879,8 @@ where
         self.scratch = ids;
     }
 
-    fn client_frame(&mut self, f: Frame) -> Result<(), Reason> {
+    fn client_frame(&mut self, f: read::Frame) -> Result<(), Reason> {
+        use read::Frame;
         match f {
             Frame::Settings(s) => {
                 let windows = self.calls.values_mut().map(|c| &mut c.down.send_window);
@@ -940,8 +926,13 @@ where
                     return Err(Reason::PROTOCOL_ERROR);
                 }
             }
-            Frame::Headers(h) => return self.client_headers(h),
-            Frame::Data(d) => return self.client_data(d),
+            Frame::Headers(h, over_size) => return self.client_headers(h, over_size),
+            Frame::Data {
+                id,
+                end_stream,
+                payload,
+                len,
+            } => return self.client_data(id, end_stream, payload, len),
             Frame::Reset(r) => {
                 let id = u32::from(r.stream_id());
                 if id == 0 || id > self.last_id {
@@ -964,13 +955,13 @@ where
                 // No new calls; those in flight finish.
                 self.refusing = true;
             }
-            Frame::Priority(_) => {}
-            Frame::PushPromise(_) => return Err(Reason::PROTOCOL_ERROR),
+            Frame::Priority => {}
+            Frame::PushPromise => return Err(Reason::PROTOCOL_ERROR),
         }
         Ok(())
     }
 
-    fn client_headers(&mut self, h: Headers) -> Result<(), Reason> {
+    fn client_headers(&mut self, h: Box<Headers>, over_size: bool) -> Result<(), Reason> {
         let id = u32::from(h.stream_id());
         let eos = h.is_end_stream();
         if id % 2 == 0 {
@@ -995,7 +986,7 @@ where
         }
         if id <= self.last_id {
             // A header block on a stream that is over (decoded for the
-            // connection's HPACK state by the codec): a stream error, so a
+            // connection's HPACK state by the reader): a stream error, so a
             // client reusing an id learns at once.
             self.client_reset(id, Reason::STREAM_CLOSED);
             return Ok(());
@@ -1005,7 +996,7 @@ where
             self.client_reset(id, Reason::REFUSED_STREAM);
             return Ok(());
         }
-        if h.is_over_size() {
+        if over_size {
             // h2's answer: 431, and the stream is over.
             let mut r = Headers::new(
                 StreamId::from(id),
@@ -1089,9 +1080,8 @@ where
         Ok(())
     }
 
-    fn client_data(&mut self, d: Data) -> Result<(), Reason> {
-        let id = u32::from(d.stream_id());
-        let len = self.c.data_len(&d);
+    fn client_data(&mut self, id: u32, eos: bool, payload: Bytes, len: u32) -> Result<(), Reason> {
+        let len = i64::from(len);
         if len > self.c.recv_window {
             return Err(Reason::FLOW_CONTROL_ERROR);
         }
@@ -1099,7 +1089,6 @@ where
         if id > self.last_id {
             return Err(Reason::PROTOCOL_ERROR);
         }
-        let eos = d.is_end_stream();
         let Some(call) = self.calls.get_mut(&id) else {
             // A stream that is over (answered, reset): its data is dropped,
             // and the connection window it took given back.
@@ -1117,7 +1106,7 @@ where
             return Ok(());
         }
         call.up.recv_window -= len;
-        call.received += d.payload().len() as u64;
+        call.received += payload.len() as u64;
         if let Some(n) = call.content_length {
             if call.received > n || (eos && call.received != n) {
                 self.c.credit += len;
@@ -1126,12 +1115,12 @@ where
             }
         }
         // Padding is not forwarded; its share of the window is owed back now.
-        let payload = d.payload().len() as i64;
-        self.c.credit += len - payload;
-        call.up.credit += len - payload;
+        let n = payload.len() as i64;
+        self.c.credit += len - n;
+        call.up.credit += len - n;
         call.up.ended = eos;
-        if payload > 0 || eos {
-            let mut fwd = Data::new(StreamId::from(id), d.into_payload());
+        if n > 0 || eos {
+            let mut fwd = Data::new(StreamId::from(id), payload);
             fwd.set_end_stream(eos);
             enqueue(&mut call.up, fwd.into());
         }
@@ -1279,9 +1268,7 @@ where
                 Poll::Pending => {}
                 Poll::Ready(Ok(io)) => {
                     progress = true;
-                    let mut side = Side::new(io, CONN_WINDOW);
-                    side.codec
-                        .set_max_recv_header_list_size(self.opts.max_header_list_size as usize);
+                    let mut side = Side::new(io, CONN_WINDOW, self.opts.max_header_list_size);
                     let mut ours = Settings::default();
                     ours.set_initial_window_size(Some(STREAM_WINDOW));
                     ours.set_enable_push(false);
@@ -1333,7 +1320,7 @@ where
                 if side.read_dry || side.out.len() >= QUEUE {
                     break;
                 }
-                match Pin::new(&mut side.codec).poll_next(cx) {
+                match side.read.poll_next(&mut side.io, cx) {
                     Poll::Ready(Some(Ok(f))) => {
                         progress = true;
                         if let Err(why) = self.backend_frame(i, f) {
@@ -1343,8 +1330,8 @@ where
                     Poll::Ready(Some(Err(e))) => {
                         progress = true;
                         match e {
-                            h2::proto::Error::Reset(id, reason, _) => {
-                                self.backend_reset(i, u32::from(id), reason);
+                            read::Error::Reset { id, reason, .. } => {
+                                self.backend_reset(i, id, reason);
                             }
                             other => self.conn_failed(i, &format!("{other:?}")),
                         }
@@ -1480,7 +1467,8 @@ where
     }
 
     /// `Err` fails the backend connection.
-    fn backend_frame(&mut self, i: usize, f: Frame) -> Result<(), String> {
+    fn backend_frame(&mut self, i: usize, f: read::Frame) -> Result<(), String> {
+        use read::Frame;
         match f {
             Frame::Settings(s) => {
                 if !s.is_ack() {
@@ -1526,7 +1514,7 @@ where
                     self.settle(id);
                 }
             }
-            Frame::Headers(h) => {
+            Frame::Headers(h, over_size) => {
                 let id = u32::from(h.stream_id());
                 let Some(call) = self.calls.get_mut(&id).filter(|c| c.conn == i) else {
                     return Ok(());
@@ -1535,8 +1523,8 @@ where
                     return Err(format!("HEADERS on stream {id} after its end"));
                 }
                 let eos = h.is_end_stream();
-                if h.is_over_size() {
-                    // Fields past the limit were dropped by the codec: passing
+                if over_size {
+                    // Fields past the limit were dropped by the reader: passing
                     // on the rest could lose grpc-status itself.
                     self.backend_reset(i, id, Reason::INTERNAL_ERROR);
                     return Ok(());
@@ -1549,19 +1537,23 @@ where
                 // Passed on as read: the writer takes only the stream id,
                 // END_STREAM and the fields from it (none of the flags it was
                 // received with, such as PADDED or PRIORITY).
-                call.down.queue.push_back(h.into());
+                call.down.queue.push_back(Out::Headers(h));
                 self.release_down(id);
             }
-            Frame::Data(d) => {
+            Frame::Data {
+                id,
+                end_stream: eos,
+                payload,
+                len,
+            } => {
                 let ConnState::Up(side) = &mut self.conns[i].state else {
                     return Ok(());
                 };
-                let len = side.data_len(&d);
+                let len = i64::from(len);
                 if len > side.recv_window {
                     return Err("backend overran the connection window".into());
                 }
                 side.recv_window -= len;
-                let id = u32::from(d.stream_id());
                 let Some(call) = self.calls.get_mut(&id).filter(|c| c.conn == i) else {
                     side.credit += len;
                     return Ok(());
@@ -1573,13 +1565,12 @@ where
                 }
                 call.down.recv_window -= len;
                 call.down_data = true;
-                let payload = d.payload().len() as i64;
-                side.credit += len - payload;
-                call.down.credit += len - payload;
-                let eos = d.is_end_stream();
+                let n = payload.len() as i64;
+                side.credit += len - n;
+                call.down.credit += len - n;
                 call.down.ended = eos;
-                if payload > 0 || eos {
-                    let mut fwd = Data::new(StreamId::from(id), d.into_payload());
+                if n > 0 || eos {
+                    let mut fwd = Data::new(StreamId::from(id), payload);
                     fwd.set_end_stream(eos);
                     enqueue(&mut call.down, fwd.into());
                 }
@@ -1606,8 +1597,8 @@ where
                     return Err(format!("GOAWAY {:?}", g.reason()));
                 }
             }
-            Frame::Priority(_) => {}
-            Frame::PushPromise(_) => return Err("PUSH_PROMISE".into()),
+            Frame::Priority => {}
+            Frame::PushPromise => return Err("PUSH_PROMISE".into()),
         }
         Ok(())
     }

@@ -1,0 +1,452 @@
+//! HPACK decoding (RFC 7541) of the header blocks the relay reads, with
+//! RFC 9113's rules for the fields in them (§8.2, §8.3).
+//!
+//! h2's decoder was the largest cost left per call (7.4k of 30.4k
+//! instructions at 4×64, docs/PERFORMANCE.md): it re-validates and re-parses
+//! a field each time the peer sends it indexed. Here a table entry keeps its
+//! field parsed and judged — a `HeaderName` and `HeaderValue`, a `Method`, a
+//! `:path` checked as UTF-8, or the verdict that it is malformed — so an
+//! indexed field, most of a gRPC connection's fields after its first call,
+//! costs a clone.
+//!
+//! A malformed field fails its block (a stream error), but only once the
+//! whole block is decoded: the table must stay the one the peer's encoder
+//! has. Anything the encoding itself gets wrong fails the connection
+//! (COMPRESSION_ERROR).
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use h2::frame::{BytesStr, Pseudo};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+
+use super::huffman;
+
+/// The table size this side allows: RFC 7541's default, as the relay never
+/// sends SETTINGS_HEADER_TABLE_SIZE.
+pub(crate) const TABLE: usize = 4096;
+/// RFC 7541 §4.1's per-entry overhead, also counted in a header list's size
+/// (RFC 9113 §6.5.2).
+const ENTRY_OVERHEAD: usize = 32;
+/// Continuation bytes of an integer: 4 take it past 2^28, far past any
+/// length or index a block may hold.
+const MAX_INT_BYTES: u32 = 4;
+
+/// A decoding error: the connection's HPACK state is lost.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Error {
+    Compression,
+    /// The block decoded, but a field in it breaks RFC 9113's rules.
+    Malformed,
+}
+
+/// A decoded header block.
+#[derive(Debug, Default)]
+pub(crate) struct Block {
+    pub pseudo: Pseudo,
+    pub fields: HeaderMap,
+    /// The decoded list exceeded the limit: fields past it were dropped.
+    pub over_size: bool,
+}
+
+/// What a field's name is.
+#[derive(Clone, Debug)]
+enum Name {
+    Method,
+    Scheme,
+    Authority,
+    Path,
+    Status,
+    /// `:protocol` (extended CONNECT, which the relay does not offer) and
+    /// unknown pseudo-headers, and names RFC 9113 forbids: any use of such a
+    /// name makes a block malformed.
+    Refused,
+    Regular(HeaderName),
+}
+
+/// A field, judged.
+#[derive(Clone, Debug)]
+enum Field {
+    Method(Method),
+    Scheme(BytesStr),
+    Authority(BytesStr),
+    Path(BytesStr),
+    Status(StatusCode),
+    Regular(HeaderName, HeaderValue),
+    Malformed,
+}
+
+#[derive(Debug)]
+struct Entry {
+    name: Name,
+    /// RFC 7541 §4.1's size: name and value lengths plus 32.
+    size: usize,
+    /// Name length (for a literal naming this entry).
+    name_len: usize,
+    field: Field,
+}
+
+pub(crate) struct Decoder {
+    /// Newest first.
+    table: VecDeque<Entry>,
+    size: usize,
+    max: usize,
+}
+
+impl Default for Decoder {
+    fn default() -> Decoder {
+        Decoder {
+            table: VecDeque::new(),
+            size: 0,
+            max: TABLE,
+        }
+    }
+}
+
+/// A block being built.
+struct Building {
+    block: Block,
+    list_size: usize,
+    max_list: usize,
+    regular_seen: bool,
+    malformed: bool,
+}
+
+impl Building {
+    fn add(&mut self, field: Field, size: usize) {
+        self.list_size += size;
+        if self.list_size > self.max_list {
+            self.block.over_size = true;
+        }
+        let p = &mut self.block.pseudo;
+        let taken = match &field {
+            Field::Malformed => {
+                self.malformed = true;
+                return;
+            }
+            Field::Regular(..) => {
+                self.regular_seen = true;
+                false
+            }
+            Field::Method(_) => p.method.is_some(),
+            Field::Scheme(_) => p.scheme.is_some(),
+            Field::Authority(_) => p.authority.is_some(),
+            Field::Path(_) => p.path.is_some(),
+            Field::Status(_) => p.status.is_some(),
+        };
+        // A pseudo-header twice, or after a regular field (RFC 9113 §8.3).
+        if taken || (self.regular_seen && !matches!(field, Field::Regular(..))) {
+            self.malformed = true;
+        }
+        if self.block.over_size || self.malformed {
+            return;
+        }
+        match field {
+            Field::Method(m) => p.method = Some(m),
+            Field::Scheme(s) => p.scheme = Some(s),
+            Field::Authority(s) => p.authority = Some(s),
+            Field::Path(s) => p.path = Some(s),
+            Field::Status(s) => p.status = Some(s),
+            Field::Regular(n, v) => {
+                self.block.fields.append(n, v);
+            }
+            Field::Malformed => {}
+        }
+    }
+}
+
+impl Decoder {
+    /// Decodes one whole header block. Fields past `max_list` (RFC 9113's
+    /// header list size) are decoded for the table's sake but dropped.
+    pub(crate) fn block(&mut self, mut src: &[u8], max_list: usize) -> Result<Block, Error> {
+        let mut b = Building {
+            block: Block::default(),
+            list_size: 0,
+            max_list,
+            regular_seen: false,
+            malformed: false,
+        };
+        let mut fields_seen = false;
+        while let Some(&first) = src.first() {
+            if first & 0x80 != 0 {
+                // Indexed field (§6.1).
+                let i = int(&mut src, 7)?;
+                let (field, size) = self.get(i)?;
+                b.add(field, size);
+            } else if first & 0xe0 == 0x20 {
+                // Dynamic table size update (§6.3): only before the block's
+                // first field (§4.2), and within what SETTINGS allowed.
+                if fields_seen {
+                    return Err(Error::Compression);
+                }
+                let n = int(&mut src, 5)?;
+                if n > TABLE {
+                    return Err(Error::Compression);
+                }
+                self.max = n;
+                self.evict(0);
+                continue;
+            } else {
+                // A literal (§6.2): indexed (01), not indexed (0000) or never
+                // indexed (0001).
+                let indexing = first & 0x40 != 0;
+                let i = int(&mut src, if indexing { 6 } else { 4 })?;
+                let (name, name_len) = if i == 0 {
+                    let raw = string(&mut src)?;
+                    let len = raw.len();
+                    (name(&raw), len)
+                } else {
+                    self.name(i)?
+                };
+                let value = string(&mut src)?;
+                let size = name_len + value.len() + ENTRY_OVERHEAD;
+                let field = field(&name, value);
+                if indexing {
+                    self.insert(Entry {
+                        name,
+                        size,
+                        name_len,
+                        field: field.clone(),
+                    });
+                }
+                b.add(field, size);
+            }
+            fields_seen = true;
+        }
+        if b.malformed {
+            return Err(Error::Malformed);
+        }
+        Ok(b.block)
+    }
+
+    /// The field at index `i` (static, then dynamic), and its size.
+    fn get(&self, i: usize) -> Result<(Field, usize), Error> {
+        if let Some((name, value)) = static_entry(i) {
+            let (n, len) = static_name(name);
+            let size = len + value.len() + ENTRY_OVERHEAD;
+            return Ok((field(&n, Bytes::from_static(value)), size));
+        }
+        let e = self.dynamic(i)?;
+        Ok((e.field.clone(), e.size))
+    }
+
+    /// The name at index `i`, and its length.
+    fn name(&self, i: usize) -> Result<(Name, usize), Error> {
+        if let Some((name, _)) = static_entry(i) {
+            return Ok(static_name(name));
+        }
+        let e = self.dynamic(i)?;
+        Ok((e.name.clone(), e.name_len))
+    }
+
+    fn dynamic(&self, i: usize) -> Result<&Entry, Error> {
+        i.checked_sub(STATIC.len() + 1)
+            .and_then(|i| self.table.get(i))
+            .ok_or(Error::Compression)
+    }
+
+    fn insert(&mut self, e: Entry) {
+        if e.size > self.max {
+            // Larger than the table: it empties the table (§4.4).
+            self.table.clear();
+            self.size = 0;
+            return;
+        }
+        self.evict(e.size);
+        self.size += e.size;
+        self.table.push_front(e);
+    }
+
+    /// Evicts the oldest entries until `room` more bytes fit.
+    fn evict(&mut self, room: usize) {
+        while self.size + room > self.max {
+            let Some(e) = self.table.pop_back() else {
+                break;
+            };
+            self.size -= e.size;
+        }
+    }
+}
+
+/// An integer with an `n`-bit prefix (§5.1).
+fn int(src: &mut &[u8], n: u8) -> Result<usize, Error> {
+    let (&first, rest) = src.split_first().ok_or(Error::Compression)?;
+    *src = rest;
+    let mask = (1usize << n) - 1;
+    let mut v = usize::from(first) & mask;
+    if v < mask {
+        return Ok(v);
+    }
+    for k in 0..MAX_INT_BYTES {
+        let (&b, rest) = src.split_first().ok_or(Error::Compression)?;
+        *src = rest;
+        v += usize::from(b & 0x7f) << (7 * k);
+        if b & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err(Error::Compression)
+}
+
+/// A string literal (§5.2), Huffman-coded or not, in a buffer of its own
+/// (a table entry must not hold the connection's read buffer).
+fn string(src: &mut &[u8]) -> Result<Bytes, Error> {
+    let huffman = src.first().is_some_and(|b| b & 0x80 != 0);
+    let len = int(src, 7)?;
+    if len > src.len() {
+        return Err(Error::Compression);
+    }
+    let (s, rest) = src.split_at(len);
+    *src = rest;
+    if huffman {
+        let mut out = Vec::new();
+        huffman::decode(s, &mut out).map_err(|_| Error::Compression)?;
+        Ok(Bytes::from(out))
+    } else {
+        Ok(Bytes::copy_from_slice(s))
+    }
+}
+
+/// A literal's name, judged (RFC 9113 §8.2.1, §8.3).
+fn name(raw: &[u8]) -> Name {
+    match raw {
+        b":method" => Name::Method,
+        b":scheme" => Name::Scheme,
+        b":authority" => Name::Authority,
+        b":path" => Name::Path,
+        b":status" => Name::Status,
+        // Upper case is refused, not folded: a name is sent in lower case.
+        // HeaderName refuses the rest RFC 9113 does (controls, space,
+        // colons, non-ASCII) and more: anything not an RFC 9110 token.
+        _ if raw.iter().any(u8::is_ascii_uppercase) => Name::Refused,
+        _ => HeaderName::from_bytes(raw).map_or(Name::Refused, Name::Regular),
+    }
+}
+
+/// A field of `name` with `value`, judged (RFC 9113 §8.2.1, §8.2.2, §8.3).
+fn field(name: &Name, value: Bytes) -> Field {
+    // No NUL, CR or LF anywhere, nor leading or trailing white space
+    // (§8.2.1): a backend that trims it would see another value than the
+    // policy matched.
+    let edge_space = |v: &[u8]| {
+        matches!(v.first(), Some(b' ' | b'\t')) || matches!(v.last(), Some(b' ' | b'\t'))
+    };
+    if edge_space(&value) {
+        return Field::Malformed;
+    }
+    let text = |v: Bytes| {
+        if v.iter().any(|&c| c < 0x20 || c == 0x7f) {
+            return None;
+        }
+        BytesStr::try_from(v).ok()
+    };
+    match name {
+        Name::Method => Method::from_bytes(&value).map_or(Field::Malformed, Field::Method),
+        Name::Scheme => text(value).map_or(Field::Malformed, Field::Scheme),
+        Name::Authority => text(value).map_or(Field::Malformed, Field::Authority),
+        Name::Path => text(value).map_or(Field::Malformed, Field::Path),
+        Name::Status => StatusCode::from_bytes(&value).map_or(Field::Malformed, Field::Status),
+        Name::Refused => Field::Malformed,
+        Name::Regular(n) => {
+            // Connection-specific fields (§8.2.2).
+            let connection = *n == header::CONNECTION
+                || *n == header::TRANSFER_ENCODING
+                || *n == header::UPGRADE
+                || n.as_str() == "keep-alive"
+                || n.as_str() == "proxy-connection"
+                || (*n == header::TE && value != "trailers");
+            if connection {
+                return Field::Malformed;
+            }
+            HeaderValue::from_maybe_shared(value)
+                .map_or(Field::Malformed, |v| Field::Regular(n.clone(), v))
+        }
+    }
+}
+
+/// RFC 7541 Appendix A.
+const STATIC: [(&str, &str); 61] = [
+    (":authority", ""),
+    (":method", "GET"),
+    (":method", "POST"),
+    (":path", "/"),
+    (":path", "/index.html"),
+    (":scheme", "http"),
+    (":scheme", "https"),
+    (":status", "200"),
+    (":status", "204"),
+    (":status", "206"),
+    (":status", "304"),
+    (":status", "400"),
+    (":status", "404"),
+    (":status", "500"),
+    ("accept-charset", ""),
+    ("accept-encoding", "gzip, deflate"),
+    ("accept-language", ""),
+    ("accept-ranges", ""),
+    ("accept", ""),
+    ("access-control-allow-origin", ""),
+    ("age", ""),
+    ("allow", ""),
+    ("authorization", ""),
+    ("cache-control", ""),
+    ("content-disposition", ""),
+    ("content-encoding", ""),
+    ("content-language", ""),
+    ("content-length", ""),
+    ("content-location", ""),
+    ("content-range", ""),
+    ("content-type", ""),
+    ("cookie", ""),
+    ("date", ""),
+    ("etag", ""),
+    ("expect", ""),
+    ("expires", ""),
+    ("from", ""),
+    ("host", ""),
+    ("if-match", ""),
+    ("if-modified-since", ""),
+    ("if-none-match", ""),
+    ("if-range", ""),
+    ("if-unmodified-since", ""),
+    ("last-modified", ""),
+    ("link", ""),
+    ("location", ""),
+    ("max-forwards", ""),
+    ("proxy-authenticate", ""),
+    ("proxy-authorization", ""),
+    ("range", ""),
+    ("referer", ""),
+    ("refresh", ""),
+    ("retry-after", ""),
+    ("server", ""),
+    ("set-cookie", ""),
+    ("strict-transport-security", ""),
+    ("transfer-encoding", ""),
+    ("user-agent", ""),
+    ("vary", ""),
+    ("via", ""),
+    ("www-authenticate", ""),
+];
+
+fn static_entry(i: usize) -> Option<(&'static str, &'static [u8])> {
+    let (n, v) = STATIC.get(i.checked_sub(1)?)?;
+    Some((n, v.as_bytes()))
+}
+
+/// A static name, judged: `HeaderName::from_static` knows each as a
+/// standard header, so this allocates nothing.
+fn static_name(n: &'static str) -> (Name, usize) {
+    let name = match n {
+        ":authority" => Name::Authority,
+        ":method" => Name::Method,
+        ":path" => Name::Path,
+        ":scheme" => Name::Scheme,
+        ":status" => Name::Status,
+        _ => Name::Regular(HeaderName::from_static(n)),
+    };
+    (name, n.len())
+}
+
+#[cfg(test)]
+mod tests;

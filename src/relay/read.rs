@@ -1,0 +1,448 @@
+//! The relay's reading half: HTTP/2 frames (RFC 9113 §4, §6) off one peer's
+//! connection, header blocks decoded by [`decode`](super::decode).
+//!
+//! It replaces h2's `Codec` for reading, whose length-delimited framing,
+//! frame structs and HPACK decoder were a third of the gateway's
+//! instructions per call. Frames are parsed in place in the read buffer;
+//! only a DATA payload is split off it (as `Bytes`, never copied), and only
+//! a header block spread over CONTINUATION frames is copied, to join it.
+//!
+//! Error codes follow RFC 9113 where h2 used PROTOCOL_ERROR for most
+//! (FRAME_SIZE_ERROR for a frame of the wrong length, COMPRESSION_ERROR for
+//! HPACK), and a malformed field fails its stream, not the connection.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use h2::frame::{
+    GoAway, Head, Headers, Kind, Ping, Reason, Reset, Settings, StreamId, WindowUpdate,
+};
+use tokio::io::AsyncRead;
+
+use super::decode;
+
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const PRIORITY: u8 = 0x2;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const PUSH_PROMISE: u8 = 0x5;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const WINDOW_UPDATE: u8 = 0x8;
+const CONTINUATION: u8 = 0x9;
+
+const END_STREAM: u8 = 0x1;
+const ACK: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
+const PRIORITY_FLAG: u8 = 0x20;
+
+/// The frame size this side allows: RFC 9113's default, as the relay never
+/// sends SETTINGS_MAX_FRAME_SIZE.
+const MAX_FRAME: usize = 16_384;
+/// A read asks for at least this much room (h2's read size).
+const READ: usize = 8 << 10;
+/// An encoded header block larger than this many times the header list
+/// limit fails the connection (ENHANCE_YOUR_CALM, as h2): up to it, a block
+/// over the limit is decoded and answered with 431 / a reset.
+const BLOCK_FACTOR: usize = 4;
+
+/// A frame read.
+#[derive(Debug)]
+pub(crate) enum Frame {
+    /// DATA, padding removed; `len` is the flow-controlled length (padding
+    /// included).
+    Data {
+        id: u32,
+        end_stream: bool,
+        payload: Bytes,
+        len: u32,
+    },
+    /// A whole header block; `true` if its fields went past the header list
+    /// limit (those past it were dropped).
+    Headers(Box<Headers>, bool),
+    Priority,
+    Reset(Reset),
+    Settings(Settings),
+    Ping(Ping),
+    GoAway(GoAway),
+    WindowUpdate(WindowUpdate),
+    PushPromise,
+}
+
+#[derive(Debug)]
+pub(crate) enum Error {
+    /// A connection error.
+    GoAway(Reason),
+    /// A stream error; `opens` if it came with the stream's first header
+    /// block (the stream is then no longer idle).
+    Reset {
+        id: u32,
+        reason: Reason,
+        opens: bool,
+    },
+    Io(io::Error),
+}
+
+/// A header block awaiting its CONTINUATION frames.
+struct Open {
+    id: u32,
+    end_stream: bool,
+    self_dependent: bool,
+    fragment: Vec<u8>,
+    continuations: usize,
+}
+
+pub(crate) struct Reader {
+    buf: BytesMut,
+    /// What the frame at the head of `buf` needs in all.
+    want: usize,
+    max_list: usize,
+    hpack: decode::Decoder,
+    open: Option<Open>,
+}
+
+impl Reader {
+    pub(crate) fn new(max_header_list_size: usize) -> Reader {
+        Reader {
+            buf: BytesMut::new(),
+            want: 0,
+            max_list: max_header_list_size,
+            hpack: decode::Decoder::default(),
+            open: None,
+        }
+    }
+
+    /// The next frame; `None` at the end of the stream between frames.
+    pub(crate) fn poll_next<T: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut T,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame, Error>>> {
+        loop {
+            match self.parse() {
+                Ok(Some(f)) => return Poll::Ready(Some(Ok(f))),
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Some(Err(e))),
+            }
+            let room = self.want.saturating_sub(self.buf.len()).max(READ);
+            if self.buf.capacity() - self.buf.len() < room {
+                self.buf.reserve(room);
+            }
+            match ready!(tokio_util::io::poll_read_buf(
+                Pin::new(io),
+                cx,
+                &mut self.buf
+            )) {
+                Ok(0) if self.buf.is_empty() && self.open.is_none() => return Poll::Ready(None),
+                Ok(0) => {
+                    return Poll::Ready(Some(Err(Error::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed within a frame",
+                    )))))
+                }
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Some(Err(Error::Io(e)))),
+            }
+        }
+    }
+
+    /// The next whole frame in the buffer, if there is one.
+    fn parse(&mut self) -> Result<Option<Frame>, Error> {
+        loop {
+            let Some(h) = self.buf.get(..9) else {
+                self.want = 9;
+                return Ok(None);
+            };
+            let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+            let (kind, flags) = (h[3], h[4]);
+            let id = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+            if len > MAX_FRAME {
+                return Err(Error::GoAway(Reason::FRAME_SIZE_ERROR));
+            }
+            if self.buf.len() < 9 + len {
+                self.want = 9 + len;
+                return Ok(None);
+            }
+            if self.open.is_some() && kind != CONTINUATION {
+                // A header block is interrupted (RFC 9113 §6.10).
+                return Err(Error::GoAway(Reason::PROTOCOL_ERROR));
+            }
+            if kind == DATA {
+                return self.data(len, flags, id).map(Some);
+            }
+            let payload = &self.buf[9..9 + len];
+            let result = match frame(&mut self.open, self.max_list, kind, flags, id, payload) {
+                Ok(Parsed::Frame(f)) => Ok(Some(f)),
+                Ok(Parsed::Skip) => {
+                    self.buf.advance(9 + len);
+                    continue;
+                }
+                Ok(Parsed::Block(range)) => match self.open.take() {
+                    // The whole block in this frame: decoded where it lies.
+                    Some(o) if o.fragment.is_empty() => {
+                        block(&mut self.hpack, &o, &payload[range], self.max_list).map(Some)
+                    }
+                    Some(o) => block(&mut self.hpack, &o, &o.fragment, self.max_list).map(Some),
+                    None => Err(Error::GoAway(Reason::PROTOCOL_ERROR)),
+                },
+                Err(e) => Err(e),
+            };
+            self.buf.advance(9 + len);
+            return result;
+        }
+    }
+
+    fn data(&mut self, len: usize, flags: u8, id: u32) -> Result<Frame, Error> {
+        if id == 0 {
+            return Err(Error::GoAway(Reason::PROTOCOL_ERROR));
+        }
+        let mut payload = self.buf.split_to(9 + len);
+        payload.advance(9);
+        if flags & PADDED != 0 {
+            // The pad length, and at most the rest of the frame in padding.
+            let pad = match payload.first() {
+                Some(&p) if usize::from(p) < len => usize::from(p),
+                _ => return Err(Error::GoAway(Reason::PROTOCOL_ERROR)),
+            };
+            payload.advance(1);
+            payload.truncate(len - 1 - pad);
+        }
+        Ok(Frame::Data {
+            id,
+            end_stream: flags & END_STREAM != 0,
+            payload: payload.freeze(),
+            len: len as u32,
+        })
+    }
+}
+
+/// Parses a frame other than DATA from its payload `p`; `open` is the header
+/// block awaiting CONTINUATION, if any.
+fn frame(
+    open: &mut Option<Open>,
+    max_list: usize,
+    kind: u8,
+    flags: u8,
+    id: u32,
+    p: &[u8],
+) -> Result<Parsed, Error> {
+    let conn = |r| Err(Error::GoAway(r));
+    Ok(Parsed::Frame(match kind {
+        HEADERS => {
+            if id == 0 {
+                return conn(Reason::PROTOCOL_ERROR);
+            }
+            let whole = p;
+            let mut p = p;
+            let mut pad = 0;
+            if flags & PADDED != 0 {
+                let Some((&n, rest)) = p.split_first() else {
+                    return conn(Reason::PROTOCOL_ERROR);
+                };
+                pad = usize::from(n);
+                p = rest;
+            }
+            let mut self_dependent = false;
+            if flags & PRIORITY_FLAG != 0 {
+                let Some((dep, rest)) = p.split_first_chunk::<5>() else {
+                    return conn(Reason::PROTOCOL_ERROR);
+                };
+                let dep = u32::from_be_bytes([dep[0], dep[1], dep[2], dep[3]]) & 0x7fff_ffff;
+                self_dependent = dep == id;
+                p = rest;
+            }
+            if pad > p.len() {
+                return conn(Reason::PROTOCOL_ERROR);
+            }
+            *open = Some(Open {
+                id,
+                end_stream: flags & END_STREAM != 0,
+                self_dependent,
+                fragment: Vec::new(),
+                continuations: 0,
+            });
+            let start = p.as_ptr() as usize - whole.as_ptr() as usize;
+            return fragment(
+                open,
+                max_list,
+                start..start + p.len() - pad,
+                whole,
+                flags,
+                true,
+            );
+        }
+        CONTINUATION => match open {
+            Some(o) if o.id == id => return fragment(open, max_list, 0..p.len(), p, flags, false),
+            _ => return conn(Reason::PROTOCOL_ERROR),
+        },
+        PRIORITY => {
+            if id == 0 {
+                return conn(Reason::PROTOCOL_ERROR);
+            }
+            let reason = if p.len() != 5 {
+                Reason::FRAME_SIZE_ERROR
+            } else if u32::from_be_bytes([p[0], p[1], p[2], p[3]]) & 0x7fff_ffff == id {
+                Reason::PROTOCOL_ERROR
+            } else {
+                return Ok(Parsed::Frame(Frame::Priority));
+            };
+            return Err(Error::Reset {
+                id,
+                reason,
+                opens: false,
+            });
+        }
+        RST_STREAM => {
+            let Ok(code) = <[u8; 4]>::try_from(p) else {
+                return conn(Reason::FRAME_SIZE_ERROR);
+            };
+            Frame::Reset(Reset::new(
+                StreamId::from(id),
+                Reason::from(u32::from_be_bytes(code)),
+            ))
+        }
+        SETTINGS => {
+            if id != 0 {
+                return conn(Reason::PROTOCOL_ERROR);
+            }
+            if (flags & ACK != 0 && !p.is_empty()) || !p.len().is_multiple_of(6) {
+                return conn(Reason::FRAME_SIZE_ERROR);
+            }
+            match Settings::load(Head::new(Kind::Settings, flags, StreamId::zero()), p) {
+                Ok(s) => Frame::Settings(s),
+                // An initial window past 2^31-1 is a flow-control
+                // error (RFC 9113 §6.5.2); other bad values are not.
+                Err(_) if window_too_large(p) => return conn(Reason::FLOW_CONTROL_ERROR),
+                Err(_) => return conn(Reason::PROTOCOL_ERROR),
+            }
+        }
+        PING => {
+            if id != 0 {
+                return conn(Reason::PROTOCOL_ERROR);
+            }
+            let Ok(payload) = <[u8; 8]>::try_from(p) else {
+                return conn(Reason::FRAME_SIZE_ERROR);
+            };
+            Frame::Ping(if flags & ACK != 0 {
+                Ping::pong(payload)
+            } else {
+                Ping::new(payload)
+            })
+        }
+        GOAWAY => {
+            if id != 0 {
+                return conn(Reason::PROTOCOL_ERROR);
+            }
+            let Some((head, _debug)) = p.split_first_chunk::<8>() else {
+                return conn(Reason::FRAME_SIZE_ERROR);
+            };
+            let last = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) & 0x7fff_ffff;
+            let code = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+            Frame::GoAway(GoAway::new(StreamId::from(last), Reason::from(code)))
+        }
+        WINDOW_UPDATE => {
+            let Ok(inc) = <[u8; 4]>::try_from(p) else {
+                return conn(Reason::FRAME_SIZE_ERROR);
+            };
+            // A zero increment is the relay's to judge: a stream error
+            // on a stream, a connection error on the connection.
+            let inc = u32::from_be_bytes(inc) & 0x7fff_ffff;
+            Frame::WindowUpdate(WindowUpdate::new(StreamId::from(id), inc))
+        }
+        PUSH_PROMISE => Frame::PushPromise,
+        // Unknown frame types are ignored (RFC 9113 §5.5).
+        _ => return Ok(Parsed::Skip),
+    }))
+}
+
+/// Adds the fragment at `range` of payload `p` (the HEADERS frame's if
+/// `first`) to the open block: `Block` once it is whole.
+fn fragment(
+    open: &mut Option<Open>,
+    max_list: usize,
+    range: std::ops::Range<usize>,
+    p: &[u8],
+    flags: u8,
+    first: bool,
+) -> Result<Parsed, Error> {
+    let limit = max_list.saturating_mul(BLOCK_FACTOR);
+    let Some(o) = open else {
+        return Err(Error::GoAway(Reason::PROTOCOL_ERROR));
+    };
+    if flags & END_HEADERS != 0 && o.fragment.is_empty() {
+        return Ok(Parsed::Block(range));
+    }
+    let p = &p[range];
+    if o.fragment.len() + p.len() > limit {
+        return Err(Error::GoAway(Reason::ENHANCE_YOUR_CALM));
+    }
+    o.fragment.extend_from_slice(p);
+    if flags & END_HEADERS != 0 {
+        return Ok(Parsed::Block(0..0));
+    }
+    // Empty or tiny CONTINUATION frames cost no memory but a pass each:
+    // bounded as h2 bounds them (a fifth more than a full block needs in
+    // frames of the smallest size, at least 5).
+    if first {
+        return Ok(Parsed::Skip);
+    }
+    o.continuations += 1;
+    let frames = (limit / MAX_FRAME).max(1);
+    if o.continuations > (frames + frames / 4).max(5) {
+        return Err(Error::GoAway(Reason::ENHANCE_YOUR_CALM));
+    }
+    Ok(Parsed::Skip)
+}
+
+/// Decodes a whole header block `src` for the block `o` began.
+fn block(
+    hpack: &mut decode::Decoder,
+    o: &Open,
+    src: &[u8],
+    max_list: usize,
+) -> Result<Frame, Error> {
+    let decoded = hpack.block(src, max_list);
+    let reset = |reason| Error::Reset {
+        id: o.id,
+        reason,
+        opens: true,
+    };
+    let block = match decoded {
+        Ok(b) => b,
+        Err(decode::Error::Compression) => return Err(Error::GoAway(Reason::COMPRESSION_ERROR)),
+        Err(decode::Error::Malformed) => return Err(reset(Reason::PROTOCOL_ERROR)),
+    };
+    if o.self_dependent {
+        // Decoded all the same: the table must follow the peer's.
+        return Err(reset(Reason::PROTOCOL_ERROR));
+    }
+    let mut h = Headers::new(StreamId::from(o.id), block.pseudo, block.fields);
+    if o.end_stream {
+        h.set_end_stream();
+    }
+    Ok(Frame::Headers(Box::new(h), block.over_size))
+}
+
+enum Parsed {
+    Frame(Frame),
+    /// The open header block is whole: in this payload's range if it came
+    /// in one frame, else in its fragment.
+    Block(std::ops::Range<usize>),
+    /// Nothing to hand on (an unknown frame, a CONTINUATION not the last).
+    Skip,
+}
+
+/// Whether a SETTINGS payload sets SETTINGS_INITIAL_WINDOW_SIZE past 2^31-1.
+fn window_too_large(p: &[u8]) -> bool {
+    p.chunks_exact(6).any(|s| {
+        u16::from_be_bytes([s[0], s[1]]) == 4
+            && u32::from_be_bytes([s[2], s[3], s[4], s[5]]) > 0x7fff_ffff
+    })
+}
+
+#[cfg(test)]
+mod tests;
