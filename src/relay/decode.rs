@@ -91,6 +91,9 @@ pub(crate) struct Decoder {
     table: VecDeque<Entry>,
     size: usize,
     max: usize,
+    /// The last `:path` literal not indexed: as encoded, judged, and its
+    /// length.
+    last_path: Option<(Vec<u8>, Field, usize)>,
 }
 
 impl Default for Decoder {
@@ -99,6 +102,7 @@ impl Default for Decoder {
             table: VecDeque::new(),
             size: 0,
             max: TABLE,
+            last_path: None,
         }
     }
 }
@@ -198,9 +202,27 @@ impl Decoder {
                 } else {
                     self.name(i)?
                 };
-                let value = string(&mut src)?;
-                let size = name_len + value.len() + ENTRY_OVERHEAD;
-                let field = field(&name, value);
+                let before = src;
+                let (huffman, raw) = literal(&mut src)?;
+                let encoded = &before[..before.len() - src.len()];
+                // h2's encoder never indexes `:path`: a connection calling
+                // one method sends the same literal every call. The last is
+                // kept, judged, to spare the Huffman decoding, allocation
+                // and checks.
+                let keep = !indexing && matches!(name, Name::Path);
+                let (field, value_len) = match &self.last_path {
+                    Some((e, f, n)) if keep && e[..] == *encoded => (f.clone(), *n),
+                    _ => {
+                        let value = decode(huffman, raw)?;
+                        let n = value.len();
+                        let f = field(&name, value);
+                        if keep {
+                            self.last_path = Some((encoded.to_vec(), f.clone(), n));
+                        }
+                        (f, n)
+                    }
+                };
+                let size = name_len + value_len + ENTRY_OVERHEAD;
                 if indexing {
                     self.insert(Entry {
                         name,
@@ -221,27 +243,22 @@ impl Decoder {
 
     /// The field at index `i` (static, then dynamic), and its size.
     fn get(&self, i: usize) -> Result<(Field, usize), Error> {
-        if let Some((name, value)) = static_entry(i) {
-            let (n, len) = static_name(name);
-            let size = len + value.len() + ENTRY_OVERHEAD;
-            return Ok((field(&n, Bytes::from_static(value)), size));
-        }
-        let e = self.dynamic(i)?;
+        let e = self.entry(i)?;
         Ok((e.field.clone(), e.size))
     }
 
     /// The name at index `i`, and its length.
     fn name(&self, i: usize) -> Result<(Name, usize), Error> {
-        if let Some((name, _)) = static_entry(i) {
-            return Ok(static_name(name));
-        }
-        let e = self.dynamic(i)?;
+        let e = self.entry(i)?;
         Ok((e.name.clone(), e.name_len))
     }
 
-    fn dynamic(&self, i: usize) -> Result<&Entry, Error> {
-        i.checked_sub(STATIC.len() + 1)
-            .and_then(|i| self.table.get(i))
+    fn entry(&self, i: usize) -> Result<&Entry, Error> {
+        let i = i.checked_sub(1).ok_or(Error::Compression)?;
+        let statics = &*STATIC_ENTRIES;
+        statics
+            .get(i)
+            .or_else(|| self.table.get(i - statics.len()))
             .ok_or(Error::Compression)
     }
 
@@ -291,6 +308,12 @@ fn int(src: &mut &[u8], n: u8) -> Result<usize, Error> {
 /// A string literal (§5.2), Huffman-coded or not, in a buffer of its own
 /// (a table entry must not hold the connection's read buffer).
 fn string(src: &mut &[u8]) -> Result<Bytes, Error> {
+    let (huffman, s) = literal(src)?;
+    decode(huffman, s)
+}
+
+/// A string literal as encoded: whether Huffman-coded, and its bytes.
+fn literal<'a>(src: &mut &'a [u8]) -> Result<(bool, &'a [u8]), Error> {
     let huffman = src.first().is_some_and(|b| b & 0x80 != 0);
     let len = int(src, 7)?;
     if len > src.len() {
@@ -298,6 +321,10 @@ fn string(src: &mut &[u8]) -> Result<Bytes, Error> {
     }
     let (s, rest) = src.split_at(len);
     *src = rest;
+    Ok((huffman, s))
+}
+
+fn decode(huffman: bool, s: &[u8]) -> Result<Bytes, Error> {
     if huffman {
         let mut out = Vec::new();
         huffman::decode(s, &mut out).map_err(|_| Error::Compression)?;
@@ -429,24 +456,28 @@ const STATIC: [(&str, &str); 61] = [
     ("www-authenticate", ""),
 ];
 
-fn static_entry(i: usize) -> Option<(&'static str, &'static [u8])> {
-    let (n, v) = STATIC.get(i.checked_sub(1)?)?;
-    Some((n, v.as_bytes()))
-}
-
-/// A static name, judged: `HeaderName::from_static` knows each as a
-/// standard header, so this allocates nothing.
-fn static_name(n: &'static str) -> (Name, usize) {
-    let name = match n {
-        ":authority" => Name::Authority,
-        ":method" => Name::Method,
-        ":path" => Name::Path,
-        ":scheme" => Name::Scheme,
-        ":status" => Name::Status,
-        _ => Name::Regular(HeaderName::from_static(n)),
-    };
-    (name, n.len())
-}
+/// The static table's entries, judged once.
+static STATIC_ENTRIES: std::sync::LazyLock<Vec<Entry>> = std::sync::LazyLock::new(|| {
+    STATIC
+        .iter()
+        .map(|&(n, v)| {
+            let name = match n {
+                ":authority" => Name::Authority,
+                ":method" => Name::Method,
+                ":path" => Name::Path,
+                ":scheme" => Name::Scheme,
+                ":status" => Name::Status,
+                _ => Name::Regular(HeaderName::from_static(n)),
+            };
+            Entry {
+                field: field(&name, Bytes::from_static(v.as_bytes())),
+                name,
+                size: n.len() + v.len() + ENTRY_OVERHEAD,
+                name_len: n.len(),
+            }
+        })
+        .collect()
+});
 
 #[cfg(test)]
 mod tests;

@@ -292,3 +292,32 @@ fn an_entry_larger_than_the_table_empties_it() {
         Error::Compression
     );
 }
+
+#[test]
+fn a_repeated_path_literal_reads_the_same_every_time() {
+    // h2 sends `:path` as a literal without indexing, the same bytes each
+    // call of a method; the decoder keeps the last one decoded.
+    let mut d = Decoder::default();
+    for p in ["/a.S/M", "/a.S/M", "/b.S/N", "/a.S/M", "/a.S/M"] {
+        let mut block = hex("83 86");
+        block.extend([0x04, p.len() as u8]);
+        block.extend(p.as_bytes());
+        let b = request(&mut d, &block).unwrap();
+        assert_eq!(b.pseudo.path.as_deref(), Some(p));
+    }
+    // The same path Huffman-coded ("/a": 011000 00011, padded) is another
+    // encoding, and reads the same.
+    let b = request(&mut d, &hex("83 86 04 82 60 7f")).unwrap();
+    assert_eq!(b.pseudo.path.as_deref(), Some("/a"));
+    let b = request(&mut d, &hex("83 86 04 02 2f 61")).unwrap();
+    assert_eq!(b.pseudo.path.as_deref(), Some("/a"));
+    // A malformed path kept is as malformed the second time.
+    for _ in 0..2 {
+        let block = [0x83, 0x86, 0x04, 3, b'/', 1, b'a'];
+        assert_eq!(request(&mut d, &block).unwrap_err(), Error::Malformed);
+    }
+    // An indexed literal is not the kept one, and still enters the table.
+    let b = request(&mut d, &hex("83 86 44 02 2f 61")).unwrap();
+    assert_eq!(b.pseudo.path.as_deref(), Some("/a"));
+    assert_eq!(sizes(&d), [5 + 2 + 32]);
+}
