@@ -223,6 +223,14 @@ impl Decoder {
                     }
                 };
                 let size = name_len + value_len + ENTRY_OVERHEAD;
+                let mut field = field;
+                if first & 0xf0 == 0x10 {
+                    // Never indexed (§6.2.3): it stays so on the way on
+                    // (§7.1.3), as the writer writes sensitive values.
+                    if let Field::Regular(_, v) = &mut field {
+                        v.set_sensitive(true);
+                    }
+                }
                 if indexing {
                     self.insert(Entry {
                         name,

@@ -1794,13 +1794,14 @@ mod tests {
     fn the_kept_uri_is_used_only_for_the_same_pseudo_headers() {
         let mut last = None;
         let mut head = |scheme: &str, authority: Option<&str>, path: &str, repair| {
-            let mut p = Pseudo::default();
-            p.method = Some(Method::POST);
-            p.scheme =
-                Some(h2::frame::BytesStr::try_from(Bytes::from(scheme.to_string())).unwrap());
-            p.authority = authority
-                .map(|a| h2::frame::BytesStr::try_from(Bytes::from(a.to_string())).unwrap());
-            p.path = Some(h2::frame::BytesStr::try_from(Bytes::from(path.to_string())).unwrap());
+            let text = |s: &str| h2::frame::BytesStr::try_from(Bytes::from(s.to_string())).unwrap();
+            let p = Pseudo {
+                method: Some(Method::POST),
+                scheme: Some(text(scheme)),
+                authority: authority.map(text),
+                path: Some(text(path)),
+                ..Pseudo::default()
+            };
             request_head(p, HeaderMap::new(), repair, &mut last).map(|h| h.uri.to_string())
         };
         let a = Some("a.example");

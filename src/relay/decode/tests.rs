@@ -321,3 +321,16 @@ fn a_repeated_path_literal_reads_the_same_every_time() {
     assert_eq!(b.pseudo.path.as_deref(), Some("/a"));
     assert_eq!(sizes(&d), [5 + 2 + 32]);
 }
+
+#[test]
+fn never_indexed_fields_stay_sensitive() {
+    let mut d = Decoder::default();
+    // authorization (static name 23), never indexed; x-a not indexed.
+    let mut block = hex("83 86 84 1f 08 06");
+    block.extend(b"secret");
+    block.extend(lit(b"x-a", b"1"));
+    let b = request(&mut d, &block).unwrap();
+    assert!(b.fields["authorization"].is_sensitive());
+    assert!(!b.fields["x-a"].is_sensitive());
+    assert!(d.table.is_empty());
+}
