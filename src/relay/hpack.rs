@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 
 use h2::frame::Pseudo;
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
 
 /// A head's pseudo-header fields, borrowed from h2's `Pseudo` or from an
 /// `http` request head.
@@ -160,7 +160,12 @@ impl Encoder {
 
     /// Appends the block for a head: pseudo-header fields first (RFC 9113
     /// §8.3), in h2's order.
-    pub(super) fn block(&mut self, pseudo: View<'_>, fields: &HeaderMap, dst: &mut Vec<u8>) {
+    pub(super) fn block<'f>(
+        &mut self,
+        pseudo: View<'_>,
+        fields: impl Iterator<Item = (&'f HeaderName, &'f HeaderValue)>,
+        dst: &mut Vec<u8>,
+    ) {
         if let Some((low, max)) = self.update.take() {
             if low < max {
                 int(dst, 0x20, 5, low);

@@ -32,10 +32,8 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use h2::frame::{
-    Data, GoAway, Headers, Ping, Pseudo, Reason, Reset, Settings, StreamId, WindowUpdate,
-};
-use http::{HeaderMap, Method, StatusCode};
+use h2::frame::{Data, GoAway, Ping, Pseudo, Reason, Reset, Settings, StreamId, WindowUpdate};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::grpc;
@@ -269,13 +267,90 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Side<T> {
     }
 }
 
+/// A header block as the relay reads and writes it: the fields in a list,
+/// in order (a request's become a `HeaderMap` for the host to decide on).
+#[derive(Debug)]
+pub(crate) struct Head {
+    pub(crate) id: u32,
+    pub(crate) end_stream: bool,
+    pub(crate) pseudo: Pseudo,
+    pub(crate) fields: Vec<(HeaderName, HeaderValue)>,
+    /// As read: the fields went past the header list limit, and those past
+    /// it were dropped.
+    pub(crate) over_size: bool,
+}
+
+impl Head {
+    /// A complete response of the relay's own (an answer, an error).
+    fn answer(id: u32, status: StatusCode, headers: HeaderMap) -> Head {
+        Head {
+            id,
+            end_stream: true,
+            pseudo: Pseudo::response(status),
+            fields: list(headers),
+            over_size: false,
+        }
+    }
+}
+
+#[cfg(test)]
+impl Head {
+    /// h2's frame as a head (tests compare with h2's reader).
+    pub(crate) fn from_h2(h: h2::frame::Headers) -> Head {
+        let id = u32::from(h.stream_id());
+        let end_stream = h.is_end_stream();
+        let (pseudo, fields) = h.into_parts();
+        Head {
+            id,
+            end_stream,
+            pseudo,
+            fields: list(fields),
+            over_size: false,
+        }
+    }
+
+    pub(crate) fn into_h2(self) -> h2::frame::Headers {
+        let mut map = HeaderMap::new();
+        for (n, v) in self.fields {
+            map.append(n, v);
+        }
+        let mut h = h2::frame::Headers::new(StreamId::from(self.id), self.pseudo, map);
+        if self.end_stream {
+            h.set_end_stream();
+        }
+        h
+    }
+}
+
+#[cfg(test)]
+impl Out {
+    pub(crate) fn head(h: h2::frame::Headers) -> Out {
+        Out::Headers(Box::new(Head::from_h2(h)))
+    }
+}
+
+/// A `HeaderMap`'s fields as a list, in its order.
+fn list(headers: HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+    let mut out = Vec::with_capacity(headers.len());
+    let mut name = None;
+    for (n, v) in headers {
+        if let Some(n) = n {
+            name = Some(n);
+        }
+        if let Some(n) = &name {
+            out.push((n.clone(), v));
+        }
+    }
+    out
+}
+
 /// A frame waiting in a queue. h2's `Frame` is 296 bytes (HEADERS inline)
 /// and a frame is moved several times on its way through the relay; with
 /// HEADERS boxed, the rest move at 48 (memcpy was 13% of the gateway's
 /// instructions per call).
 enum Out {
     Data(Data<Bytes>),
-    Headers(Box<Headers>),
+    Headers(Box<Head>),
     Reset(Reset),
     WindowUpdate(WindowUpdate),
     Ping(Ping),
@@ -303,7 +378,6 @@ macro_rules! out_from {
 
 out_from! {
     Data(Data<Bytes>) => std::convert::identity,
-    Headers(Headers) => Box::new,
     Reset(Reset) => std::convert::identity,
     WindowUpdate(WindowUpdate) => std::convert::identity,
     Ping(Ping) => std::convert::identity,
@@ -928,7 +1002,7 @@ where
                     return Err(Reason::PROTOCOL_ERROR);
                 }
             }
-            Frame::Headers(h, over_size) => return self.client_headers(h, over_size),
+            Frame::Headers(h) => return self.client_headers(*h),
             Frame::Data {
                 id,
                 end_stream,
@@ -963,10 +1037,10 @@ where
         Ok(())
     }
 
-    fn client_headers(&mut self, h: Box<Headers>, over_size: bool) -> Result<(), Reason> {
-        let id = u32::from(h.stream_id());
-        let eos = h.is_end_stream();
-        if id % 2 == 0 {
+    fn client_headers(&mut self, h: Head) -> Result<(), Reason> {
+        let id = h.id;
+        let eos = h.end_stream;
+        if id.is_multiple_of(2) {
             return Err(Reason::PROTOCOL_ERROR);
         }
         if let Some(call) = self.calls.get_mut(&id) {
@@ -998,15 +1072,14 @@ where
             self.client_reset(id, Reason::REFUSED_STREAM);
             return Ok(());
         }
-        if over_size {
+        if h.over_size {
             // h2's answer: 431, and the stream is over.
-            let mut r = Headers::new(
-                StreamId::from(id),
-                Pseudo::response(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+            let r = Head::answer(
+                id,
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 HeaderMap::new(),
             );
-            r.set_end_stream();
-            self.c.out.push_back(r.into());
+            self.c.out.push_back(Out::Headers(Box::new(r)));
             if !eos {
                 self.c
                     .out
@@ -1014,13 +1087,13 @@ where
             }
             return Ok(());
         }
-        let (pseudo, fields) = h.into_parts();
-        let Some(head) = request_head(
-            pseudo,
-            fields,
-            self.opts.repair_authority,
-            &mut self.last_uri,
-        ) else {
+        let Head { pseudo, fields, .. } = h;
+        let mut map = HeaderMap::with_capacity(fields.len());
+        for (n, v) in fields {
+            map.append(n, v);
+        }
+        let Some(head) = request_head(pseudo, map, self.opts.repair_authority, &mut self.last_uri)
+        else {
             self.client_reset(id, Reason::PROTOCOL_ERROR);
             return Ok(());
         };
@@ -1036,10 +1109,8 @@ where
         };
         match self.host.decide(head) {
             Decision::Answer(resp) => {
-                let pseudo = Pseudo::response(resp.status);
-                let mut r = Headers::new(StreamId::from(id), pseudo, resp.headers);
-                r.set_end_stream();
-                self.c.out.push_back(r.into());
+                let r = Head::answer(id, resp.status, resp.headers);
+                self.c.out.push_back(Out::Headers(Box::new(r)));
                 if !eos {
                     // The answer is complete: the rest of the request is not wanted.
                     self.c
@@ -1413,13 +1484,8 @@ where
             return;
         }
         let (head, _) = grpc::status(code, why).into_parts();
-        let mut r = Headers::new(
-            StreamId::from(id),
-            Pseudo::response(head.status),
-            head.headers,
-        );
-        r.set_end_stream();
-        self.c.out.push_back(r.into());
+        let r = Head::answer(id, head.status, head.headers);
+        self.c.out.push_back(Out::Headers(Box::new(r)));
         let up_ended = call.up.ended;
         if !up_ended {
             self.c
@@ -1521,16 +1587,16 @@ where
                     self.settle(id);
                 }
             }
-            Frame::Headers(h, over_size) => {
-                let id = u32::from(h.stream_id());
+            Frame::Headers(h) => {
+                let id = h.id;
                 let Some(call) = self.calls.get_mut(&id).filter(|c| c.conn == i) else {
                     return Ok(());
                 };
                 if call.down.ended {
                     return Err(format!("HEADERS on stream {id} after its end"));
                 }
-                let eos = h.is_end_stream();
-                if over_size {
+                let eos = h.end_stream;
+                if h.over_size {
                     // Fields past the limit were dropped by the reader: passing
                     // on the rest could lose grpc-status itself.
                     self.backend_reset(i, id, Reason::INTERNAL_ERROR);

@@ -17,11 +17,11 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use h2::frame::{
-    GoAway, Head, Headers, Kind, Ping, Reason, Reset, Settings, StreamId, WindowUpdate,
+    GoAway, Head as FrameHead, Kind, Ping, Reason, Reset, Settings, StreamId, WindowUpdate,
 };
 use tokio::io::AsyncRead;
 
-use super::decode;
+use super::{decode, Head};
 
 const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
@@ -61,9 +61,8 @@ pub(crate) enum Frame {
         payload: Bytes,
         len: u32,
     },
-    /// A whole header block; `true` if its fields went past the header list
-    /// limit (those past it were dropped).
-    Headers(Box<Headers>, bool),
+    /// A whole header block.
+    Headers(Box<Head>),
     Priority,
     Reset(Reset),
     Settings(Settings),
@@ -312,7 +311,7 @@ fn frame(
             if (flags & ACK != 0 && !p.is_empty()) || !p.len().is_multiple_of(6) {
                 return conn(Reason::FRAME_SIZE_ERROR);
             }
-            match Settings::load(Head::new(Kind::Settings, flags, StreamId::zero()), p) {
+            match Settings::load(FrameHead::new(Kind::Settings, flags, StreamId::zero()), p) {
                 Ok(s) => Frame::Settings(s),
                 // An initial window past 2^31-1 is a flow-control
                 // error (RFC 9113 §6.5.2); other bad values are not.
@@ -420,11 +419,13 @@ fn block(
         // Decoded all the same: the table must follow the peer's.
         return Err(reset(Reason::PROTOCOL_ERROR));
     }
-    let mut h = Headers::new(StreamId::from(o.id), block.pseudo, block.fields);
-    if o.end_stream {
-        h.set_end_stream();
-    }
-    Ok(Frame::Headers(Box::new(h), block.over_size))
+    Ok(Frame::Headers(Box::new(Head {
+        id: o.id,
+        end_stream: o.end_stream,
+        pseudo: block.pseudo,
+        fields: block.fields,
+        over_size: block.over_size,
+    })))
 }
 
 enum Parsed {

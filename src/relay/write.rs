@@ -117,17 +117,17 @@ impl Writer {
                 }
             }
             Out::Headers(h) => {
-                let id = u32::from(h.stream_id());
-                let end = h.is_end_stream();
-                let (pseudo, fields) = h.into_parts();
-                let view = hpack::View::of(&pseudo);
-                self.header_frames(id, end, |hpack, buf| hpack.block(view, &fields, buf));
+                let view = hpack::View::of(&h.pseudo);
+                let fields = h.fields.iter().map(|(n, v)| (n, v));
+                self.header_frames(h.id, h.end_stream, |hpack, buf| {
+                    hpack.block(view, fields, buf)
+                });
             }
             Out::Request(r) => {
                 let view = hpack::View::request(&r.head);
                 let fields = &r.head.headers;
                 self.header_frames(r.id, r.end_stream, |hpack, buf| {
-                    hpack.block(view, fields, buf)
+                    hpack.block(view, fields.iter(), buf)
                 });
             }
             Out::Reset(r) => {
@@ -415,8 +415,7 @@ mod tests {
             let f: Vec<(&str, &str)> = f.iter().map(|(k, v)| (*k, v.as_str())).collect();
             let id = 1 + 2 * i as u32;
             sent.push(request(id, path, &f));
-            w.frame(Out::Headers(Box::new(request(id, path, &f))))
-                .unwrap();
+            w.frame(Out::head(request(id, path, &f))).unwrap();
             sizes.push(wire(&mut w));
         }
         let mut all = Vec::new();
@@ -467,9 +466,9 @@ mod tests {
         let mut t = Headers::trailers(StreamId::from(1), trailers.clone());
         t.set_end_stream();
         for s in statuses {
-            w.frame(Out::Headers(Box::new(response(s)))).unwrap();
+            w.frame(Out::head(response(s))).unwrap();
         }
-        w.frame(Out::Headers(Box::new(t))).unwrap();
+        w.frame(Out::head(t)).unwrap();
         let bytes = wire(&mut w);
         // Neither the secret nor the big value entered the table: each block
         // carries both again.
@@ -512,8 +511,7 @@ mod tests {
                 let v = format!("value-{}-{}", i, j % 7);
                 let f = [("x-k", v.as_str()), ("x-fixed", "same")];
                 sent.push(request(1, "/s.S/M", &f));
-                w.frame(Out::Headers(Box::new(request(1, "/s.S/M", &f))))
-                    .unwrap();
+                w.frame(Out::head(request(1, "/s.S/M", &f))).unwrap();
                 let b = wire(&mut w);
                 if j == 0 {
                     firsts.push(b[HEAD..HEAD + 3].to_vec());
@@ -551,7 +549,7 @@ mod tests {
         let mut h = request(5, "/big.B/M", &f);
         h.set_end_stream();
         let want = h.fields().clone();
-        w.frame(Out::Headers(Box::new(h))).unwrap();
+        w.frame(Out::head(h)).unwrap();
         let bytes = wire(&mut w);
         // HEADERS (END_STREAM, no END_HEADERS), then CONTINUATION frames, the
         // last with END_HEADERS; none larger than the peer's frame size.
@@ -630,7 +628,7 @@ mod tests {
             panic!("HEADERS")
         };
         let mut w = Writer::new();
-        w.frame(Out::Headers(Box::new(h))).unwrap();
+        w.frame(Out::head(h)).unwrap();
         let bytes = wire(&mut w);
         assert_eq!(bytes[3..5], [HEADERS, END_STREAM | END_HEADERS]);
         let mut again = read(&bytes).await;
@@ -697,7 +695,7 @@ mod tests {
                 fields.clone(),
             );
             sent.push(fields);
-            w.frame(Out::Headers(Box::new(h))).unwrap();
+            w.frame(Out::head(h)).unwrap();
             all.extend_from_slice(&wire(&mut w));
         }
         let got: Vec<HeaderMap> = read(&all)
@@ -766,7 +764,7 @@ mod tests {
                 .into_iter()
                 .map(|f| match f {
                     Out::Data(f) => Frame::from(f),
-                    Out::Headers(f) => (*f).into(),
+                    Out::Headers(f) => f.into_h2().into(),
                     Out::Reset(f) => f.into(),
                     Out::WindowUpdate(f) => f.into(),
                     Out::Ping(f) => f.into(),
@@ -972,14 +970,11 @@ mod tests {
         let mut w = Writer::new();
         let f = [("x-k", "v")];
         // A block queued before the acknowledgement indexes (table 4096)...
-        w.frame(Out::Headers(Box::new(request(1, "/s.S/M", &f))))
-            .unwrap();
+        w.frame(Out::head(request(1, "/s.S/M", &f))).unwrap();
         w.frame(table_size(0)).unwrap();
-        w.frame(Out::Headers(Box::new(request(3, "/s.S/M", &f))))
-            .unwrap();
+        w.frame(Out::head(request(3, "/s.S/M", &f))).unwrap();
         w.frame(table_size(4096)).unwrap();
-        w.frame(Out::Headers(Box::new(request(5, "/s.S/M", &f))))
-            .unwrap();
+        w.frame(Out::head(request(5, "/s.S/M", &f))).unwrap();
         let bytes = wire(&mut w);
         let mut frames = Vec::new();
         let mut at = 0;
@@ -1008,12 +1003,8 @@ mod tests {
                 ..Ack::default()
             }))
             .unwrap();
-            w.frame(Out::Headers(Box::new(request(
-                1,
-                "/b.B/M",
-                &[("x-big", &big)],
-            ))))
-            .unwrap();
+            w.frame(Out::head(request(1, "/b.B/M", &[("x-big", &big)])))
+                .unwrap();
             let bytes = wire(&mut w);
             let mut at = HEAD;
             let mut n = 0;
