@@ -361,7 +361,7 @@ fn random_frames(r: &mut Rng, n: u32, sensitive: &mut Vec<Vec<bool>>) -> Vec<H2>
 async fn check_h2_wire(wire: &[u8], sensitive: &[Vec<bool>]) {
     let want: Vec<String> = {
         let (mut tx, rx) = tokio::io::duplex(wire.len() + 1);
-        tokio::io::AsyncWriteExt::write_all(&mut tx, &wire)
+        tokio::io::AsyncWriteExt::write_all(&mut tx, wire)
             .await
             .unwrap();
         drop(tx);
@@ -376,7 +376,7 @@ async fn check_h2_wire(wire: &[u8], sensitive: &[Vec<bool>]) {
     assert_eq!(want.len(), 2002);
     for chunk in [usize::MAX, 4096, 7, 1] {
         let mut flags: Vec<Vec<bool>> = Vec::new();
-        let got: Vec<String> = ours(&wire, chunk, 1 << 20)
+        let got: Vec<String> = ours(wire, chunk, 1 << 20)
             .into_iter()
             .map(|f| match f.unwrap() {
                 Frame::Headers(h) => {
