@@ -31,11 +31,21 @@ const ENTRY_OVERHEAD: usize = 32;
 /// Continuation bytes of an integer: 4 take it past 2^28, far past any
 /// length or index a block may hold.
 const MAX_INT_BYTES: u32 = 4;
+/// A block whose decoded list (every field counted, kept or not) passes this
+/// many times the limit fails the connection, as in h2: a one-byte index can
+/// stand for a 4 KiB entry, so a 64 KiB block could otherwise decode to
+/// 250 MB of work.
+const LIST_FACTOR: usize = 4;
+/// Fields kept in one block: past it, the block is over size (a `HeaderMap`
+/// holds at most 24,576, whatever the configured list limit allows).
+const MAX_FIELDS: usize = 8192;
 
 /// A decoding error: the connection's HPACK state is lost.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Error {
     Compression,
+    /// The decoded list went past `LIST_FACTOR` times the limit.
+    TooLarge,
     /// The block decoded, but a field in it breaks RFC 9113's rules.
     Malformed,
 }
@@ -96,16 +106,15 @@ pub(crate) struct Decoder {
     /// The last `:path` literal not indexed: as encoded, judged, and its
     /// length.
     last_path: Option<(Vec<u8>, Field, usize)>,
+    /// White space at either end of a value is refused (a client's), or
+    /// let through (a backend's: grpc-go and grpc-java send `grpc-message`
+    /// as written, trailing space and all, and h2 let it through).
+    strict: bool,
 }
 
 impl Default for Decoder {
     fn default() -> Decoder {
-        Decoder {
-            table: VecDeque::new(),
-            size: 0,
-            max: TABLE,
-            last_path: None,
-        }
+        Decoder::new(true)
     }
 }
 
@@ -119,16 +128,23 @@ struct Building {
 }
 
 impl Building {
-    fn add(&mut self, field: Field, size: usize) {
+    /// Adds a field; it is cloned only if it is kept.
+    fn add(&mut self, field: &Field, size: usize) -> Result<(), Error> {
         self.list_size += size;
         if self.list_size > self.max_list {
             self.block.over_size = true;
+            if self.list_size > self.max_list.saturating_mul(LIST_FACTOR) {
+                return Err(Error::TooLarge);
+            }
+        }
+        if self.block.fields.len() >= MAX_FIELDS {
+            self.block.over_size = true;
         }
         let p = &mut self.block.pseudo;
-        let taken = match &field {
+        let taken = match field {
             Field::Malformed => {
                 self.malformed = true;
-                return;
+                return Ok(());
             }
             Field::Regular(..) => {
                 self.regular_seen = true;
@@ -145,23 +161,35 @@ impl Building {
             self.malformed = true;
         }
         if self.block.over_size || self.malformed {
-            return;
+            return Ok(());
         }
         match field {
-            Field::Method(m) => p.method = Some(m),
-            Field::Scheme(s) => p.scheme = Some(s),
-            Field::Authority(s) => p.authority = Some(s),
-            Field::Path(s) => p.path = Some(s),
-            Field::Status(s) => p.status = Some(s),
+            Field::Method(m) => p.method = Some(m.clone()),
+            Field::Scheme(s) => p.scheme = Some(s.clone()),
+            Field::Authority(s) => p.authority = Some(s.clone()),
+            Field::Path(s) => p.path = Some(s.clone()),
+            Field::Status(s) => p.status = Some(*s),
             Field::Regular(n, v) => {
-                self.block.fields.push((n, v));
+                self.block.fields.push((n.clone(), v.clone()));
             }
             Field::Malformed => {}
         }
+        Ok(())
     }
 }
 
 impl Decoder {
+    /// A decoder for a client (`strict`) or a backend.
+    pub(crate) fn new(strict: bool) -> Decoder {
+        Decoder {
+            table: VecDeque::new(),
+            size: 0,
+            max: TABLE,
+            last_path: None,
+            strict,
+        }
+    }
+
     /// Decodes one whole header block. Fields past `max_list` (RFC 9113's
     /// header list size) are decoded for the table's sake but dropped.
     pub(crate) fn block(&mut self, mut src: &[u8], max_list: usize) -> Result<Block, Error> {
@@ -177,8 +205,8 @@ impl Decoder {
             if first & 0x80 != 0 {
                 // Indexed field (§6.1).
                 let i = int(&mut src, 7)?;
-                let (field, size) = self.get(i)?;
-                b.add(field, size);
+                let e = self.entry(i)?;
+                b.add(&e.field, e.size)?;
             } else if first & 0xe0 == 0x20 {
                 // Dynamic table size update (§6.3): only before the block's
                 // first field (§4.2), and within what SETTINGS allowed.
@@ -217,7 +245,7 @@ impl Decoder {
                     _ => {
                         let value = decode(huffman, raw)?;
                         let n = value.len();
-                        let f = field(&name, value);
+                        let f = field(&name, value, self.strict);
                         if keep {
                             self.last_path = Some((encoded.to_vec(), f.clone(), n));
                         }
@@ -241,7 +269,7 @@ impl Decoder {
                         field: field.clone(),
                     });
                 }
-                b.add(field, size);
+                b.add(&field, size)?;
             }
             fields_seen = true;
         }
@@ -249,12 +277,6 @@ impl Decoder {
             return Err(Error::Malformed);
         }
         Ok(b.block)
-    }
-
-    /// The field at index `i` (static, then dynamic), and its size.
-    fn get(&self, i: usize) -> Result<(Field, usize), Error> {
-        let e = self.entry(i)?;
-        Ok((e.field.clone(), e.size))
     }
 
     /// The name at index `i`, and its length.
@@ -361,14 +383,14 @@ fn name(raw: &[u8]) -> Name {
 }
 
 /// A field of `name` with `value`, judged (RFC 9113 §8.2.1, §8.2.2, §8.3).
-fn field(name: &Name, value: Bytes) -> Field {
-    // No NUL, CR or LF anywhere, nor leading or trailing white space
-    // (§8.2.1): a backend that trims it would see another value than the
-    // policy matched.
+fn field(name: &Name, value: Bytes, strict: bool) -> Field {
+    // No NUL, CR or LF anywhere, nor, from a client, leading or trailing
+    // white space (§8.2.1): a backend that trims it would see another value
+    // than the policy matched (nghttp2 refuses it too).
     let edge_space = |v: &[u8]| {
         matches!(v.first(), Some(b' ' | b'\t')) || matches!(v.last(), Some(b' ' | b'\t'))
     };
-    if edge_space(&value) {
+    if strict && edge_space(&value) {
         return Field::Malformed;
     }
     let text = |v: Bytes| {
@@ -480,7 +502,7 @@ static STATIC_ENTRIES: std::sync::LazyLock<Vec<Entry>> = std::sync::LazyLock::ne
                 _ => Name::Regular(HeaderName::from_static(n)),
             };
             Entry {
-                field: field(&name, Bytes::from_static(v.as_bytes())),
+                field: field(&name, Bytes::from_static(v.as_bytes()), true),
                 name,
                 size: n.len() + v.len() + ENTRY_OVERHEAD,
                 name_len: n.len(),

@@ -1,10 +1,11 @@
 //! One client connection's HTTP/2, relayed frame by frame to backend connections
 //! of its own.
 //!
-//! h2's frame layer (`h2::Codec`: framing, HPACK, CONTINUATION and header-list
-//! limits, connection-specific header checks) reads both sides; [`write`](mod@write)
-//! writes them, with an HPACK encoder of its own ([`hpack`]). The connection
-//! layer is here, because h2's — a stream store behind a mutex, a
+//! [`read`](mod@read) reads both sides (framing, CONTINUATION and its limits,
+//! HPACK decoding with RFC 9113's field rules in [`decode`]); [`write`](mod@write)
+//! writes them, with an HPACK encoder of its own ([`hpack`]). h2's codec did
+//! both, and its HPACK coding was over a third of the gateway's instructions
+//! per call. The connection layer is here, because h2's — a stream store behind a mutex, a
 //! waker, send queue and flow-control account per stream handle — was most of
 //! the gateway's cost per call (docs/PERFORMANCE.md). A call is a table entry:
 //! its request head is decided by the host (policy, route), its frames move
@@ -186,10 +187,12 @@ struct Side<T> {
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Side<T> {
-    fn new(io: T, recv_window: i64, max_header_list_size: u32) -> Side<T> {
+    /// `client`: the reader holds it to RFC 9113's rules for field values in
+    /// full (see `decode::Decoder`).
+    fn new(io: T, recv_window: i64, max_header_list_size: u32, client: bool) -> Side<T> {
         Side {
             io,
-            read: read::Reader::new(max_header_list_size as usize),
+            read: read::Reader::new(max_header_list_size as usize, client),
             write: write::Writer::new(),
             out: VecDeque::new(),
             out_data: 0,
@@ -529,7 +532,7 @@ where
 {
     /// A relay for a client whose preface was read (see [`read_preface`]).
     pub fn new(client: C, host: H, opts: Options) -> Relay<C, H> {
-        let mut c = Side::new(client, CONN_WINDOW, opts.max_header_list_size);
+        let mut c = Side::new(client, CONN_WINDOW, opts.max_header_list_size, true);
         let mut ours = Settings::default();
         ours.set_initial_window_size(Some(STREAM_WINDOW));
         ours.set_max_concurrent_streams(Some(opts.max_concurrent_streams));
@@ -754,6 +757,10 @@ where
                         progress = true;
                         if let Err(reason) = self.client_frame(f) {
                             self.go_away(reason);
+                        }
+                        if self.closing {
+                            // A connection error (here, or too many stream
+                            // errors): nothing more is read.
                             break;
                         }
                     }
@@ -762,12 +769,27 @@ where
                         // stream it could not parse.
                         match e {
                             read::Error::Reset { id, reason, opens } => {
-                                if opens && id % 2 == 1 && id > self.last_id {
+                                progress = true;
+                                if opens && id.is_multiple_of(2) {
+                                    // A client opens odd streams only,
+                                    // whatever its head.
+                                    self.go_away(Reason::PROTOCOL_ERROR);
+                                    break;
+                                }
+                                if !opens && !self.calls.contains_key(&id) {
+                                    // A bad PRIORITY frame for a stream not
+                                    // open: there is none to reset (RST_STREAM
+                                    // on an idle stream is an error itself).
+                                    continue;
+                                }
+                                if opens && id > self.last_id {
                                     // A new stream, refused at its first frame.
                                     self.last_id = id;
                                 }
                                 self.client_reset(id, reason);
-                                progress = true;
+                                if self.closing {
+                                    break;
+                                }
                             }
                             read::Error::GoAway(reason) => {
                                 self.go_away(reason);
@@ -867,6 +889,11 @@ where
         if let Some(p) = premature {
             self.call_ended(p);
         }
+        self.local_error();
+    }
+
+    /// Counts a stream the client's own error ended.
+    fn local_error(&mut self) {
         self.local_error_resets += 1;
         if self.local_error_resets > MAX_LOCAL_ERROR_RESETS {
             tracing::debug!("client keeps causing stream errors: closing the connection");
@@ -1085,6 +1112,9 @@ where
                     .out
                     .push_back(Reset::new(StreamId::from(id), Reason::NO_ERROR).into());
             }
+            // It cost a whole header block's decoding: it counts as the
+            // client's error.
+            self.local_error();
             return Ok(());
         }
         let Head { pseudo, fields, .. } = h;
@@ -1346,7 +1376,8 @@ where
                 Poll::Pending => {}
                 Poll::Ready(Ok(io)) => {
                     progress = true;
-                    let mut side = Side::new(io, CONN_WINDOW, self.opts.max_header_list_size);
+                    let mut side =
+                        Side::new(io, CONN_WINDOW, self.opts.max_header_list_size, false);
                     let mut ours = Settings::default();
                     ours.set_initial_window_size(Some(STREAM_WINDOW));
                     ours.set_enable_push(false);
@@ -1409,7 +1440,8 @@ where
                         progress = true;
                         match e {
                             read::Error::Reset { id, reason, .. } => {
-                                self.backend_reset(i, id, reason);
+                                // The backend does not know: it is told.
+                                self.backend_reset(i, id, reason, true);
                             }
                             other => self.conn_failed(i, &format!("{other:?}")),
                         }
@@ -1497,7 +1529,9 @@ where
 
     /// The backend reset a call: gRPC's mapping of HTTP/2 reset codes when the
     /// client has no response yet, else the reset passed on.
-    fn backend_reset(&mut self, i: usize, id: u32, reason: Reason) {
+    /// A backend's stream failed: reset by the backend, or (`tell`) found
+    /// malformed here, when the backend is reset too.
+    fn backend_reset(&mut self, i: usize, id: u32, reason: Reason, tell: bool) {
         let Some(call) = self.calls.get(&id) else {
             return;
         };
@@ -1522,7 +1556,7 @@ where
             self.c
                 .out
                 .push_back(Reset::new(StreamId::from(id), reason).into());
-            self.forget(id, None);
+            self.forget(id, tell.then_some(reason));
             return;
         }
         let code = match reason {
@@ -1599,7 +1633,7 @@ where
                 if h.over_size {
                     // Fields past the limit were dropped by the reader: passing
                     // on the rest could lose grpc-status itself.
-                    self.backend_reset(i, id, Reason::INTERNAL_ERROR);
+                    self.backend_reset(i, id, Reason::INTERNAL_ERROR, true);
                     return Ok(());
                 }
                 if !call.answered {
@@ -1633,7 +1667,7 @@ where
                 };
                 if len > call.down.recv_window || call.down.ended || !call.answered {
                     side.credit += len;
-                    self.backend_reset(i, id, Reason::PROTOCOL_ERROR);
+                    self.backend_reset(i, id, Reason::PROTOCOL_ERROR, true);
                     return Ok(());
                 }
                 call.down.recv_window -= len;
@@ -1650,7 +1684,7 @@ where
                 self.release_down(id);
             }
             Frame::Reset(r) => {
-                self.backend_reset(i, u32::from(r.stream_id()), r.reason());
+                self.backend_reset(i, u32::from(r.stream_id()), r.reason(), false);
             }
             Frame::GoAway(g) => {
                 // Calls above its last id were not processed: the client may
@@ -1779,9 +1813,9 @@ fn release<T>(id: u32, d: &mut Dir, to: &mut Side<T>) -> i64 {
 /// the Unix socket path as `:authority` (`/run/app.sock`, `%2Frun%2Fapp.sock`)
 /// by default. With `repair` such an authority becomes `localhost` rather than
 /// failing every call those clients make; it routes nothing (routes go by
-/// path) and the backend sees a well-formed one. The codec has decoded the
+/// path) and the backend sees a well-formed one. The reader has decoded the
 /// block already, so this costs nothing for a valid authority. (An authority
-/// that is not UTF-8 never gets here: h2's codec fails the connection.)
+/// that is not UTF-8 never gets here: the reader fails the stream.)
 fn request_head(
     pseudo: Pseudo,
     fields: HeaderMap,

@@ -105,12 +105,13 @@ pub(crate) struct Reader {
 }
 
 impl Reader {
-    pub(crate) fn new(max_header_list_size: usize) -> Reader {
+    /// A reader of a client (`strict`: see [`decode::Decoder`]) or a backend.
+    pub(crate) fn new(max_header_list_size: usize, strict: bool) -> Reader {
         Reader {
             buf: BytesMut::new(),
             want: 0,
             max_list: max_header_list_size,
-            hpack: decode::Decoder::default(),
+            hpack: decode::Decoder::new(strict),
             open: None,
         }
     }
@@ -413,6 +414,7 @@ fn block(
     let block = match decoded {
         Ok(b) => b,
         Err(decode::Error::Compression) => return Err(Error::GoAway(Reason::COMPRESSION_ERROR)),
+        Err(decode::Error::TooLarge) => return Err(Error::GoAway(Reason::ENHANCE_YOUR_CALM)),
         Err(decode::Error::Malformed) => return Err(reset(Reason::PROTOCOL_ERROR)),
     };
     if o.self_dependent {

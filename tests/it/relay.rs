@@ -921,3 +921,141 @@ async fn random_frame_sequences_never_panic_the_relay() {
         .unwrap();
     assert_eq!(rig.panics.load(Ordering::SeqCst), 0, "relay tasks panicked");
 }
+
+const STREAM_CLOSED: u32 = 0x5;
+
+#[tokio::test]
+async fn malformed_heads_are_refused_by_their_stream_or_their_id() {
+    let rig = Rig::start().await;
+    let calls = rig.echo.calls.load(Ordering::SeqCst);
+    // White space at the end of a value (RFC 9113 §8.2.1): a backend that
+    // trims it would see another value than the policy matched.
+    let mut raw = rig.raw().await;
+    let head = block(UNARY, &[(b"x-role", b"admin ")]);
+    raw.send(frame(0x1, 0x5, 1, &head)).await;
+    assert_eq!(
+        within("edge space", raw.outcome(1)).await,
+        Seen::Reset(PROTOCOL_ERROR)
+    );
+    // An upper-case name on stream 5: refused, and stream 5 counts as
+    // opened, so stream 3 after it is refused as closed.
+    raw.send(frame(0x1, 0x5, 5, &block(UNARY, &[(b"X-Role", b"admin")])))
+        .await;
+    assert_eq!(
+        within("upper case", raw.outcome(5)).await,
+        Seen::Reset(PROTOCOL_ERROR)
+    );
+    raw.send(frame(0x1, 0x5, 3, &block(UNARY, &[]))).await;
+    assert_eq!(
+        within("below the last id", raw.outcome(3)).await,
+        Seen::Reset(STREAM_CLOSED)
+    );
+    // A malformed head on an even id is the connection's error, as a
+    // well-formed one is.
+    let mut raw = rig.raw().await;
+    raw.send(frame(0x1, 0x5, 2, &block(UNARY, &[(b"X-Role", b"a")])))
+        .await;
+    assert_eq!(
+        within("even id", raw.outcome(2)).await,
+        Seen::GoAway(PROTOCOL_ERROR)
+    );
+    assert_eq!(
+        rig.echo.calls.load(Ordering::SeqCst),
+        calls,
+        "no malformed call reached the backend"
+    );
+}
+
+#[tokio::test]
+async fn over_size_heads_count_as_the_clients_errors() {
+    // One 4,000-byte field enters the table with a call; then each request
+    // names it five times (a 10-byte block that decodes past the 16 KiB
+    // list): answered 431 each, and past 1024 of them the connection goes.
+    let rig = Rig::start().await;
+    let mut raw = rig.raw().await;
+    let mut first = block(UNARY, &[]);
+    first.extend_from_slice(&[0x40, 5]);
+    first.extend_from_slice(b"x-big");
+    first.extend_from_slice(&[0x7f, 0xa1, 30]); // 127 + 33 + 30 * 128 = 4000
+    first.extend(std::iter::repeat_n(b'v', 4000));
+    raw.send(frame(0x1, 0x4, 1, &first)).await;
+    raw.send(frame(0x0, 0x1, 1, &EMPTY)).await;
+    assert_eq!(
+        within("the first call", raw.outcome(1)).await,
+        Seen::Answered
+    );
+    let mut big = block(UNARY, &[]);
+    big.extend_from_slice(&[0x80 | 62; 5]);
+    let mut burst = Vec::new();
+    for i in 0..1100u32 {
+        burst.extend(frame(0x1, 0x5, 3 + 2 * i, &big));
+    }
+    raw.send(burst).await;
+    let mut answers = 0;
+    let end = loop {
+        match within("431s, then GOAWAY", raw.next()).await {
+            Some((0x1, _, _, p)) => {
+                // :status 431, a literal (not in the static table).
+                assert!(p.windows(3).any(|w| w == b"431"), "{p:?}");
+                answers += 1;
+            }
+            Some((0x7, _, _, p)) => break u32::from_be_bytes(p[4..8].try_into().unwrap()),
+            Some(_) => {}
+            None => panic!("closed without a GOAWAY"),
+        }
+    };
+    assert_eq!(end, 0xb, "ENHANCE_YOUR_CALM");
+    assert!((1024..=1025).contains(&answers), "{answers} answers");
+}
+
+/// A backend that answers every request with malformed trailers (an
+/// upper-case name), and reports each stream the relay resets on it.
+async fn malformed_trailers_backend(
+    listener: tokio::net::UnixListener,
+    resets: tokio::sync::mpsc::UnboundedSender<u32>,
+) {
+    while let Ok((s, _)) = listener.accept().await {
+        let resets = resets.clone();
+        tokio::spawn(async move {
+            let Some(mut raw) = backend_side(s).await else {
+                return;
+            };
+            while let Some((kind, flags, id, _)) = raw.next().await {
+                if kind == 0x3 {
+                    let _ = resets.send(id);
+                }
+                if kind != 0x0 || flags & 0x1 == 0 {
+                    continue;
+                }
+                let mut head = vec![0x88, 0x0f, 0x10, 16];
+                head.extend_from_slice(b"application/grpc");
+                let mut trailers = vec![0x00, 11];
+                trailers.extend_from_slice(b"Grpc-Status");
+                trailers.extend_from_slice(&[1, b'0']);
+                let mut out = frame(0x1, 0x4, id, &head);
+                out.extend(frame(0x0, 0, id, &EMPTY));
+                out.extend(frame(0x1, 0x1 | 0x4, id, &trailers));
+                raw.send(out).await;
+            }
+        });
+    }
+}
+
+#[tokio::test]
+async fn malformed_trailers_from_a_backend_reset_both_sides() {
+    let mut rig = Rig::start().await;
+    rig.backend = None;
+    let listener = tokio::net::UnixListener::bind(rig.dir.path().join("echo.sock")).unwrap();
+    let (tx, mut resets) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(malformed_trailers_backend(listener, tx));
+    let mut raw = rig.raw().await;
+    raw.send(frame(0x1, 0x4, 1, &block(UNARY, &[]))).await;
+    raw.send(frame(0x0, 0x1, 1, &EMPTY)).await;
+    // The client sees the response head, then a reset instead of trailers.
+    assert_eq!(
+        within("client", raw.outcome(1)).await,
+        Seen::Reset(PROTOCOL_ERROR)
+    );
+    // The backend is told its stream is over.
+    assert_eq!(within("backend", resets.recv()).await, Some(1));
+}

@@ -354,3 +354,82 @@ fn never_indexed_fields_stay_sensitive() {
     assert!(!b.fields["x-a"].is_sensitive());
     assert!(d.table.is_empty());
 }
+
+/// A literal with indexing: `name` (static index) and a value of `len` bytes.
+fn big_entry(name_index: u8, len: usize) -> Vec<u8> {
+    let mut b = vec![0x40 | name_index, 0x7f];
+    let mut n = len - 127;
+    while n >= 128 {
+        b.push((n % 128) as u8 | 0x80);
+        n /= 128;
+    }
+    b.push(n as u8);
+    b.extend(std::iter::repeat_n(b'A', len));
+    b
+}
+
+#[test]
+fn a_block_decoding_past_four_times_the_limit_fails_the_connection() {
+    // One 4 KiB entry, then one-byte references to it: each would cost a
+    // 4 KiB copy for a long `:method` (an extension method owns its bytes).
+    for name_index in [2u8, 58] {
+        let mut d = Decoder::default();
+        let mut block = big_entry(name_index, 4000);
+        block.extend(std::iter::repeat_n(0x80 | 62, 60_000));
+        assert_eq!(d.block(&block, 16 << 10).unwrap_err(), Error::TooLarge);
+    }
+    // Up to four times, it is an over-size block (431), not an error.
+    let mut d = Decoder::default();
+    let mut block = big_entry(58, 4000);
+    block.extend(std::iter::repeat_n(0x80 | 62, 14));
+    let b = d.block(&block, 16 << 10).map(got).unwrap();
+    assert!(b.over_size);
+}
+
+#[test]
+fn a_block_keeps_at_most_8192_fields() {
+    // `a:` is 33 bytes in the list: 9,000 of them stay under a 1 MiB limit.
+    let mut d = Decoder::default();
+    let mut block = lit_indexed(b"a", b"");
+    block.extend(std::iter::repeat_n(0x80 | 62, 8999));
+    let b = d.block(&block, 1 << 20).unwrap();
+    assert!(b.over_size);
+    assert_eq!(b.fields.len(), 8192);
+}
+
+#[test]
+fn white_space_at_the_ends_is_refused_from_clients_only() {
+    for value in [&b" x"[..], b"x ", b"\tx", b"x\t", b" "] {
+        let mut block = hex("83 86 84");
+        block.extend(lit(b"grpc-message", value));
+        assert_eq!(
+            Decoder::new(true).block(&block, 1024).unwrap_err(),
+            Error::Malformed,
+            "{value:?}"
+        );
+        let b = Decoder::new(false).block(&block, 1024).map(got).unwrap();
+        assert_eq!(b.fields["grpc-message"].as_bytes(), value);
+    }
+    // Inside a value, it is fine either way.
+    let b = request(&mut Decoder::default(), &lit(b"grpc-message", b"a b\tc")).unwrap();
+    assert_eq!(b.fields["grpc-message"], "a b\tc");
+    // Pseudo-headers too; and DEL in one.
+    for (name, value) in [(&b":path"[..], &b"/a "[..]), (b":authority", b"a\x7f")] {
+        let block = lit(name, value);
+        assert_eq!(
+            request(&mut Decoder::default(), &block).unwrap_err(),
+            Error::Malformed,
+            "{value:?}"
+        );
+    }
+}
+
+#[test]
+fn an_entry_named_by_a_dynamic_entry_has_that_names_size() {
+    let mut d = Decoder::default();
+    request(&mut d, &lit_indexed(b"x-abc", b"1")).unwrap();
+    // Name index 62 (x-abc), value "12", indexed: 5 + 2 + 32.
+    let b = request(&mut d, &[0x40 | 62, 2, b'1', b'2']).unwrap();
+    assert_eq!(b.fields["x-abc"], "12");
+    assert_eq!(sizes(&d), [39, 38]);
+}

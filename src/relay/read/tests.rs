@@ -45,7 +45,7 @@ impl AsyncRead for Chunks<'_> {
 /// What the reader makes of `bytes` read `chunk` at a time, up to the end or
 /// a connection error.
 fn ours(bytes: &[u8], chunk: usize, max_list: usize) -> Vec<Result<Frame, Error>> {
-    let mut r = Reader::new(max_list);
+    let mut r = Reader::new(max_list, true);
     let mut io = Chunks { data: bytes, chunk };
     let waker = futures_util::task::noop_waker();
     let mut cx = Context::from_waker(&waker);
@@ -508,6 +508,20 @@ fn header_padding_priority_and_continuation() {
         assert_eq!(pseudo.path.as_deref(), Some("/s.S/M"));
         assert_eq!(fields["x"], "1");
     }
+}
+
+#[test]
+fn a_block_can_come_whole_in_its_last_continuation() {
+    let mut wire = frame(HEADERS, END_STREAM, 1, &[]);
+    wire.extend(frame(CONTINUATION, 0, 1, &[]));
+    wire.extend(frame(CONTINUATION, END_HEADERS, 1, BLOCK));
+    let got = ours(&wire, 4, 1024);
+    let [Ok(Frame::Headers(h))] = &got[..] else {
+        panic!("{got:?}")
+    };
+    assert!(h.end_stream);
+    assert_eq!(h.pseudo.path.as_deref(), Some("/s.S/M"));
+    assert_eq!(h.fields[0].1, "1");
 }
 
 #[test]
