@@ -1946,6 +1946,33 @@ mod tests {
     }
 
     #[test]
+    fn request_heads_without_what_a_request_needs_are_refused() {
+        let text = |s: &str| h2::frame::BytesStr::try_from(Bytes::from(s.to_string())).unwrap();
+        let good = || Pseudo {
+            method: Some(Method::POST),
+            scheme: Some(text("http")),
+            authority: Some(text("a.example")),
+            path: Some(text("/s.S/M")),
+            ..Pseudo::default()
+        };
+        let head = |p| request_head(p, HeaderMap::new(), false, &mut None);
+        assert!(head(good()).is_some());
+        let cases: [(&str, Box<dyn Fn(&mut Pseudo)>); 6] = [
+            (":status", Box::new(|p| p.status = Some(StatusCode::OK))),
+            ("CONNECT", Box::new(|p| p.method = Some(Method::CONNECT))),
+            ("no :method", Box::new(|p| p.method = None)),
+            ("no :scheme", Box::new(|p| p.scheme = None)),
+            ("no :path", Box::new(|p| p.path = None)),
+            ("an empty :path", Box::new(|p| p.path = Some(text("")))),
+        ];
+        for (what, change) in cases {
+            let mut p = good();
+            change(&mut p);
+            assert!(head(p).is_none(), "{what}");
+        }
+    }
+
+    #[test]
     fn waiting_data_frames_merge_so_a_byte_costs_a_byte() {
         let mut d = Dir::new(0);
         for i in 0..20_000u32 {
