@@ -1957,7 +1957,8 @@ mod tests {
         };
         let head = |p| request_head(p, HeaderMap::new(), false, &mut None);
         assert!(head(good()).is_some());
-        let cases: [(&str, fn(&mut Pseudo)); 6] = [
+        type Change = fn(&mut Pseudo);
+        let cases: [(&str, Change); 6] = [
             (":status", |p| p.status = Some(StatusCode::OK)),
             ("CONNECT", |p| p.method = Some(Method::CONNECT)),
             ("no :method", |p| p.method = None),
