@@ -29,8 +29,9 @@ use std::task::{ready, Context, Poll};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::relay::frame::{CONTINUATION, END_HEADERS, END_STREAM, HEADERS};
 use crate::relay::hpack;
-use crate::relay::write::{header_frames, CONTINUATION, END_HEADERS, END_STREAM, HEADERS};
+use crate::relay::write::header_frames;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const PADDED: u8 = 0x8;

@@ -20,14 +20,9 @@ use bytes::Bytes;
 use h2::frame::{BytesStr, Pseudo};
 use http::{header, HeaderName, HeaderValue, Method, StatusCode};
 
+use super::hpack::{ENTRY_OVERHEAD, STATIC, TABLE};
 use super::huffman;
 
-/// The table size this side allows: RFC 7541's default, as the relay never
-/// sends SETTINGS_HEADER_TABLE_SIZE.
-pub(crate) const TABLE: usize = 4096;
-/// RFC 7541 §4.1's per-entry overhead, also counted in a header list's size
-/// (RFC 9113 §6.5.2).
-const ENTRY_OVERHEAD: usize = 32;
 /// Continuation bytes of an integer: 4 take it past 2^28, far past any
 /// length or index a block may hold.
 const MAX_INT_BYTES: u32 = 4;
@@ -40,7 +35,8 @@ const LIST_FACTOR: usize = 4;
 /// holds at most 24,576, whatever the configured list limit allows).
 const MAX_FIELDS: usize = 8192;
 
-/// A decoding error: the connection's HPACK state is lost.
+/// Why a block was not decoded: the first two fail the connection (its
+/// HPACK state is lost, or the block is abuse), the last only the stream.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Error {
     Compression,
@@ -230,7 +226,7 @@ impl Decoder {
                     let len = raw.len();
                     (name(&raw), len)
                 } else {
-                    self.name(i)?
+                    self.entry_name(i)?
                 };
                 let before = src;
                 let (huffman, raw) = literal(&mut src)?;
@@ -240,7 +236,7 @@ impl Decoder {
                 // kept, judged, to spare the Huffman decoding, allocation
                 // and checks.
                 let keep = !indexing && matches!(name, Name::Path);
-                let (field, value_len) = match &self.last_path {
+                let (mut field, value_len) = match &self.last_path {
                     Some((e, f, n)) if keep && e[..] == *encoded => (f.clone(), *n),
                     _ => {
                         let value = decode(huffman, raw)?;
@@ -253,7 +249,6 @@ impl Decoder {
                     }
                 };
                 let size = name_len + value_len + ENTRY_OVERHEAD;
-                let mut field = field;
                 if first & 0xf0 == 0x10 {
                     // Never indexed (§6.2.3): it stays so on the way on
                     // (§7.1.3), as the writer writes sensitive values.
@@ -280,7 +275,7 @@ impl Decoder {
     }
 
     /// The name at index `i`, and its length.
-    fn name(&self, i: usize) -> Result<(Name, usize), Error> {
+    fn entry_name(&self, i: usize) -> Result<(Name, usize), Error> {
         let e = self.entry(i)?;
         Ok((e.name.clone(), e.name_len))
     }
@@ -423,84 +418,12 @@ fn field(name: &Name, value: Bytes, strict: bool) -> Field {
     }
 }
 
-/// RFC 7541 Appendix A.
-const STATIC: [(&str, &str); 61] = [
-    (":authority", ""),
-    (":method", "GET"),
-    (":method", "POST"),
-    (":path", "/"),
-    (":path", "/index.html"),
-    (":scheme", "http"),
-    (":scheme", "https"),
-    (":status", "200"),
-    (":status", "204"),
-    (":status", "206"),
-    (":status", "304"),
-    (":status", "400"),
-    (":status", "404"),
-    (":status", "500"),
-    ("accept-charset", ""),
-    ("accept-encoding", "gzip, deflate"),
-    ("accept-language", ""),
-    ("accept-ranges", ""),
-    ("accept", ""),
-    ("access-control-allow-origin", ""),
-    ("age", ""),
-    ("allow", ""),
-    ("authorization", ""),
-    ("cache-control", ""),
-    ("content-disposition", ""),
-    ("content-encoding", ""),
-    ("content-language", ""),
-    ("content-length", ""),
-    ("content-location", ""),
-    ("content-range", ""),
-    ("content-type", ""),
-    ("cookie", ""),
-    ("date", ""),
-    ("etag", ""),
-    ("expect", ""),
-    ("expires", ""),
-    ("from", ""),
-    ("host", ""),
-    ("if-match", ""),
-    ("if-modified-since", ""),
-    ("if-none-match", ""),
-    ("if-range", ""),
-    ("if-unmodified-since", ""),
-    ("last-modified", ""),
-    ("link", ""),
-    ("location", ""),
-    ("max-forwards", ""),
-    ("proxy-authenticate", ""),
-    ("proxy-authorization", ""),
-    ("range", ""),
-    ("referer", ""),
-    ("refresh", ""),
-    ("retry-after", ""),
-    ("server", ""),
-    ("set-cookie", ""),
-    ("strict-transport-security", ""),
-    ("transfer-encoding", ""),
-    ("user-agent", ""),
-    ("vary", ""),
-    ("via", ""),
-    ("www-authenticate", ""),
-];
-
 /// The static table's entries, judged once.
 static STATIC_ENTRIES: std::sync::LazyLock<Vec<Entry>> = std::sync::LazyLock::new(|| {
     STATIC
         .iter()
         .map(|&(n, v)| {
-            let name = match n {
-                ":authority" => Name::Authority,
-                ":method" => Name::Method,
-                ":path" => Name::Path,
-                ":scheme" => Name::Scheme,
-                ":status" => Name::Status,
-                _ => Name::Regular(HeaderName::from_static(n)),
-            };
+            let name = name(n.as_bytes());
             Entry {
                 field: field(&name, Bytes::from_static(v.as_bytes()), true),
                 name,

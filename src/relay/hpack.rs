@@ -66,11 +66,14 @@ impl<'a> View<'a> {
     }
 }
 
-/// The largest table used, whatever the peer allows: RFC 7541's default,
-/// which is also every decoder's initial size (so none has to be announced).
-const TABLE: usize = 4096;
-/// What an entry costs beyond its name and value (RFC 7541 §4.1).
-const ENTRY_OVERHEAD: usize = 32;
+/// RFC 7541's default table size, every decoder's initial one: the largest
+/// table the encoder uses, whatever the peer allows (so none has to be
+/// announced), and the one the decoder allows (the relay never sends
+/// SETTINGS_HEADER_TABLE_SIZE).
+pub(super) const TABLE: usize = 4096;
+/// What an entry costs beyond its name and value (RFC 7541 §4.1), also
+/// counted in a header list's size (RFC 9113 §6.5.2).
+pub(super) const ENTRY_OVERHEAD: usize = 32;
 
 /// One connection's encoder: a mirror of the peer decoder's dynamic table.
 pub(super) struct Encoder {
@@ -329,6 +332,71 @@ pub(crate) fn string(dst: &mut Vec<u8>, s: &[u8]) {
     dst.extend_from_slice(s);
 }
 
+/// RFC 7541 Appendix A.
+pub(super) const STATIC: [(&str, &str); 61] = [
+    (":authority", ""),
+    (":method", "GET"),
+    (":method", "POST"),
+    (":path", "/"),
+    (":path", "/index.html"),
+    (":scheme", "http"),
+    (":scheme", "https"),
+    (":status", "200"),
+    (":status", "204"),
+    (":status", "206"),
+    (":status", "304"),
+    (":status", "400"),
+    (":status", "404"),
+    (":status", "500"),
+    ("accept-charset", ""),
+    ("accept-encoding", "gzip, deflate"),
+    ("accept-language", ""),
+    ("accept-ranges", ""),
+    ("accept", ""),
+    ("access-control-allow-origin", ""),
+    ("age", ""),
+    ("allow", ""),
+    ("authorization", ""),
+    ("cache-control", ""),
+    ("content-disposition", ""),
+    ("content-encoding", ""),
+    ("content-language", ""),
+    ("content-length", ""),
+    ("content-location", ""),
+    ("content-range", ""),
+    ("content-type", ""),
+    ("cookie", ""),
+    ("date", ""),
+    ("etag", ""),
+    ("expect", ""),
+    ("expires", ""),
+    ("from", ""),
+    ("host", ""),
+    ("if-match", ""),
+    ("if-modified-since", ""),
+    ("if-none-match", ""),
+    ("if-range", ""),
+    ("if-unmodified-since", ""),
+    ("last-modified", ""),
+    ("link", ""),
+    ("location", ""),
+    ("max-forwards", ""),
+    ("proxy-authenticate", ""),
+    ("proxy-authorization", ""),
+    ("range", ""),
+    ("referer", ""),
+    ("refresh", ""),
+    ("retry-after", ""),
+    ("server", ""),
+    ("set-cookie", ""),
+    ("strict-transport-security", ""),
+    ("transfer-encoding", ""),
+    ("user-agent", ""),
+    ("vary", ""),
+    ("via", ""),
+    ("www-authenticate", ""),
+];
+
 /// The static table's first index for a (lower-case) field name
 /// (RFC 7541 Appendix A).
 fn static_name(name: &[u8]) -> Option<usize> {
@@ -387,4 +455,27 @@ fn static_name(name: &[u8]) -> Option<usize> {
         b"www-authenticate" => 61,
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_name_lookup_agrees_with_the_static_table() {
+        // The encoder finds names by `static_name`, the decoder indexes
+        // `STATIC`: one table, two directions.
+        for (i, (name, _)) in STATIC.iter().enumerate() {
+            let first = STATIC.iter().position(|(n, _)| n == name).unwrap() + 1;
+            assert_eq!(
+                static_name(name.as_bytes()),
+                Some(first),
+                "{name} at {}",
+                i + 1
+            );
+        }
+        for other in ["x-role", ":protocol", "Content-Type", ""] {
+            assert_eq!(static_name(other.as_bytes()), None, "{other}");
+        }
+    }
 }

@@ -20,6 +20,7 @@
 //! relay advertised them, so a faulty one cannot make it buffer without bound.
 
 mod decode;
+pub(crate) mod frame;
 pub(crate) mod hpack;
 mod huffman;
 mod read;

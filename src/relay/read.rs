@@ -21,28 +21,12 @@ use h2::frame::{
 };
 use tokio::io::AsyncRead;
 
+use super::frame::{
+    ACK, CONTINUATION, DATA, DEFAULT_MAX_FRAME, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PADDED,
+    PING, PRIORITY, PRIORITY_FLAG, PUSH_PROMISE, RST_STREAM, SETTINGS, WINDOW_UPDATE,
+};
 use super::{decode, Head};
 
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const PRIORITY: u8 = 0x2;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const PUSH_PROMISE: u8 = 0x5;
-const PING: u8 = 0x6;
-const GOAWAY: u8 = 0x7;
-const WINDOW_UPDATE: u8 = 0x8;
-const CONTINUATION: u8 = 0x9;
-
-const END_STREAM: u8 = 0x1;
-const ACK: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const PADDED: u8 = 0x8;
-const PRIORITY_FLAG: u8 = 0x20;
-
-/// The frame size this side allows: RFC 9113's default, as the relay never
-/// sends SETTINGS_MAX_FRAME_SIZE.
-const MAX_FRAME: usize = 16_384;
 /// A read asks for at least this much room (h2's read size).
 const READ: usize = 8 << 10;
 /// An encoded header block larger than this many times the header list
@@ -160,7 +144,7 @@ impl Reader {
             let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
             let (kind, flags) = (h[3], h[4]);
             let id = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
-            if len > MAX_FRAME {
+            if len > DEFAULT_MAX_FRAME {
                 return Err(Error::GoAway(Reason::FRAME_SIZE_ERROR));
             }
             if self.buf.len() < 9 + len {
@@ -181,12 +165,12 @@ impl Reader {
                     self.buf.advance(9 + len);
                     continue;
                 }
-                Ok(Parsed::Block(range)) => match self.open.take() {
-                    // The whole block in this frame: decoded where it lies.
-                    Some(o) if o.fragment.is_empty() => {
-                        block(&mut self.hpack, &o, &payload[range], self.max_list).map(Some)
+                Ok(Parsed::Block(here)) => match self.open.take() {
+                    Some(o) => {
+                        // A block all in this frame is decoded where it lies.
+                        let src = here.map_or(&o.fragment[..], |r| &payload[r]);
+                        block(&mut self.hpack, &o, src, self.max_list).map(Some)
                     }
-                    Some(o) => block(&mut self.hpack, &o, &o.fragment, self.max_list).map(Some),
                     None => Err(Error::GoAway(Reason::PROTOCOL_ERROR)),
                 },
                 Err(e) => Err(e),
@@ -374,7 +358,7 @@ fn fragment(
         return Err(Error::GoAway(Reason::PROTOCOL_ERROR));
     };
     if flags & END_HEADERS != 0 && o.fragment.is_empty() {
-        return Ok(Parsed::Block(range));
+        return Ok(Parsed::Block(Some(range)));
     }
     let p = &p[range];
     if o.fragment.len() + p.len() > limit {
@@ -382,7 +366,7 @@ fn fragment(
     }
     o.fragment.extend_from_slice(p);
     if flags & END_HEADERS != 0 {
-        return Ok(Parsed::Block(0..0));
+        return Ok(Parsed::Block(None));
     }
     // Empty or tiny CONTINUATION frames cost no memory but a pass each:
     // bounded as h2 bounds them (a fifth more than a full block needs in
@@ -391,7 +375,7 @@ fn fragment(
         return Ok(Parsed::Skip);
     }
     o.continuations += 1;
-    let frames = (limit / MAX_FRAME).max(1);
+    let frames = (limit / DEFAULT_MAX_FRAME).max(1);
     if o.continuations > (frames + frames / 4).max(5) {
         return Err(Error::GoAway(Reason::ENHANCE_YOUR_CALM));
     }
@@ -432,9 +416,9 @@ fn block(
 
 enum Parsed {
     Frame(Frame),
-    /// The open header block is whole: in this payload's range if it came
-    /// in one frame, else in its fragment.
-    Block(std::ops::Range<usize>),
+    /// The open header block is whole: in this payload's range if it is all
+    /// in this frame, else in its fragment.
+    Block(Option<std::ops::Range<usize>>),
     /// Nothing to hand on (an unknown frame, a CONTINUATION not the last).
     Skip,
 }

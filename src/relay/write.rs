@@ -15,6 +15,10 @@ use std::task::{ready, Context, Poll};
 use bytes::{Buf, Bytes};
 use tokio::io::AsyncWrite;
 
+use super::frame::{
+    ACK, CONTINUATION, DATA, DEFAULT_MAX_FRAME, END_HEADERS, END_STREAM, GOAWAY, HEAD, HEADERS,
+    PING, RST_STREAM, SETTINGS, WINDOW_UPDATE,
+};
 use super::hpack;
 use super::Out;
 
@@ -25,21 +29,6 @@ const CHAIN: usize = 256;
 const ROOM: usize = 16 << 10;
 /// Slices per vectored write.
 const SLICES: usize = 64;
-
-const HEAD: usize = 9;
-const DATA: u8 = 0x0;
-pub(crate) const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const PING: u8 = 0x6;
-const GOAWAY: u8 = 0x7;
-const WINDOW_UPDATE: u8 = 0x8;
-pub(crate) const CONTINUATION: u8 = 0x9;
-pub(crate) const END_STREAM: u8 = 0x1;
-const ACK: u8 = 0x1;
-pub(crate) const END_HEADERS: u8 = 0x4;
-/// HTTP/2's smallest SETTINGS_MAX_FRAME_SIZE, every peer's initial one.
-const DEFAULT_MAX_FRAME: usize = 16 << 10;
 
 /// What a SETTINGS acknowledgement carries to the writer: the peer's values
 /// that govern encoding, applied once the acknowledgement is encoded, so every
