@@ -483,13 +483,18 @@ async fn a_backend_connection_is_reused_while_busy_and_closed_when_idle() {
 #[tokio::test]
 async fn a_client_that_keeps_causing_stream_errors_is_cut_off() {
     // Each malformed request costs the client one HEADERS frame and the
-    // relay a reset; past 1024 of them the connection goes.
+    // relay a reset; past 1024 of them the connection goes. Found by the
+    // relay (no `:path`) or by the reader (an upper-case name).
+    cut_off_after_stream_errors(&block(b"", &[])).await;
+    cut_off_after_stream_errors(&block(UNARY, &[(b"X-Role", b"a")])).await;
+}
+
+async fn cut_off_after_stream_errors(bad: &[u8]) {
     let rig = Rig::start().await;
     let mut raw = rig.raw().await;
-    let bad = block(b"", &[]);
     let mut burst = Vec::new();
     for i in 0..1100u32 {
-        burst.extend(frame(0x1, 0x5, 1 + 2 * i, &bad));
+        burst.extend(frame(0x1, 0x5, 1 + 2 * i, bad));
     }
     raw.send(burst).await;
     let mut resets = 0;
@@ -503,6 +508,32 @@ async fn a_client_that_keeps_causing_stream_errors_is_cut_off() {
     };
     assert_eq!(end, 0xb, "ENHANCE_YOUR_CALM");
     assert!((1024..=1025).contains(&resets), "{resets} resets");
+    // Once the GOAWAY is out, the rest of the burst is not read: no reset
+    // follows it.
+    while let Some((kind, _, id, _)) = within("the close", raw.next()).await {
+        assert_ne!(kind, 0x3, "RST_STREAM on {id} after the GOAWAY");
+    }
+}
+
+#[tokio::test]
+async fn a_bad_priority_frame_on_a_stream_not_open_resets_nothing() {
+    // PRIORITY of the wrong length, and one depending on its own stream,
+    // both on streams never opened: a stream error with no stream to reset
+    // (RST_STREAM on an idle stream is itself a protocol error).
+    let rig = Rig::start().await;
+    let mut raw = rig.raw().await;
+    raw.send(frame(0x2, 0, 7, &[0, 0, 0, 0])).await;
+    raw.send(frame(0x2, 0, 9, &[0, 0, 0, 9, 16])).await;
+    raw.send(frame(0x1, 0x4, 1, &block(UNARY, &[]))).await;
+    raw.send(frame(0x0, 0x1, 1, &EMPTY)).await;
+    loop {
+        match within("the call", raw.next()).await {
+            Some((0x3, _, id, _)) => panic!("RST_STREAM on stream {id}"),
+            Some((0x7, ..)) | None => panic!("the connection went"),
+            Some((0x1, flags, 1, _)) if flags & 0x1 != 0 => break,
+            Some(_) => {}
+        }
+    }
 }
 
 /// A gRPC message carrying `req`.

@@ -714,6 +714,17 @@ fn connection_errors() {
 }
 
 #[test]
+fn a_block_that_decodes_past_four_times_the_limit_fails_the_connection() {
+    // A 1,000-byte field into the table, then 100 one-byte references to it:
+    // 100 KiB decoded from a 1 KiB block, past 4 × 16 KiB.
+    let mut block = vec![0x40, 3, b'x', b'-', b'a', 0x7f, 0xe9, 0x06];
+    block.extend(std::iter::repeat_n(b'v', 1000));
+    block.extend(std::iter::repeat_n(0x80 | 62, 100));
+    let wire = frame(HEADERS, END_HEADERS, 1, &block);
+    assert_eq!(error(&wire), "GoAway(ENHANCE_YOUR_CALM)");
+}
+
+#[test]
 fn continuation_floods_and_huge_blocks_are_cut_off() {
     // Empty CONTINUATION frames: each costs a pass, none memory.
     let mut wire = frame(HEADERS, 0, 1, &BLOCK[..2]);
