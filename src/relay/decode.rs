@@ -46,6 +46,10 @@ pub(crate) enum Error {
     Malformed,
 }
 
+/// Regular fields a block is given room for at its first (a gRPC request
+/// has five or six).
+const FIELDS_GUESS: usize = 8;
+
 /// A decoded header block.
 #[derive(Debug, Default)]
 pub(crate) struct Block {
@@ -166,6 +170,11 @@ impl Building {
             Field::Path(s) => p.path = Some(s.clone()),
             Field::Status(s) => p.status = Some(*s),
             Field::Regular(n, v) => {
+                if self.block.fields.capacity() == 0 {
+                    // One allocation for a gRPC head's fields, where pushing
+                    // would allocate at 4 and move them at 5.
+                    self.block.fields.reserve(FIELDS_GUESS);
+                }
                 self.block.fields.push((n.clone(), v.clone()));
             }
             Field::Malformed => {}

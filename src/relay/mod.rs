@@ -76,6 +76,8 @@ const QUEUE: usize = 256;
 /// for all its calls at once, so one upload to a slow backend would stall the
 /// connection's calls to the others.
 const QUEUE_BYTES: usize = 64 << 10;
+/// Header fields a host typically adds to a request (see `client_headers`).
+const HOST_ADDS: usize = 2;
 /// Queued DATA frames are merged up to this (the smallest frame size a peer
 /// may allow).
 const MERGE_LIMIT: usize = 16 << 10;
@@ -1119,7 +1121,9 @@ where
             return Ok(());
         }
         let Head { pseudo, fields, .. } = h;
-        let mut map = HeaderMap::with_capacity(fields.len());
+        // Room for what the host adds (the gateway: XFCC and the peer's
+        // credentials), so adding them does not grow the map.
+        let mut map = HeaderMap::with_capacity(fields.len() + HOST_ADDS);
         for (n, v) in fields {
             map.append(n, v);
         }

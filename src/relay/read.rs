@@ -22,8 +22,8 @@ use h2::frame::{
 use tokio::io::AsyncRead;
 
 use super::frame::{
-    ACK, CONTINUATION, DATA, DEFAULT_MAX_FRAME, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PADDED,
-    PING, PRIORITY, PRIORITY_FLAG, PUSH_PROMISE, RST_STREAM, SETTINGS, WINDOW_UPDATE,
+    ACK, CONTINUATION, DATA, DEFAULT_MAX_FRAME, END_HEADERS, END_STREAM, GOAWAY, HEAD, HEADERS,
+    PADDED, PING, PRIORITY, PRIORITY_FLAG, PUSH_PROMISE, RST_STREAM, SETTINGS, WINDOW_UPDATE,
 };
 use super::{decode, Head};
 
@@ -112,9 +112,19 @@ impl Reader {
                 Ok(None) => {}
                 Err(e) => return Poll::Ready(Some(Err(e))),
             }
-            let room = self.want.saturating_sub(self.buf.len()).max(READ);
-            if self.buf.capacity() - self.buf.len() < room {
-                self.buf.reserve(room);
+            // Room for the rest of a frame whose head is known, and for the
+            // next frame's head: a stream of large DATA frames is then read a
+            // frame per read, each ending where the next begins, so a new
+            // buffer starts with only that head to copy.
+            let ahead = if self.want > HEAD { HEAD } else { 0 };
+            let room = (self.want.saturating_sub(self.buf.len()) + ahead).max(READ);
+            if self.buf.capacity() - self.buf.len() < room && !self.buf.try_reclaim(room) {
+                // Not `reserve`: grown in place it copies the frames already
+                // read too (and doubles), which for 16 KiB frames read 8 KiB
+                // at a time was half of every streamed byte copied once more.
+                let mut fresh = BytesMut::with_capacity(self.buf.len() + room);
+                fresh.extend_from_slice(&self.buf);
+                self.buf = fresh;
             }
             match ready!(tokio_util::io::poll_read_buf(
                 Pin::new(io),
