@@ -1,9 +1,8 @@
 //! The write half of one side: frames encoded into a buffer, sent with one
 //! vectored write per flush.
 //!
-//! h2's codec still reads (framing limits, HPACK decoding, CONTINUATION);
-//! writing is simple enough to own, and owning it lets the header blocks go
-//! through [`hpack::Encoder`] instead of h2's. Frame heads and small payloads
+//! Header blocks go through the relay's own [`hpack::Encoder`]. Frame heads
+//! and small payloads
 //! are copied into the buffer; a DATA payload of [`CHAIN`] bytes or more is
 //! sent from where it is, between the buffered bytes before and after it.
 
