@@ -2,9 +2,9 @@
 //! vectored write per flush.
 //!
 //! Header blocks go through the relay's own [`hpack::Encoder`]. Frame heads
-//! and small payloads
-//! are copied into the buffer; a DATA payload of [`CHAIN`] bytes or more is
-//! sent from where it is, between the buffered bytes before and after it.
+//! and small payloads are copied into the buffer; a DATA payload of
+//! [`CHAIN`] bytes or more is sent from where it is, between the buffered
+//! bytes before and after it.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
