@@ -23,9 +23,15 @@ use super::Out;
 
 /// DATA payloads this large are not copied (h2's threshold with vectored I/O).
 const CHAIN: usize = 256;
-/// Bytes waiting to be written before the side takes no more frames without
+/// Bytes copied into the buffer before the side takes no more frames without
 /// writing first (h2's write buffer).
 const ROOM: usize = 16 << 10;
+/// The same bound for everything waiting, chained payloads included. Larger
+/// than one TLS record: a 16 KiB DATA frame is 9 bytes more than a record
+/// holds, so written one at a time each made a full record and a 9-byte one;
+/// taken four at a time they fill the records they span. The payloads were
+/// already read, so holding them here costs no memory of its own.
+const CHAINED_ROOM: usize = 64 << 10;
 /// Slices per vectored write.
 const SLICES: usize = 64;
 
@@ -76,7 +82,7 @@ impl Writer {
     /// all of it is out, so a peer that keeps reading slowly cannot make it
     /// grow (h2's writer did the same).
     pub(super) fn has_room(&self) -> bool {
-        self.buf.len() + self.chained_len < ROOM
+        self.buf.len() < ROOM && self.buf.len() + self.chained_len < CHAINED_ROOM
     }
 
     fn is_empty(&self) -> bool {
@@ -925,32 +931,73 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_peer_that_reads_slowly_cannot_make_the_buffer_grow() {
+    /// As `Side::drain` does against a peer taking 100 bytes every other
+    /// write: frames while there is room, then a write. Returns the bytes
+    /// sent, the peak of buffered plus chained bytes, and the peak of the
+    /// buffer alone.
+    fn drain_slowly(payload: usize) -> (usize, usize, usize) {
         let mut w = Writer::new();
         let mut io = Trickle::new(100, true);
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
-        let mut sent = 0usize;
-        let mut peak = 0;
+        let (mut sent, mut peak, mut peak_buf) = (0usize, 0, 0);
         for _ in 0..40_000 {
-            // As `Side::drain` does: frames while there is room, then a write.
             while w.has_room() {
                 w.frame(Out::WindowUpdate(WindowUpdate::new(StreamId::from(1), 1)))
                     .unwrap();
                 w.frame(Out::Data(Data::new(
                     StreamId::from(1),
-                    Bytes::from(vec![1; 300]),
+                    Bytes::from(vec![1; payload]),
                 )))
                 .unwrap();
-                sent += 2 * HEAD + 4 + 300;
+                sent += 2 * HEAD + 4 + payload;
             }
             peak = peak.max(w.buf.len() + w.chained_len);
+            peak_buf = peak_buf.max(w.buf.len());
             let _ = w.poll_write(&mut io, &mut cx);
         }
-        assert!(sent > 1 << 20, "{sent}");
-        assert!(peak < ROOM + 2 * HEAD + 4 + 300, "peak {peak}");
         assert!(w.buf.capacity() <= 2 * ROOM, "{}", w.buf.capacity());
+        (sent, peak, peak_buf)
+    }
+
+    #[test]
+    fn a_peer_that_reads_slowly_cannot_make_the_buffer_grow() {
+        // Copied payloads: the buffer's own bound.
+        let (sent, peak, _) = drain_slowly(CHAIN - 1);
+        assert!(sent > 1 << 20, "{sent}");
+        assert!(peak < ROOM + 2 * HEAD + 4 + CHAIN, "peak {peak}");
+        // Chained payloads: at most the chained bound in all, and the
+        // buffer (heads, window updates) still within its own.
+        let (sent, peak, peak_buf) = drain_slowly(300);
+        assert!(sent > 1 << 20, "{sent}");
+        assert!(peak < CHAINED_ROOM + 2 * HEAD + 4 + 300, "peak {peak}");
+        assert!(peak_buf < ROOM + 2 * HEAD + 4, "buffer peak {peak_buf}");
+    }
+
+    #[test]
+    fn full_data_frames_are_written_several_at_a_time() {
+        // A frame of 16 KiB is 9 bytes more than a TLS record holds: written
+        // alone it makes a second, 9-byte record. Several in one write fill
+        // the records they span.
+        let mut w = Writer::new();
+        let mut taken = 0;
+        while w.has_room() {
+            w.frame(Out::Data(Data::new(
+                StreamId::from(1),
+                Bytes::from(vec![taken as u8; DEFAULT_MAX_FRAME]),
+            )))
+            .unwrap();
+            taken += 1;
+        }
+        assert_eq!(taken, CHAINED_ROOM / DEFAULT_MAX_FRAME);
+        let mut io = Trickle::new(usize::MAX, true);
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        // One vectored write takes all of it (the Trickle alternates
+        // readiness, so a second write would have returned Pending).
+        assert!(w.poll_write(&mut io, &mut cx).is_ready());
+        assert_eq!(io.out.len(), taken * (HEAD + DEFAULT_MAX_FRAME));
+        assert!(w.is_empty());
     }
 
     #[test]

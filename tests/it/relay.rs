@@ -184,6 +184,7 @@ async fn unary_metadata_and_every_streaming_kind_pass_through() {
     while let Some(m) = within("next message", stream.next()).await {
         let m = m.unwrap();
         assert_eq!((m.seq, m.payload.len()), (n, 64 << 10));
+        assert!(m.payload.iter().all(|&b| b == 7), "message {n} altered");
         n += 1;
     }
     assert_eq!(n, 200);
