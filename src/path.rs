@@ -5,28 +5,55 @@
 //! `/svc%2FM`) a deny rule could be bypassed — grpc-go's CVE-2026-33186 was exactly
 //! that. So anything not canonical is refused before policy runs.
 
+/// Bytes a path may hold without a closer look: visible ASCII but `/`, `.`,
+/// `%`, `?` and `#`.
+const PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = b'!';
+    while c <= b'~' {
+        t[c as usize] = !matches!(c, b'/' | b'.' | b'%' | b'?' | b'#');
+        c += 1;
+    }
+    t
+};
+
 /// Splits a canonical `/Service/Method` path, or says why it is not one.
+///
+/// One pass over the bytes: it runs twice on every call (path check and
+/// router), and the separate scans it replaced (`split_once`, `contains`
+/// twice, a byte check) cost ~520 instructions per path.
 ///
 /// # Errors
 /// A short reason, safe to send back to the client.
 pub fn split(path: &str) -> Result<(&str, &str), &'static str> {
     let rest = path.strip_prefix('/').ok_or("path must start with '/'")?;
-    let (service, method) = rest.split_once('/').ok_or("path must be /Service/Method")?;
+    let (mut slash, mut more, mut dots, mut bad) = (None, false, false, false);
+    let mut prev = b'/';
+    for (i, &c) in rest.as_bytes().iter().enumerate() {
+        if !PLAIN[c as usize] {
+            match c {
+                b'/' if slash.is_none() => slash = Some(i),
+                b'/' => more = true,
+                b'.' => dots |= prev == b'.',
+                _ => bad = true,
+            }
+        }
+        prev = c;
+    }
+    let at = slash.ok_or("path must be /Service/Method")?;
+    let (service, method) = (&rest[..at], &rest[at + 1..]);
     if service.is_empty() || method.is_empty() {
         return Err("path must be /Service/Method with both parts non-empty");
     }
-    if method.contains('/') {
+    if more {
         return Err("path must have exactly two segments");
     }
-    if path.contains("..") {
+    if dots {
         return Err("path must not contain '..'");
     }
     // '%' escapes, a query or fragment, and anything outside visible ASCII would let
     // two spellings name one method.
-    if !path
-        .bytes()
-        .all(|b| b.is_ascii_graphic() && !matches!(b, b'%' | b'?' | b'#'))
-    {
+    if bad {
         return Err("path must be plain visible ASCII without '%', '?' or '#'");
     }
     Ok((service, method))
@@ -39,6 +66,72 @@ mod tests {
     #[test]
     fn canonical() {
         assert_eq!(split("/demo.v1.Echo/Unary"), Ok(("demo.v1.Echo", "Unary")));
+    }
+
+    /// The rules as separate scans, as they were written first.
+    fn reference(path: &str) -> Result<(&str, &str), &'static str> {
+        let rest = path.strip_prefix('/').ok_or("path must start with '/'")?;
+        let (service, method) = rest.split_once('/').ok_or("path must be /Service/Method")?;
+        if service.is_empty() || method.is_empty() {
+            return Err("path must be /Service/Method with both parts non-empty");
+        }
+        if method.contains('/') {
+            return Err("path must have exactly two segments");
+        }
+        if path.contains("..") {
+            return Err("path must not contain '..'");
+        }
+        if !path
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'%' | b'?' | b'#'))
+        {
+            return Err("path must be plain visible ASCII without '%', '?' or '#'");
+        }
+        Ok((service, method))
+    }
+
+    #[test]
+    fn one_pass_agrees_with_the_rules_written_as_separate_scans() {
+        // Every path of up to 5 characters from an alphabet of each kind of
+        // byte the rules look at, and longer random ones.
+        let alphabet = ["/", ".", "a", "%", "?", "#", " ", "\u{e4}", "~", "\u{7f}"];
+        let mut paths = vec![String::new()];
+        let mut layer = vec![String::new()];
+        for _ in 0..5 {
+            layer = layer
+                .iter()
+                .flat_map(|p| alphabet.iter().map(move |c| format!("{p}{c}")))
+                .collect();
+            paths.extend(layer.iter().cloned());
+        }
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        // `/seg/seg` of mostly plain bytes, so that many are canonical.
+        for _ in 0..20_000 {
+            let mut p = String::new();
+            for _ in 0..2 {
+                p.push('/');
+                for _ in 0..next() % 12 {
+                    p.push_str(match next() % 100 {
+                        0..80 => "a",
+                        80..88 => ".",
+                        88..92 => "/",
+                        _ => alphabet[(next() % alphabet.len() as u64) as usize],
+                    });
+                }
+            }
+            paths.push(p);
+        }
+        for p in &paths {
+            assert_eq!(split(p), reference(p), "{p:?}");
+        }
+        let ok = paths.iter().filter(|p| split(p).is_ok()).count();
+        assert!(ok > 1_000, "{ok} canonical paths");
     }
 
     #[test]
