@@ -81,6 +81,12 @@ const HOST_ADDS: usize = 2;
 /// Queued DATA frames are merged up to this (the smallest frame size a peer
 /// may allow).
 const MERGE_LIMIT: usize = 16 << 10;
+/// Empty per-call queues kept for the next calls, and the most frames one
+/// kept may hold. Each call has two; making them anew cost two allocations
+/// and two grows, ~480 instructions a call. A unary call's hold 4 frames (192
+/// bytes): an idle connection keeps 2 of those, at most 8 of 384 bytes.
+const SPARE_QUEUES: usize = 8;
+const SPARE_QUEUE_MAX: usize = 8;
 
 /// Limits the relay holds its client to, and how it treats its backends.
 #[derive(Clone, Copy, Debug)]
@@ -407,11 +413,12 @@ struct Dir {
 }
 
 impl Dir {
-    fn new(send_window: i64) -> Dir {
+    fn new(send_window: i64, queue: VecDeque<Out>) -> Dir {
+        debug_assert!(queue.is_empty());
         Dir {
             send_window,
             recv_window: i64::from(STREAM_WINDOW),
-            queue: VecDeque::new(),
+            queue,
             credit: 0,
             ended: false,
         }
@@ -508,6 +515,8 @@ pub struct Relay<C, H: Host> {
     /// A poll did work since `take_moved` last looked (busy polling's cue).
     moved: bool,
     last_uri: Option<LastUri>,
+    /// Emptied queues of ended calls, for the next ones (`SPARE_QUEUES`).
+    spare: Vec<VecDeque<Out>>,
 }
 
 /// Reads the client's preface (24 bytes) from an established TLS stream.
@@ -569,6 +578,7 @@ where
             scratch: Vec::new(),
             moved: false,
             last_uri: None,
+            spare: Vec::new(),
         }
     }
 
@@ -937,6 +947,12 @@ where
             self.arm_sweep(now);
         }
         self.open_waiting(call.conn);
+        for mut q in [call.up.queue, call.down.queue] {
+            if self.spare.len() < SPARE_QUEUES && (1..=SPARE_QUEUE_MAX).contains(&q.capacity()) {
+                q.clear();
+                self.spare.push(q);
+            }
+        }
     }
 
     /// Ends calls that are over in both directions.
@@ -1173,8 +1189,8 @@ where
                     started: tokio::time::Instant::now(),
                     down_data: false,
                     conn,
-                    up: Dir::new(send),
-                    down: Dir::new(self.c.peer_init),
+                    up: Dir::new(send, self.spare.pop().unwrap_or_default()),
+                    down: Dir::new(self.c.peer_init, self.spare.pop().unwrap_or_default()),
                     opened: false,
                     answered: false,
                     content_length,
@@ -1982,7 +1998,7 @@ mod tests {
 
     #[test]
     fn waiting_data_frames_merge_so_a_byte_costs_a_byte() {
-        let mut d = Dir::new(0);
+        let mut d = Dir::new(0, VecDeque::new());
         for i in 0..20_000u32 {
             enqueue(&mut d, data(u8::try_from(i % 251).unwrap(), false));
         }
