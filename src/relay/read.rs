@@ -4,8 +4,9 @@
 //! It replaces h2's `Codec` for reading, whose length-delimited framing,
 //! frame structs and HPACK decoder were a third of the gateway's
 //! instructions per call. Frames are parsed in place in the read buffer;
-//! only a DATA payload is split off it (as `Bytes`, never copied), and only
-//! a header block spread over CONTINUATION frames is copied, to join it.
+//! only a DATA payload is split off it (as `Bytes`; one smaller than the
+//! writer's `CHAIN` is copied, which frees the buffer for the next read), and
+//! only a header block spread over CONTINUATION frames is copied, to join it.
 //!
 //! Error codes follow RFC 9113 where h2 used PROTOCOL_ERROR for most
 //! (FRAME_SIZE_ERROR for a frame of the wrong length, COMPRESSION_ERROR for
@@ -194,21 +195,35 @@ impl Reader {
         if id == 0 {
             return Err(Error::GoAway(Reason::PROTOCOL_ERROR));
         }
-        let mut payload = self.buf.split_to(9 + len);
-        payload.advance(9);
-        if flags & PADDED != 0 {
+        let body = &self.buf[9..9 + len];
+        let (from, to) = if flags & PADDED != 0 {
             // The pad length, and at most the rest of the frame in padding.
-            let pad = match payload.first() {
-                Some(&p) if usize::from(p) < len => usize::from(p),
+            match body.first() {
+                Some(&p) if usize::from(p) < len => (1, len - usize::from(p)),
                 _ => return Err(Error::GoAway(Reason::PROTOCOL_ERROR)),
-            };
-            payload.advance(1);
-            payload.truncate(len - 1 - pad);
-        }
+            }
+        } else {
+            (0, len)
+        };
+        let payload = if to - from < super::write::CHAIN {
+            // Copied out, as the writer would copy it anyway: split off, it
+            // would hold the whole read buffer until written, and the next
+            // read (in the same round, before any write) would need a new
+            // one — an 8 KiB block from the system allocator and back, per
+            // message of a ping-pong or a small call.
+            let p = Bytes::copy_from_slice(&body[from..to]);
+            self.buf.advance(9 + len);
+            p
+        } else {
+            let mut p = self.buf.split_to(9 + len);
+            p.advance(9 + from);
+            p.truncate(to - from);
+            p.freeze()
+        };
         Ok(Frame::Data {
             id,
             end_stream: flags & END_STREAM != 0,
-            payload: payload.freeze(),
+            payload,
             len: len as u32,
         })
     }

@@ -22,7 +22,7 @@ use super::hpack;
 use super::Out;
 
 /// DATA payloads this large are not copied (h2's threshold with vectored I/O).
-const CHAIN: usize = 256;
+pub(super) const CHAIN: usize = 256;
 /// Bytes copied into the buffer before the side takes no more frames without
 /// writing first (h2's write buffer).
 const ROOM: usize = 16 << 10;

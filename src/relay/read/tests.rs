@@ -525,6 +525,57 @@ fn streamed_frames_are_read_one_per_read_in_a_bounded_buffer() {
 }
 
 #[test]
+fn small_payloads_leave_the_buffer_free_for_the_next_read() {
+    // A payload the writer would copy anyway (under CHAIN) is copied here,
+    // so holding it (queued, not yet written) does not hold the read buffer;
+    // a larger one is split off, zero-copy, and does.
+    // (data bytes, padded, buffer free while the payload is held)
+    let cases = [
+        (64, false, true),
+        (255, false, true),
+        (256, false, false),
+        // 10 bytes of data behind 255 of padding: what is kept counts.
+        (10, true, true),
+    ];
+    let waker = futures_util::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    for (data, padded, free) in cases {
+        let (flags, payload) = if padded {
+            let mut p = vec![255u8];
+            p.extend(std::iter::repeat_n(7u8, data));
+            p.extend([0u8; 255]);
+            (PADDED, p)
+        } else {
+            (0, vec![7u8; data])
+        };
+        let mut wire = Vec::new();
+        for _ in 0..3 {
+            wire.extend(frame(DATA, flags, 1, &payload));
+        }
+        let mut r = Reader::new(16 << 10, true);
+        let mut io = Chunks {
+            data: &wire,
+            chunk: 9 + payload.len(),
+            reads: 0,
+        };
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let Poll::Ready(Some(Ok(Frame::Data { payload, .. }))) = r.poll_next(&mut io, &mut cx)
+            else {
+                panic!("{data} bytes: no frame");
+            };
+            assert_eq!(&payload[..], &vec![7u8; data][..]);
+            held.push(payload);
+            assert_eq!(
+                r.buf.try_reclaim(READ),
+                free,
+                "{data} bytes held: the read buffer free for the next read"
+            );
+        }
+    }
+}
+
+#[test]
 fn data_padding_is_removed_and_counted() {
     // 3 bytes of data, 4 of padding: 8 on the wire, all flow-controlled.
     let mut p = vec![4, b'a', b'b', b'c'];
