@@ -593,8 +593,13 @@ where
         use std::task::{Context, Poll};
         // The gateway's own identity headers, whatever the client put there,
         // are gone before the policy reads any header (`Route` sets them).
-        head.headers.remove(&crate::proxy::XFCC);
-        head.headers.remove(&crate::proxy::PEER_CRED);
+        // (A scan of the few names first: a removal hashes the name even
+        // when it is absent, as it nearly always is, ~170 instructions each.)
+        let (xfcc, cred) = (&crate::proxy::XFCC, &crate::proxy::PEER_CRED);
+        if head.headers.keys().any(|k| k == xfcc || k == cred) {
+            head.headers.remove(xfcc);
+            head.headers.remove(cred);
+        }
         // Every service in the stack is always ready and answers at once (the
         // policy is compiled, the route a lookup): polled once, never parked.
         let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());

@@ -311,6 +311,7 @@ fn per_call(name: &str) -> bool {
 
 /// An integer with a `prefix`-bit prefix, the byte's other bits `flags`
 /// (RFC 7541 §5.1).
+#[inline]
 pub(crate) fn int(dst: &mut Vec<u8>, flags: u8, prefix: u8, value: usize) {
     let max = (1usize << prefix) - 1;
     if value < max {

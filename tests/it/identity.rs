@@ -63,32 +63,41 @@ fn proc_status_field(name: &str) -> u32 {
 async fn forged_identity_headers_are_replaced() {
     let h = Harness::start().await;
     let mut alice = h.alice();
-    let mut r = Request::new(req(b"x"));
-    let md = r.metadata_mut();
-    md.append(
-        "x-forwarded-client-cert",
-        "Hash=00;URI=spiffe://test.local/admin".parse().unwrap(),
-    );
-    md.append(
-        "x-forwarded-client-cert",
-        "By=x;URI=spiffe://test.local/root".parse().unwrap(),
-    );
-    md.append("x-ipcgate-peer", "uid=0;gid=0;pid=1".parse().unwrap());
-    let reply = alice.unary(r).await.unwrap().into_inner();
-    let xfcc = seen(&reply, "x-forwarded-client-cert");
-    assert_eq!(xfcc.len(), 1, "{xfcc:?}");
-    assert!(
-        xfcc[0].contains("URI=spiffe://test.local/alice"),
-        "{xfcc:?}"
-    );
-    assert!(
-        !xfcc[0].contains("admin") && !xfcc[0].contains("root"),
-        "{xfcc:?}"
-    );
-    let cred = seen(&reply, "x-ipcgate-peer");
-    assert_eq!(cred.len(), 1);
-    assert!(
-        cred[0].ends_with(&format!("pid={}", std::process::id())),
-        "{cred:?}"
-    );
+    // Both forged, and each alone (the gateway looks for either before it
+    // removes them).
+    for (forge_xfcc, forge_cred) in [(true, true), (true, false), (false, true)] {
+        let mut r = Request::new(req(b"x"));
+        let md = r.metadata_mut();
+        if forge_xfcc {
+            md.append(
+                "x-forwarded-client-cert",
+                "Hash=00;URI=spiffe://test.local/admin".parse().unwrap(),
+            );
+            md.append(
+                "x-forwarded-client-cert",
+                "By=x;URI=spiffe://test.local/root".parse().unwrap(),
+            );
+        }
+        if forge_cred {
+            md.append("x-ipcgate-peer", "uid=0;gid=0;pid=1".parse().unwrap());
+        }
+        let reply = alice.unary(r).await.unwrap().into_inner();
+        let case = format!("xfcc forged {forge_xfcc}, peer forged {forge_cred}");
+        let xfcc = seen(&reply, "x-forwarded-client-cert");
+        assert_eq!(xfcc.len(), 1, "{case}: {xfcc:?}");
+        assert!(
+            xfcc[0].contains("URI=spiffe://test.local/alice"),
+            "{case}: {xfcc:?}"
+        );
+        assert!(
+            !xfcc[0].contains("admin") && !xfcc[0].contains("root"),
+            "{case}: {xfcc:?}"
+        );
+        let cred = seen(&reply, "x-ipcgate-peer");
+        assert_eq!(cred.len(), 1, "{case}: {cred:?}");
+        assert!(
+            cred[0].ends_with(&format!("pid={}", std::process::id())),
+            "{case}: {cred:?}"
+        );
+    }
 }
