@@ -97,16 +97,19 @@ impl Mi {
             return q;
         }
         // Not reached with mimalloc's size classes; if it were, the bytes
-        // move once more, into an aligned block.
+        // move once more, into an aligned block. `p` is gone (mi_realloc
+        // moved it), so a failure here cannot return null, which would tell
+        // the caller `p` is still theirs: it aborts.
         // SAFETY: `to` is a valid layout (realloc's contract: `new` rounded
         // up to the alignment does not overflow) of non-zero size; `q` holds
         // `min(old, new)` valid bytes and is freed after the copy.
         unsafe {
             let to = Layout::from_size_align_unchecked(new, l.align());
             let r = MiMalloc.alloc(to);
-            if !r.is_null() {
-                std::ptr::copy_nonoverlapping(q, r, l.size().min(new));
+            if r.is_null() {
+                std::process::abort();
             }
+            std::ptr::copy_nonoverlapping(q, r, l.size().min(new));
             mi_free(q.cast());
             r
         }

@@ -26,12 +26,15 @@ pub(super) const CHAIN: usize = 256;
 /// Bytes copied into the buffer before the side takes no more frames without
 /// writing first (h2's write buffer).
 const ROOM: usize = 16 << 10;
-/// The same bound for everything waiting, chained payloads included. Larger
-/// than one TLS record: a 16 KiB DATA frame is 9 bytes more than a record
-/// holds, so written one at a time each made a full record and a 9-byte one;
-/// taken four at a time they fill the records they span. The payloads were
-/// already read, so holding them here costs no memory of its own.
+/// The same bound for everything waiting, chained payloads included, past
+/// `ROOM` while at most `CHAINED_MAX` payloads are chained. Larger than one
+/// TLS record: a 16 KiB DATA frame is 9 bytes more than a record holds, so
+/// written one at a time each made a full record and a 9-byte one; taken
+/// four at a time they fill the records they span. A chained payload holds
+/// the read buffer it was split from: the count keeps a peer sending small
+/// frames one per read from pinning more buffers than `ROOM` alone allowed.
 const CHAINED_ROOM: usize = 64 << 10;
+const CHAINED_MAX: usize = 8;
 /// Slices per vectored write.
 const SLICES: usize = 64;
 
@@ -82,7 +85,9 @@ impl Writer {
     /// all of it is out, so a peer that keeps reading slowly cannot make it
     /// grow (h2's writer did the same).
     pub(super) fn has_room(&self) -> bool {
-        self.buf.len() < ROOM && self.buf.len() + self.chained_len < CHAINED_ROOM
+        let held = self.buf.len() + self.chained_len;
+        self.buf.len() < ROOM
+            && (held < ROOM || (held < CHAINED_ROOM && self.chained.len() < CHAINED_MAX))
     }
 
     fn is_empty(&self) -> bool {
@@ -935,12 +940,12 @@ mod tests {
     /// write: frames while there is room, then a write. Returns the bytes
     /// sent, the peak of buffered plus chained bytes, and the peak of the
     /// buffer alone.
-    fn drain_slowly(payload: usize) -> (usize, usize, usize) {
+    fn drain_slowly(payload: usize) -> (usize, usize, usize, usize) {
         let mut w = Writer::new();
         let mut io = Trickle::new(100, true);
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
-        let (mut sent, mut peak, mut peak_buf) = (0usize, 0, 0);
+        let (mut sent, mut peak, mut peak_buf, mut peak_chained) = (0usize, 0, 0, 0);
         for _ in 0..40_000 {
             while w.has_room() {
                 w.frame(Out::WindowUpdate(WindowUpdate::new(StreamId::from(1), 1)))
@@ -954,24 +959,32 @@ mod tests {
             }
             peak = peak.max(w.buf.len() + w.chained_len);
             peak_buf = peak_buf.max(w.buf.len());
+            peak_chained = peak_chained.max(w.chained.len());
             let _ = w.poll_write(&mut io, &mut cx);
         }
         assert!(w.buf.capacity() <= 2 * ROOM, "{}", w.buf.capacity());
-        (sent, peak, peak_buf)
+        (sent, peak, peak_buf, peak_chained)
     }
 
     #[test]
     fn a_peer_that_reads_slowly_cannot_make_the_buffer_grow() {
+        let frame = |payload: usize| 2 * HEAD + 4 + payload;
         // Copied payloads: the buffer's own bound.
-        let (sent, peak, _) = drain_slowly(CHAIN - 1);
+        let (sent, peak, _, _) = drain_slowly(CHAIN - 1);
         assert!(sent > 1 << 20, "{sent}");
-        assert!(peak < ROOM + 2 * HEAD + 4 + CHAIN, "peak {peak}");
-        // Chained payloads: at most the chained bound in all, and the
-        // buffer (heads, window updates) still within its own.
-        let (sent, peak, peak_buf) = drain_slowly(300);
+        assert!(peak < ROOM + frame(CHAIN), "peak {peak}");
+        // Small chained payloads: as many as fit in ROOM (each may hold a
+        // read buffer, as before the chained allowance), and past it no more
+        // than CHAINED_MAX.
+        let (sent, peak, peak_buf, _) = drain_slowly(300);
         assert!(sent > 1 << 20, "{sent}");
-        assert!(peak < CHAINED_ROOM + 2 * HEAD + 4 + 300, "peak {peak}");
-        assert!(peak_buf < ROOM + 2 * HEAD + 4, "buffer peak {peak_buf}");
+        assert!(peak < ROOM + CHAINED_MAX * frame(300), "peak {peak}");
+        assert!(peak_buf < ROOM + frame(0), "buffer peak {peak_buf}");
+        // Larger ones: past ROOM, at most CHAINED_MAX of them.
+        let (sent, peak, _, chained) = drain_slowly(4 << 10);
+        assert!(sent > 1 << 20, "{sent}");
+        assert!(peak > ROOM && peak < CHAINED_ROOM, "peak {peak}");
+        assert!(chained <= CHAINED_MAX, "{chained} chained");
     }
 
     #[test]
