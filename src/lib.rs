@@ -29,6 +29,7 @@ pub mod config;
 pub mod conns;
 pub mod demo;
 pub mod duration;
+pub mod gate;
 pub mod grpc;
 pub mod http2;
 pub mod identity;

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
@@ -477,22 +478,71 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
     let mut closing = false;
     // Revoked or expired: no new call at all, whatever close began before.
     let mut refused = false;
+    // The signals below are polled only when one of them woke the task
+    // (see `gate`): not at every wake of the relay.
+    let gate = crate::gate::Gate::default();
     loop {
-        let why = tokio::select! {
+        let close = registration.close.notified();
+        let changed = stopping.changed();
+        tokio::pin!(close, changed);
+        let mut changed_gone = false;
+        gate.open();
+        let signal = tokio::select! {
             // In this order: a revocation or expiry is acted on before the
             // connection reads another batch of calls.
             biased;
-            () = registration.close.notified(), if !refused => "revoked",
-            () = &mut expiry, if !refused => {
+            s = std::future::poll_fn(|cx| gate.poll(cx, |cx| {
+                if !refused {
+                    if close.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Signal::Revoked);
+                    }
+                    if expiry.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Signal::Expiry);
+                    }
+                }
+                if !closing && !changed_gone {
+                    match changed.as_mut().poll(cx) {
+                        Poll::Ready(Ok(())) => return Poll::Ready(Signal::Shutdown),
+                        // The sender is gone: nothing more will come.
+                        Poll::Ready(Err(_)) => changed_gone = true,
+                        Poll::Pending => {}
+                    }
+                }
+                if !closing && !idle_timeout.is_zero() && idle_tick.poll_tick(cx).is_ready() {
+                    return Poll::Ready(Signal::IdleTick);
+                }
+                if closing && drain.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Signal::Drain);
+                }
+                Poll::Pending
+            })) => s,
+            r = std::future::poll_fn(|cx| {
+                let r = std::pin::Pin::new(&mut conn).poll(cx);
+                if r.is_pending() && busy.pending(conn.take_moved(), conn.calls() > 0, cx) {
+                    shared.metrics.busy_poll_turns.inc();
+                }
+                r
+            }) => {
+                if let Err(e) = r {
+                    debug!(client.id = peer.principal(), error = %e, "connection ended with an error");
+                }
+                break;
+            }
+        };
+        let why = match signal {
+            Signal::Revoked => "revoked",
+            Signal::Expiry => {
                 let left = until_expiry();
                 if !left.is_zero() {
-                    expiry.as_mut().reset(tokio::time::Instant::now() + left.min(LONG_TIMER));
+                    expiry
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + left.min(LONG_TIMER));
                     continue;
                 }
                 "expired"
             }
-            Ok(()) = stopping.changed(), if !closing => "shutdown",
-            _ = idle_tick.tick(), if !closing && !idle_timeout.is_zero() => {
+            Signal::Shutdown => "shutdown",
+            Signal::IdleTick => {
                 let started = activity.started.load(Ordering::Relaxed);
                 if started != seen || activity.in_flight.load(Ordering::Relaxed) > 0 {
                     (seen, quiet) = (started, 0);
@@ -504,20 +554,11 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
                 }
                 "idle"
             }
-            () = &mut drain, if closing => {
-                warn!(client.id = peer.principal(), "calls still in flight after the drain bound: closing the connection");
-                break;
-            }
-            r = std::future::poll_fn(|cx| {
-                let r = std::pin::Pin::new(&mut conn).poll(cx);
-                if r.is_pending() && busy.pending(conn.take_moved(), conn.calls() > 0, cx) {
-                    shared.metrics.busy_poll_turns.inc();
-                }
-                r
-            }) => {
-                if let Err(e) = r {
-                    debug!(client.id = peer.principal(), error = %e, "connection ended with an error");
-                }
+            Signal::Drain => {
+                warn!(
+                    client.id = peer.principal(),
+                    "calls still in flight after the drain bound: closing the connection"
+                );
                 break;
             }
         };
@@ -576,6 +617,15 @@ struct GatewayCall {
     /// Its backend (the router's index), and when its HEADERS went there.
     backend: usize,
     sent: Option<std::time::Instant>,
+}
+
+/// What woke a connection's task besides its relay (see `serve_connection`).
+enum Signal {
+    Revoked,
+    Expiry,
+    Shutdown,
+    IdleTick,
+    Drain,
 }
 
 impl<S> relay::Host for GatewayHost<S>
