@@ -57,6 +57,8 @@ pub mod systemd {
         Vec::new()
     }
 }
+#[cfg(test)]
+mod test_rng;
 pub mod tls;
 
 /// Code generated from `proto/demo/v1/echo.proto`: the example service used by the

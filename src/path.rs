@@ -104,13 +104,8 @@ mod tests {
                 .collect();
             paths.extend(layer.iter().cloned());
         }
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut r = crate::test_rng::Rng(0x9e37_79b9_7f4a_7c15);
+        let mut next = move || r.next();
         // `/seg/seg` of mostly plain bytes, so that many are canonical.
         for _ in 0..20_000 {
             let mut p = String::new();

@@ -640,7 +640,7 @@ where
     type Call = GatewayCall;
 
     fn decide(&mut self, mut head: http::request::Parts) -> Decision<GatewayCall> {
-        use std::task::{Context, Poll};
+        use std::task::Context;
         // The gateway's own identity headers, whatever the client put there,
         // are gone before the policy reads any header (`Route` sets them).
         // (A scan of the few names first: a removal hashes the name even

@@ -648,13 +648,8 @@ mod tests {
     /// failed decode) here.
     #[tokio::test]
     async fn random_blocks_and_sizes_read_back_exactly() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut rand = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut r = crate::test_rng::Rng(0x9e37_79b9_7f4a_7c15);
+        let mut rand = move |n: u64| r.next() % n;
         let names = [
             "x-a",
             "x-b",

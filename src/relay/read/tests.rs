@@ -8,20 +8,7 @@ use tokio::io::{AsyncReadExt as _, ReadBuf};
 use crate::relay::write::{self, Writer};
 use crate::relay::Out;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+use crate::test_rng::Rng;
 
 /// Reads `data` at most `chunk` bytes at a time, never pending.
 struct Chunks<'a> {
