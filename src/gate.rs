@@ -61,13 +61,23 @@ impl Gate {
         cx: &mut Context<'_>,
         poll: impl FnOnce(&mut Context<'_>) -> Poll<T>,
     ) -> Poll<T> {
+        match self.enter(cx) {
+            Some(waker) => poll(&mut Context::from_waker(&waker)),
+            None => Poll::Pending,
+        }
+    }
+
+    /// `poll` for futures that live beside the gate (borrowed with it): the
+    /// waker to poll them with if the gate was woken or opened since it last
+    /// ran, `None` otherwise. The task's waker is registered either way.
+    pub fn enter(&self, cx: &mut Context<'_>) -> Option<Waker> {
         // Registered before the flag is read: a wake between the two reaches
         // this task.
         self.flag.task.register(cx.waker());
         if !self.flag.woken.swap(false, Ordering::AcqRel) {
-            return Poll::Pending;
+            return None;
         }
-        poll(&mut Context::from_waker(&self.waker))
+        Some(self.waker.clone())
     }
 }
 

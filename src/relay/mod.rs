@@ -507,6 +507,10 @@ pub struct Relay<C, H: Host> {
     /// A timer was armed or reset since the timers were last polled: it
     /// must be polled (registered) before this poll of the relay ends.
     timers_dirty: bool,
+    /// The timers above are polled behind it: only once one fired or was
+    /// armed. Polling the keep-alive `Interval` alone cost ~140 instructions
+    /// per wake of the task, twice per bidi message.
+    timer_gate: crate::gate::Gate,
     /// Reading was held back (an out queue full) since the last keep-alive
     /// tick: an unread PING answer is then no sign of a dead client.
     read_held: bool,
@@ -574,6 +578,7 @@ where
             sweep: Box::pin(tokio::time::sleep(BACKEND_IDLE)),
             sweep_armed: false,
             timers_dirty: false,
+            timer_gate: crate::gate::Gate::default(),
             read_held: false,
             scratch: Vec::new(),
             moved: false,
@@ -728,17 +733,22 @@ where
                 side.read_dry = false;
             }
         }
-        let mut first = true;
         loop {
-            // The first round, and any round after one that armed a timer (a
-            // backend going idle, a flood found), so every timer is
-            // registered before this poll ends. Not every round: a timer
-            // poll costs ~200 instructions, and a call takes several rounds.
-            let timers = std::mem::take(&mut first) || std::mem::take(&mut self.timers_dirty);
-            if timers && self.poll_timers(cx).is_ready() {
-                let _ = self.c.drain(cx);
-                let _ = self.c.flush(cx);
-                return Poll::Ready(Ok(()));
+            // When one fired, and in any round after one that armed a timer
+            // (a backend going idle, a flood found), so every timer is
+            // registered before this poll ends.
+            if std::mem::take(&mut self.timers_dirty) {
+                self.timer_gate.open();
+            }
+            if let Some(waker) = self.timer_gate.enter(cx) {
+                if self
+                    .poll_timers(&mut Context::from_waker(&waker))
+                    .is_ready()
+                {
+                    let _ = self.c.drain(cx);
+                    let _ = self.c.flush(cx);
+                    return Poll::Ready(Ok(()));
+                }
             }
             let mut progress = self.poll_dials(cx);
             progress |= self.c.drain(cx)?;

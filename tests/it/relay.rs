@@ -464,6 +464,57 @@ async fn streams_past_the_concurrency_limit_are_refused() {
 }
 
 #[tokio::test]
+async fn a_client_that_stops_answering_pings_is_closed_and_one_that_answers_is_kept() {
+    // The keep-alive: a PING each period; one still unanswered at the next
+    // tick ends the connection.
+    let period = Duration::from_millis(150);
+    let opts = Options {
+        keep_alive: period,
+        ..OPTS
+    };
+    let rig = Rig::start_with(false, opts).await;
+
+    let mut silent = rig.raw().await;
+    let opened = tokio::time::Instant::now();
+    let mut pings = 0;
+    while let Some((kind, flags, _, _)) = within("the close", silent.next()).await {
+        if kind == 0x6 && flags & 0x1 == 0 {
+            pings += 1;
+        }
+    }
+    assert_eq!(pings, 1, "one PING, then the close");
+    // Timers never fire early: the close is the second tick's, not a read
+    // error's.
+    assert!(
+        opened.elapsed() >= 2 * period,
+        "closed after {:?}",
+        opened.elapsed()
+    );
+
+    let mut alive = rig.raw().await;
+    let until = tokio::time::Instant::now() + 6 * period;
+    let mut acked = 0;
+    while tokio::time::Instant::now() < until {
+        match tokio::time::timeout_at(until, alive.next()).await {
+            Err(_) => break,
+            Ok(None) => panic!("closed a client that answered {acked} PINGs"),
+            Ok(Some((0x6, flags, _, payload))) if flags & 0x1 == 0 => {
+                alive.send(frame(0x6, 0x1, 0, &payload)).await;
+                acked += 1;
+            }
+            Ok(Some(_)) => {}
+        }
+    }
+    assert!(acked >= 3, "{acked} PINGs in six periods");
+    alive.send(frame(0x1, 0x4, 1, &block(UNARY, &[]))).await;
+    alive.send(frame(0x0, 0x1, 1, &EMPTY)).await;
+    assert_eq!(
+        within("a call after", alive.outcome(1)).await,
+        Seen::Answered
+    );
+}
+
+#[tokio::test]
 async fn a_backend_connection_is_reused_while_busy_and_closed_when_idle() {
     let rig = Rig::start().await;
     let mut c = rig.client();
