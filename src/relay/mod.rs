@@ -621,6 +621,9 @@ where
             Some(t) => {
                 if at < t.deadline() {
                     t.as_mut().reset(at);
+                    // Polled again: a timer that keeps its waker across a
+                    // reset is tokio's default, not a promise.
+                    self.timers_dirty = true;
                 }
             }
             None => {
