@@ -6,7 +6,8 @@
 //! and a `Notify` poll takes the notifier's lock: the signals cost ~400
 //! instructions per wake, twice per bidi message, for nothing. Behind a gate
 //! they are polled with the gate's own waker, and only once that waker fired
-//! (or the gate was opened for new futures).
+//! (or the gate was opened for new futures). The relay keeps its own
+//! timers (keep-alive, backend sweep, grace, drain bound) behind one too.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
