@@ -112,7 +112,9 @@ struct Entry {
     /// one, found without comparing bytes: a field the relay's decoder read
     /// indexed is a clone sharing its table entry's bytes, and XFCC is the
     /// connection's one value. (Two `memcmp`s per field were ~40 of a found
-    /// field's ~150 instructions.)
+    /// field's ~150 instructions.) `field` stays beside it: an entry made of
+    /// the held types alone, without the copy, cost ~450 more instructions
+    /// per 1×1 call (measured), their names' `as_str` on every compare.
     held: Option<(HeaderName, HeaderValue)>,
 }
 

@@ -946,8 +946,8 @@ mod tests {
 
     /// As `Side::drain` does against a peer taking 100 bytes every other
     /// write: frames while there is room, then a write. Returns the bytes
-    /// sent, the peak of buffered plus chained bytes, and the peak of the
-    /// buffer alone.
+    /// sent, the peak of buffered plus chained bytes, the peak of the buffer
+    /// alone, and the peak count of chained payloads.
     fn drain_slowly(payload: usize) -> (usize, usize, usize, usize) {
         let mut w = Writer::new();
         let mut io = Trickle::new(100, true);
