@@ -59,6 +59,8 @@ pub struct Forward {
     /// The router's index of the backend.
     pub backend: usize,
     pub head: http::request::Parts,
+    /// Fields written after the head's own (see `relay::Decision::Forward`).
+    pub added: crate::relay::Added,
 }
 
 impl Body {

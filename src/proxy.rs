@@ -39,6 +39,21 @@ use crate::route::Router;
 pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 pub const PEER_CRED: HeaderName = HeaderName::from_static("x-ipcgate-peer");
 
+/// Whether a client's header would pass for one of the identity headers:
+/// the name itself, or it spelled with `_` for `-`, which CGI-style servers
+/// (and frameworks behind them) read as the same header. (Names arrive in
+/// lowercase: the relay refuses any other.)
+pub fn is_identity_name(name: &HeaderName) -> bool {
+    let n = name.as_str().as_bytes();
+    [&XFCC, &PEER_CRED].iter().any(|id| {
+        let id = id.as_str().as_bytes();
+        n.len() == id.len()
+            && n.iter()
+                .zip(id)
+                .all(|(&a, &b)| a == b || (a == b'_' && b == b'-'))
+    })
+}
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Per-stream receive window on backend connections: what one call may have
 /// buffered in the gateway while its client is not reading.
@@ -368,12 +383,21 @@ pub type BoxIo = Box<dyn Io>;
 #[derive(Clone)]
 pub struct Route {
     router: Arc<Router>,
-    peer: Arc<Peer>,
+    /// The identity headers: the connection's XFCC, and the socket peer's
+    /// credentials when it gave any.
+    identity: crate::relay::Added,
 }
 
 impl Route {
-    pub fn new(router: Arc<Router>, peer: Arc<Peer>) -> Route {
-        Route { router, peer }
+    pub fn new(router: Arc<Router>, peer: &Peer) -> Route {
+        let mut identity = vec![(XFCC, peer.xfcc().clone())];
+        if let Some(v) = peer.cred_header() {
+            identity.push((PEER_CRED, v.clone()));
+        }
+        Route {
+            router,
+            identity: identity.into(),
+        }
     }
 }
 
@@ -414,15 +438,15 @@ impl<B> Service<Request<B>> for Route {
                 )))
             }
         }
-        // Whatever the client sent under these names is gone already: the
-        // gateway strips them before the policy reads any header.
-        let h = &mut head.headers;
-        h.insert(XFCC, self.peer.xfcc().clone());
-        if let Some(v) = self.peer.cred_header() {
-            h.insert(PEER_CRED, v.clone());
-        }
+        // Written after the head's own fields. Whatever the client sent under
+        // these names is gone already: the gateway strips them before the
+        // policy reads any header.
         std::future::ready(Ok(Response::new(grpc::Body::Forward(Box::new(
-            grpc::Forward { backend, head },
+            grpc::Forward {
+                backend,
+                head,
+                added: self.identity.clone(),
+            },
         )))))
     }
 }
@@ -502,6 +526,30 @@ impl Pump {
                 }
                 Poll::Pending => return Poll::Pending,
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_names_are_found_in_either_spelling() {
+        for (name, is) in [
+            ("x-forwarded-client-cert", true),
+            ("x_forwarded_client_cert", true),
+            ("x-forwarded_client-cert", true),
+            ("x-ipcgate-peer", true),
+            ("x_ipcgate_peer", true),
+            ("x-forwarded-client-certs", false),
+            ("x-forwarded-client-cer", false),
+            ("x-ipcgate_peers", false),
+            ("content-type", false),
+            ("te", false),
+        ] {
+            let n = HeaderName::from_static(name);
+            assert_eq!(is_identity_name(&n), is, "{name}");
         }
     }
 }

@@ -422,7 +422,7 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
     let svc = ServiceBuilder::new()
         .layer(PathCheckLayer)
         .layer(AuthzLayer::new(shared.authz.clone(), peer.clone()))
-        .service(Route::new(shared.router.clone(), peer.clone()));
+        .service(Route::new(shared.router.clone(), &peer));
     // The HTTP/2 preface is inside the handshake budget: a client that finished
     // TLS and then says nothing is dropped like one that never finished it.
     match tokio::time::timeout_at(deadline, relay::read_preface(&mut tls)).await {
@@ -642,13 +642,20 @@ where
     fn decide(&mut self, mut head: http::request::Parts) -> Decision<GatewayCall> {
         use std::task::Context;
         // The gateway's own identity headers, whatever the client put there,
-        // are gone before the policy reads any header (`Route` sets them).
+        // are gone before the policy reads any header (`Route` adds them to
+        // the head as it is written, so nothing else removes a forged one).
         // (A scan of the few names first: a removal hashes the name even
         // when it is absent, as it nearly always is, ~170 instructions each.)
-        let (xfcc, cred) = (&crate::proxy::XFCC, &crate::proxy::PEER_CRED);
-        if head.headers.keys().any(|k| k == xfcc || k == cred) {
-            head.headers.remove(xfcc);
-            head.headers.remove(cred);
+        if head.headers.keys().any(crate::proxy::is_identity_name) {
+            let forged: Vec<_> = head
+                .headers
+                .keys()
+                .filter(|k| crate::proxy::is_identity_name(k))
+                .cloned()
+                .collect();
+            for k in forged {
+                head.headers.remove(k);
+            }
         }
         // Every service in the stack is always ready and answers at once (the
         // policy is compiled, the route a lookup): polled once, never parked.
@@ -674,6 +681,7 @@ where
             crate::grpc::Body::Forward(f) => Decision::Forward {
                 backend: f.backend,
                 head: f.head,
+                added: f.added,
                 call: GatewayCall {
                     _call: self.activity.call(),
                     backend: f.backend,

@@ -76,8 +76,6 @@ const QUEUE: usize = 256;
 /// for all its calls at once, so one upload to a slow backend would stall the
 /// connection's calls to the others.
 const QUEUE_BYTES: usize = 64 << 10;
-/// Header fields a host typically adds to a request (see `client_headers`).
-const HOST_ADDS: usize = 2;
 /// Queued DATA frames are merged up to this (the smallest frame size a peer
 /// may allow).
 const MERGE_LIMIT: usize = 16 << 10;
@@ -132,11 +130,19 @@ pub enum Decision<X> {
     Forward {
         backend: usize,
         head: http::request::Parts,
+        /// Fields the host adds, written after the head's own (the gateway:
+        /// the caller's identity, the same on every call of a connection, so
+        /// shared rather than inserted into each head's map). The host makes
+        /// sure the head holds none of these names.
+        added: Added,
         call: X,
     },
     /// Answered here: a response without body (a trailers-only gRPC status).
     Answer(http::response::Parts),
 }
+
+/// Header fields a host adds to every request it forwards.
+pub type Added = std::sync::Arc<[(HeaderName, HeaderValue)]>;
 
 /// A dialed backend connection.
 pub type Dial<T> = Pin<Box<dyn Future<Output = io::Result<T>> + Send>>;
@@ -1150,9 +1156,7 @@ where
             return Ok(());
         }
         let Head { pseudo, fields, .. } = h;
-        // Room for what the host adds (the gateway: XFCC and the peer's
-        // credentials), so adding them does not grow the map.
-        let mut map = HeaderMap::with_capacity(fields.len() + HOST_ADDS);
+        let mut map = HeaderMap::with_capacity(fields.len());
         for (n, v) in fields {
             map.append(n, v);
         }
@@ -1185,13 +1189,19 @@ where
             Decision::Forward {
                 backend,
                 head,
+                added,
                 call: host_call,
             } => {
+                debug_assert!(
+                    added.iter().all(|(n, _)| !head.headers.contains_key(n)),
+                    "the host added a field the head already has"
+                );
                 let conn = self.conn_for(backend);
                 let out = Out::Request(Box::new(write::Request {
                     id,
                     end_stream: eos,
                     head,
+                    added,
                 }));
                 let send = match &self.conns[conn].state {
                     ConnState::Up(side) => side.peer_init,

@@ -54,6 +54,7 @@ pub(super) struct Request {
     pub(super) id: u32,
     pub(super) end_stream: bool,
     pub(super) head: http::request::Parts,
+    pub(super) added: super::Added,
 }
 
 pub(super) struct Writer {
@@ -124,9 +125,10 @@ impl Writer {
             }
             Out::Request(r) => {
                 let view = hpack::View::request(&r.head);
-                let fields = &r.head.headers;
+                let added = r.added.iter().map(|(n, v)| (n, v));
+                let fields = r.head.headers.iter().chain(added);
                 self.header_frames(r.id, r.end_stream, |hpack, buf| {
-                    hpack.block(view, fields.iter(), buf)
+                    hpack.block(view, fields, buf)
                 });
             }
             Out::Reset(r) => {
@@ -594,6 +596,7 @@ mod tests {
                 id: 2 * i as u32 + 1,
                 end_stream: i % 2 == 0,
                 head,
+                added: std::sync::Arc::new([]),
             })))
             .unwrap();
         }

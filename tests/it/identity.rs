@@ -101,3 +101,82 @@ async fn forged_identity_headers_are_replaced() {
         );
     }
 }
+
+/// The same forgeries as above, as only a hand-written client sends them: the
+/// forged XFCC split off into a CONTINUATION frame and added to the client's
+/// HPACK table on the first call, then sent as a one-byte table reference on
+/// the second; and both identity headers spelled with `_` for `-`, which
+/// CGI-style servers read as the same headers.
+#[tokio::test]
+async fn forged_identity_headers_split_indexed_or_underscored_are_removed() {
+    use prost::Message;
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::start().await;
+    let mut tls = alice_tls(&h).await;
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    tls.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
+    let mut f = Frames::new(tls);
+    let forged = b"By=x;URI=spiffe://test.local/root";
+    // Literal with incremental indexing, new name: the table's entry 62 from here.
+    let mut indexed = vec![0x40, 23];
+    indexed.extend_from_slice(b"x-forwarded-client-cert");
+    indexed.push(u8::try_from(forged.len()).unwrap());
+    indexed.extend_from_slice(forged);
+    let underscored: [(&[u8], &[u8]); 2] = [
+        (b"x_forwarded_client_cert", forged),
+        (b"x_ipcgate_peer", b"uid=0;gid=0;pid=1"),
+    ];
+    let mut message = vec![0u8; 5];
+    message.extend(req(b"x").encode_to_vec());
+    let len = u32::try_from(message.len() - 5).unwrap();
+    message[1..5].copy_from_slice(&len.to_be_bytes());
+    for id in [1u32, 3] {
+        let mut block = block(b"/demo.v1.Echo/Unary", &underscored);
+        if id == 1 {
+            block.extend_from_slice(&indexed);
+            // HEADERS without END_HEADERS, the rest in a CONTINUATION.
+            let cut = block.len() - indexed.len() / 2;
+            f.io.write_all(&frame(0x1, 0, id, &block[..cut]))
+                .await
+                .unwrap();
+            f.io.write_all(&frame(0x9, 0x4, id, &block[cut..]))
+                .await
+                .unwrap();
+        } else {
+            block.push(0x80 | 62);
+            f.io.write_all(&frame(0x1, 0x4, id, &block)).await.unwrap();
+        }
+        f.io.write_all(&frame(0x0, 0x1, id, &message))
+            .await
+            .unwrap();
+        let data = within("the reply", async {
+            loop {
+                match f.next().await {
+                    Some((0x0, _, s, p)) if s == id && !p.is_empty() => return p,
+                    Some((0x3, _, s, p)) if s == id => panic!("stream {id} reset: {p:?}"),
+                    None => panic!("connection closed"),
+                    Some(_) => {}
+                }
+            }
+        })
+        .await;
+        let reply = ipcgate::pb::EchoReply::decode(&data[5..]).unwrap();
+        let xfcc = seen(&reply, "x-forwarded-client-cert");
+        assert_eq!(xfcc.len(), 1, "stream {id}: {xfcc:?}");
+        assert!(
+            xfcc[0].contains("URI=spiffe://test.local/alice") && !xfcc[0].contains("root"),
+            "stream {id}: {xfcc:?}"
+        );
+        for (name, _) in underscored {
+            let name = std::str::from_utf8(name).unwrap();
+            assert_eq!(
+                seen(&reply, name),
+                Vec::<&str>::new(),
+                "stream {id}: {name}"
+            );
+        }
+        assert_eq!(seen(&reply, "x-ipcgate-peer").len(), 1, "stream {id}");
+    }
+}

@@ -41,13 +41,13 @@ impl Host for TestHost {
             uri.authority = Some(http::uri::Authority::from_static("localhost"));
         }
         head.uri = http::Uri::from_parts(uri).unwrap();
-        head.headers.insert(
-            "x-forwarded-client-cert",
-            http::HeaderValue::from_static("By=relay-test"),
-        );
         Decision::Forward {
             backend: 0,
             head,
+            added: std::sync::Arc::new([(
+                http::HeaderName::from_static("x-forwarded-client-cert"),
+                http::HeaderValue::from_static("By=relay-test"),
+            )]),
             call: (),
         }
     }
