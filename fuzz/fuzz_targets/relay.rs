@@ -24,10 +24,18 @@ impl Host for FuzzHost {
     type Io = tokio::io::DuplexStream;
     type Call = ();
 
-    fn decide(&mut self, head: http::request::Parts) -> Decision<()> {
+    fn decide(&mut self, mut head: http::request::Parts) -> Decision<()> {
+        // As the gateway does: the added field's name is stripped first.
+        let added = http::HeaderName::from_static("x-forwarded-client-cert");
+        head.headers.remove(&added);
         match head.uri.path().len() % 4 {
             3 => Decision::Answer(http::Response::new(()).into_parts().0),
-            n => Decision::Forward { backend: n, head, call: () },
+            n => Decision::Forward {
+                backend: n,
+                head,
+                added: std::sync::Arc::new([(added, http::HeaderValue::from_static("By=fuzz"))]),
+                call: (),
+            },
         }
     }
 
