@@ -537,6 +537,17 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Frames<S> {
         }
     }
 
+    /// A client's start on `io`: the preface, then SETTINGS carrying
+    /// `settings`.
+    pub async fn open(mut io: S, settings: &[u8]) -> Frames<S> {
+        use tokio::io::AsyncWriteExt;
+        io.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        io.write_all(&frame(0x4, 0, 0, settings)).await.unwrap();
+        Frames::new(io)
+    }
+
     /// The next frame (kind, flags, stream, payload); `None` once the
     /// connection is closed.
     pub async fn next(&mut self) -> Option<(u8, u8, u32, Vec<u8>)> {

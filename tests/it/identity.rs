@@ -112,12 +112,7 @@ async fn forged_identity_headers_split_indexed_or_underscored_are_removed() {
     use prost::Message;
     use tokio::io::AsyncWriteExt;
     let h = Harness::start().await;
-    let mut tls = alice_tls(&h).await;
-    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-        .await
-        .unwrap();
-    tls.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
-    let mut f = Frames::new(tls);
+    let mut f = Frames::open(alice_tls(&h).await, &[]).await;
     let forged = b"By=x;URI=spiffe://test.local/root";
     // Literal with incremental indexing, new name: the table's entry 62 from here.
     let mut indexed = vec![0x40, 23];

@@ -568,16 +568,11 @@ enum Outcome {
 
 impl Mute {
     async fn connect(h: &Harness, cfg: Arc<rustls::ClientConfig>) -> Mute {
-        use tokio::io::AsyncWriteExt;
-        let mut tls = ipcgate::client::connect(&h.gw_sock, "localhost", cfg)
+        let tls = ipcgate::client::connect(&h.gw_sock, "localhost", cfg)
             .await
             .unwrap();
-        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-            .await
-            .unwrap();
-        tls.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
         Mute {
-            f: Frames::new(tls),
+            f: Frames::open(tls, &[]).await,
         }
     }
 

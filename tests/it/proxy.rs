@@ -476,12 +476,7 @@ async fn socket_path_authorities_follow_the_listener_setting() {
             ..Opts::default()
         })
         .await;
-        let mut tls = alice_tls(&h).await;
-        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-            .await
-            .unwrap();
-        tls.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
-        let mut f = Frames::new(tls);
+        let mut f = Frames::open(alice_tls(&h).await, &[]).await;
         for (id, authority) in [
             (1u32, &b"localhost"[..]),
             (3, b"/run/app.sock"),

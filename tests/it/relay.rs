@@ -146,12 +146,8 @@ impl Rig {
 
     /// A hand-driven client whose first SETTINGS carry `settings`.
     async fn raw_with(&self, settings: &[u8]) -> Raw {
-        let mut s = UnixStream::connect(&self.sock).await.unwrap();
-        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-            .await
-            .unwrap();
-        s.write_all(&frame(0x4, 0, 0, settings)).await.unwrap();
-        Frames::new(s)
+        let s = UnixStream::connect(&self.sock).await.unwrap();
+        Frames::open(s, settings).await
     }
 }
 
