@@ -50,7 +50,9 @@ pub(crate) enum Error {
 /// has five or six).
 const FIELDS_GUESS: usize = 8;
 
-/// A decoded header block.
+/// A decoded header block (the tests' view; the relay decodes into its
+/// frame's own head).
+#[cfg(test)]
 #[derive(Debug, Default)]
 pub(crate) struct Block {
     pub pseudo: Pseudo,
@@ -118,29 +120,33 @@ impl Default for Decoder {
     }
 }
 
-/// A block being built.
-struct Building {
-    block: Block,
+/// A block being built, in the caller's place (a header block's pseudo-header
+/// fields are a few hundred bytes: returned by value, they were copied three
+/// times on the way into the frame's box).
+struct Building<'a> {
+    pseudo: &'a mut Pseudo,
+    fields: &'a mut Vec<(HeaderName, HeaderValue)>,
+    over_size: bool,
     list_size: usize,
     max_list: usize,
     regular_seen: bool,
     malformed: bool,
 }
 
-impl Building {
+impl Building<'_> {
     /// Adds a field; it is cloned only if it is kept.
     fn add(&mut self, field: &Field, size: usize) -> Result<(), Error> {
         self.list_size += size;
         if self.list_size > self.max_list {
-            self.block.over_size = true;
+            self.over_size = true;
             if self.list_size > self.max_list.saturating_mul(LIST_FACTOR) {
                 return Err(Error::TooLarge);
             }
         }
-        if self.block.fields.len() >= MAX_FIELDS {
-            self.block.over_size = true;
+        if self.fields.len() >= MAX_FIELDS {
+            self.over_size = true;
         }
-        let p = &mut self.block.pseudo;
+        let p = &mut *self.pseudo;
         let taken = match field {
             Field::Malformed => {
                 self.malformed = true;
@@ -160,7 +166,7 @@ impl Building {
         if taken || (self.regular_seen && !matches!(field, Field::Regular(..))) {
             self.malformed = true;
         }
-        if self.block.over_size || self.malformed {
+        if self.over_size || self.malformed {
             return Ok(());
         }
         match field {
@@ -170,12 +176,12 @@ impl Building {
             Field::Path(s) => p.path = Some(s.clone()),
             Field::Status(s) => p.status = Some(*s),
             Field::Regular(n, v) => {
-                if self.block.fields.capacity() == 0 {
+                if self.fields.capacity() == 0 {
                     // One allocation for a gRPC head's fields, where pushing
                     // would allocate at 4 and move them at 5.
-                    self.block.fields.reserve(FIELDS_GUESS);
+                    self.fields.reserve(FIELDS_GUESS);
                 }
-                self.block.fields.push((n.clone(), v.clone()));
+                self.fields.push((n.clone(), v.clone()));
             }
             Field::Malformed => {}
         }
@@ -195,11 +201,29 @@ impl Decoder {
         }
     }
 
-    /// Decodes one whole header block. Fields past `max_list` (RFC 9113's
-    /// header list size) are decoded for the table's sake but dropped.
-    pub(crate) fn block(&mut self, mut src: &[u8], max_list: usize) -> Result<Block, Error> {
+    /// Decodes one whole header block.
+    #[cfg(test)]
+    pub(crate) fn block(&mut self, src: &[u8], max_list: usize) -> Result<Block, Error> {
+        let mut b = Block::default();
+        b.over_size = self.block_into(src, max_list, &mut b.pseudo, &mut b.fields)?;
+        Ok(b)
+    }
+
+    /// Decodes one whole header block into `pseudo` and `fields` (which
+    /// start empty); `Ok(true)` if the list went past `max_list` (RFC 9113's
+    /// header list size): fields past it are decoded for the table's sake
+    /// but dropped.
+    pub(crate) fn block_into(
+        &mut self,
+        mut src: &[u8],
+        max_list: usize,
+        pseudo: &mut Pseudo,
+        fields: &mut Vec<(HeaderName, HeaderValue)>,
+    ) -> Result<bool, Error> {
         let mut b = Building {
-            block: Block::default(),
+            pseudo,
+            fields,
+            over_size: false,
             list_size: 0,
             max_list,
             regular_seen: false,
@@ -280,7 +304,7 @@ impl Decoder {
         if b.malformed {
             return Err(Error::Malformed);
         }
-        Ok(b.block)
+        Ok(b.over_size)
     }
 
     /// The name at index `i`, and its length.

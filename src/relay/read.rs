@@ -18,7 +18,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use h2::frame::{
-    GoAway, Head as FrameHead, Kind, Ping, Reason, Reset, Settings, StreamId, WindowUpdate,
+    GoAway, Head as FrameHead, Kind, Ping, Pseudo, Reason, Reset, Settings, StreamId, WindowUpdate,
 };
 use tokio::io::AsyncRead;
 
@@ -414,14 +414,21 @@ fn block(
     src: &[u8],
     max_list: usize,
 ) -> Result<Frame, Error> {
-    let decoded = hpack.block(src, max_list);
+    let mut head = Box::new(Head {
+        id: o.id,
+        end_stream: o.end_stream,
+        pseudo: Pseudo::default(),
+        fields: Vec::new(),
+        over_size: false,
+    });
+    let decoded = hpack.block_into(src, max_list, &mut head.pseudo, &mut head.fields);
     let reset = |reason| Error::Reset {
         id: o.id,
         reason,
         opens: true,
     };
-    let block = match decoded {
-        Ok(b) => b,
+    head.over_size = match decoded {
+        Ok(over) => over,
         Err(decode::Error::Compression) => return Err(Error::GoAway(Reason::COMPRESSION_ERROR)),
         Err(decode::Error::TooLarge) => return Err(Error::GoAway(Reason::ENHANCE_YOUR_CALM)),
         Err(decode::Error::Malformed) => return Err(reset(Reason::PROTOCOL_ERROR)),
@@ -430,13 +437,7 @@ fn block(
         // Decoded all the same: the table must follow the peer's.
         return Err(reset(Reason::PROTOCOL_ERROR));
     }
-    Ok(Frame::Headers(Box::new(Head {
-        id: o.id,
-        end_stream: o.end_stream,
-        pseudo: block.pseudo,
-        fields: block.fields,
-        over_size: block.over_size,
-    })))
+    Ok(Frame::Headers(head))
 }
 
 enum Parsed {
