@@ -610,11 +610,11 @@ const NO_WINDOW: [u8; 6] = [0, 4, 0, 0, 0, 0];
 
 #[tokio::test]
 async fn cancelled_calls_give_back_the_backend_window_they_held() {
-    // Each server stream fills its 1 MiB stream window from the backend while
-    // the client takes nothing, then the client cancels it. Three of them
-    // are 3 MiB: more than the backend connection's 2 MiB window, so a relay
-    // that kept their credit would leave the backend unable to send another
-    // byte on that connection.
+    // Each server stream takes what the backend connection's 2 MiB window
+    // leaves (its stream window is the whole of it) while the client takes
+    // nothing, then the client cancels it. Together they hold the whole
+    // window, so a relay that kept their credit would leave the backend
+    // unable to send another byte on that connection.
     let rig = Rig::start().await;
     let mut raw = rig.raw_with(&NO_WINDOW).await;
     let mut stream_req = req(&vec![1u8; 64 << 10]);
