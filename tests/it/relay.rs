@@ -1119,6 +1119,63 @@ async fn malformed_trailers_backend(
     }
 }
 
+/// A backend that answers every request's head, then sends `total` bytes of
+/// DATA in full frames whatever window it was given, and reports when the
+/// relay closes its connection.
+async fn overrunning_backend(
+    listener: tokio::net::UnixListener,
+    total: usize,
+    closed: tokio::sync::mpsc::UnboundedSender<()>,
+) {
+    while let Ok((s, _)) = listener.accept().await {
+        let closed = closed.clone();
+        tokio::spawn(async move {
+            let Some(mut raw) = backend_side(s).await else {
+                return;
+            };
+            while let Some((kind, flags, id, _)) = raw.next().await {
+                if kind != 0x0 || flags & 0x1 == 0 {
+                    continue;
+                }
+                let mut head = vec![0x88, 0x0f, 0x10, 16];
+                head.extend_from_slice(b"application/grpc");
+                let mut out = frame(0x1, 0x4, id, &head);
+                let mut left = total;
+                while left > 0 {
+                    let n = left.min(16_384);
+                    out.extend(frame(0x0, 0, id, &vec![0; n]));
+                    left -= n;
+                }
+                if raw.io.write_all(&out).await.is_err() {
+                    break;
+                }
+            }
+            let _ = closed.send(());
+        });
+    }
+}
+
+#[tokio::test]
+async fn a_backend_that_overruns_its_window_is_cut_off() {
+    // The relay offers a backend connection 2 MiB (and its streams all of
+    // it) and queues what the client has not taken: one byte more must fail
+    // the backend connection, not be queued, or a faulty backend could make
+    // the gateway buffer without bound for a client that reads nothing.
+    let mut rig = Rig::start().await;
+    rig.backend = None;
+    let listener = tokio::net::UnixListener::bind(rig.dir.path().join("echo.sock")).unwrap();
+    let (tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(overrunning_backend(listener, (2 << 20) + 1, tx));
+    let mut raw = rig.raw_with(&NO_WINDOW).await;
+    raw.send(frame(0x1, 0x4, 1, &block(UNARY, &[]))).await;
+    raw.send(frame(0x0, 0x1, 1, &EMPTY)).await;
+    assert!(matches!(
+        within("the overrun call", raw.outcome(1)).await,
+        Seen::Reset(_)
+    ));
+    within("the backend connection closed", closed.recv()).await;
+}
+
 #[tokio::test]
 async fn malformed_trailers_from_a_backend_reset_both_sides() {
     let mut rig = Rig::start().await;
