@@ -211,8 +211,8 @@ impl Decoder {
 
     /// Decodes one whole header block into `pseudo` and `fields` (which
     /// start empty); `Ok(true)` if the list went past `max_list` (RFC 9113's
-    /// header list size): fields past it are decoded for the table's sake
-    /// but dropped.
+    /// header list size) or `MAX_FIELDS` fields: those past it are decoded
+    /// for the table's sake but dropped.
     pub(crate) fn block_into(
         &mut self,
         mut src: &[u8],
