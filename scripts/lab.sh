@@ -9,7 +9,7 @@ lab_certs() {
   $bin ca init --dir "$C" >/dev/null
   $bin cert issue --ca-dir "$C" --out "$C/gateway" --dns localhost --server >/dev/null
   $bin cert issue --ca-dir "$C" --out "$C/backend" --dns localhost --server >/dev/null
-  $bin cert issue --ca-dir "$C" --out "$C/alice" --spiffe spiffe://bench.test/alice --client >/dev/null
+  $bin cert issue --ca-dir "$C" --out "$C/alice" --spiffe spiffe://bench.test/alice --cn alice --client >/dev/null
   cat > "$W/policy.json" <<'JSON'
 { "name": "bench",
   "deny_rules": [{ "name": "no-client-stream", "request": { "paths": ["/demo.v1.Echo/ClientStream"] } }],
