@@ -743,6 +743,14 @@ async fn an_idle_backend_connection_closes_with_no_one_calling() {
     );
 }
 
+/// A response head's block: `:status: 200` (indexed) and `content-type:
+/// application/grpc` (a literal with an indexed name, not added to the table).
+fn grpc_head() -> Vec<u8> {
+    let mut head = vec![0x88, 0x0f, 0x10, 16];
+    head.extend_from_slice(b"application/grpc");
+    head
+}
+
 /// The server side of a hand-written backend: the client's preface read, our
 /// (empty) SETTINGS sent.
 async fn backend_side(mut s: UnixStream) -> Option<Raw> {
@@ -869,9 +877,7 @@ async fn random_backend(listener: tokio::net::UnixListener) {
                 }
                 let mut out = Vec::new();
                 if r.below(3) == 0 {
-                    let mut head = vec![0x88, 0x0f, 0x10, 16];
-                    head.extend_from_slice(b"application/grpc");
-                    out.extend(frame(0x1, 0x4, id, &head));
+                    out.extend(frame(0x1, 0x4, id, &grpc_head()));
                     out.extend(frame(0x0, 0, id, &EMPTY));
                 }
                 for _ in 0..(1 + r.below(12)) {
@@ -1105,12 +1111,10 @@ async fn malformed_trailers_backend(
                 if kind != 0x0 || flags & 0x1 == 0 {
                     continue;
                 }
-                let mut head = vec![0x88, 0x0f, 0x10, 16];
-                head.extend_from_slice(b"application/grpc");
                 let mut trailers = vec![0x00, 11];
                 trailers.extend_from_slice(b"Grpc-Status");
                 trailers.extend_from_slice(&[1, b'0']);
-                let mut out = frame(0x1, 0x4, id, &head);
+                let mut out = frame(0x1, 0x4, id, &grpc_head());
                 out.extend(frame(0x0, 0, id, &EMPTY));
                 out.extend(frame(0x1, 0x1 | 0x4, id, &trailers));
                 raw.send(out).await;
@@ -1137,9 +1141,7 @@ async fn overrunning_backend(
                 if kind != 0x0 || flags & 0x1 == 0 {
                     continue;
                 }
-                let mut head = vec![0x88, 0x0f, 0x10, 16];
-                head.extend_from_slice(b"application/grpc");
-                let mut out = frame(0x1, 0x4, id, &head);
+                let mut out = frame(0x1, 0x4, id, &grpc_head());
                 let mut left = total;
                 while left > 0 {
                     let n = left.min(16_384);
