@@ -281,9 +281,13 @@ pub async fn connect_to(t: &Target) -> io::Result<TlsStream<ClientIo>> {
     let name = ServerName::try_from(t.server_name.clone())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let stream = open(t).await?;
-    TlsConnector::from(t.config.clone())
+    let mut tls = TlsConnector::from(t.config.clone())
         .connect(name, stream)
-        .await
+        .await?;
+    tls.get_mut()
+        .1
+        .set_buffer_limit(Some(crate::tls::SEND_BUFFER));
+    Ok(tls)
 }
 
 #[cfg(windows)]

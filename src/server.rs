@@ -391,6 +391,9 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
             return;
         }
     };
+    tls.get_mut()
+        .1
+        .set_buffer_limit(Some(crate::tls::SEND_BUFFER));
     let (_, conn) = tls.get_ref();
     if conn.alpn_protocol() != Some(b"h2") {
         m.handshake("failed", "no_alpn");

@@ -28,8 +28,13 @@ use super::frame::{
 };
 use super::{decode, Head};
 
-/// A read asks for at least this much room (h2's read size).
+/// A client's read asks for at least this much room (h2's read size): a
+/// client connection may sit idle holding its buffer, ten thousand of them.
 const READ: usize = 8 << 10;
+/// A backend's read asks for this much: a server stream's 16 KiB frames then
+/// come in several per read instead of one, which more than pays for
+/// copying the partial frame a read ends in. Backend connections are few.
+const BACKEND_READ: usize = 64 << 10;
 /// An encoded header block larger than this many times the header list
 /// limit fails the connection (ENHANCE_YOUR_CALM, as h2): up to it, a block
 /// over the limit is decoded and answered with 431 / a reset.
@@ -84,6 +89,8 @@ pub(crate) struct Reader {
     buf: BytesMut,
     /// What the frame at the head of `buf` needs in all.
     want: usize,
+    /// The least room a read asks for.
+    read: usize,
     max_list: usize,
     hpack: decode::Decoder,
     open: Option<Open>,
@@ -95,6 +102,7 @@ impl Reader {
         Reader {
             buf: BytesMut::new(),
             want: 0,
+            read: if strict { READ } else { BACKEND_READ },
             max_list: max_header_list_size,
             hpack: decode::Decoder::new(strict),
             open: None,
@@ -114,16 +122,17 @@ impl Reader {
                 Err(e) => return Poll::Ready(Some(Err(e))),
             }
             // Room for the rest of a frame whose head is known, and for the
-            // next frame's head: a stream of large DATA frames is then read a
-            // frame per read, each ending where the next begins, so a new
-            // buffer starts with only that head to copy.
+            // next frame's head: a client's stream of large DATA frames is
+            // then read a frame per read, each ending where the next begins,
+            // so a new buffer starts with only that head to copy. A new
+            // buffer for a backend has `BACKEND_READ` of room.
             let ahead = if self.want > HEAD { HEAD } else { 0 };
             let room = (self.want.saturating_sub(self.buf.len()) + ahead).max(READ);
             if self.buf.capacity() - self.buf.len() < room && !self.buf.try_reclaim(room) {
                 // Not `reserve`: grown in place it copies the frames already
                 // read too (and doubles), which for 16 KiB frames read 8 KiB
                 // at a time was half of every streamed byte copied once more.
-                let mut fresh = BytesMut::with_capacity(self.buf.len() + room);
+                let mut fresh = BytesMut::with_capacity(self.buf.len() + room.max(self.read));
                 fresh.extend_from_slice(&self.buf);
                 self.buf = fresh;
             }

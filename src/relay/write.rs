@@ -35,6 +35,9 @@ const ROOM: usize = 16 << 10;
 /// frames one per read from pinning more buffers than `ROOM` alone allowed.
 const CHAINED_ROOM: usize = 64 << 10;
 const CHAINED_MAX: usize = 8;
+// A full writer goes to TLS in one write: it takes a frame while under
+// `CHAINED_ROOM`, and frames read are at most `DEFAULT_MAX_FRAME`.
+const _: () = assert!(crate::tls::SEND_BUFFER >= CHAINED_ROOM + HEAD + DEFAULT_MAX_FRAME);
 /// Slices per vectored write.
 const SLICES: usize = 64;
 
@@ -1022,6 +1025,139 @@ mod tests {
         assert!(w.poll_write(&mut io, &mut cx).is_ready());
         assert_eq!(io.out.len(), taken * (HEAD + DEFAULT_MAX_FRAME));
         assert!(w.is_empty());
+    }
+
+    /// A socket counting the writes made on it.
+    struct Counted {
+        io: tokio::net::UnixStream,
+        writes: usize,
+    }
+
+    impl tokio::io::AsyncRead for Counted {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Counted {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let n = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, bufs))?;
+            self.writes += 1;
+            Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_writer_goes_through_tls_in_one_write() {
+        use crate::ca::{Ca, KeyType, LeafSpec};
+        use rustls::pki_types::{pem::PemObject as _, PrivateKeyDer, ServerName};
+        use tokio::io::AsyncReadExt as _;
+
+        let ca = Ca::generate(
+            "t",
+            std::time::Duration::from_secs(3600),
+            KeyType::EcdsaP256,
+        )
+        .unwrap();
+        let leaf = ca
+            .issue(&LeafSpec {
+                dns: vec!["localhost".into()],
+                server: true,
+                ..Default::default()
+            })
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+        let mut server = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![leaf.cert_der], key)
+            .unwrap();
+        // No tickets: nothing of the handshake's is left to go out with the frames.
+        server.send_tls13_tickets = 0;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.cert_der().clone()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        let reader = tokio::spawn(async move {
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client))
+                .connect(name, b)
+                .await
+                .unwrap();
+            let mut got = Vec::new();
+            tls.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let mut tls = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server))
+            .accept(Counted { io: a, writes: 0 })
+            .await
+            .unwrap();
+        tls.get_mut()
+            .1
+            .set_buffer_limit(Some(crate::tls::SEND_BUFFER));
+
+        // As a server stream leaves it: the writer full of 16 KiB frames.
+        let mut w = Writer::new();
+        let mut want = Vec::new();
+        for i in 0u8.. {
+            if !w.has_room() {
+                break;
+            }
+            let payload = vec![i; DEFAULT_MAX_FRAME];
+            head(&mut want, payload.len(), DATA, 0, 1);
+            want.extend_from_slice(&payload);
+            w.frame(Out::Data(Data::new(
+                StreamId::from(1),
+                Bytes::from(payload),
+            )))
+            .unwrap();
+        }
+        let before = tls.get_ref().0.writes;
+        std::future::poll_fn(|cx| w.poll_write(&mut tls, cx))
+            .await
+            .unwrap();
+        // One `writev` of its records; with rustls' default limit, two.
+        assert_eq!(tls.get_ref().0.writes - before, 1);
+        tls.shutdown().await.unwrap();
+        drop(tls);
+        assert!(
+            reader.await.unwrap() == want,
+            "the frames read back as written"
+        );
     }
 
     #[test]
