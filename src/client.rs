@@ -284,9 +284,7 @@ pub async fn connect_to(t: &Target) -> io::Result<TlsStream<ClientIo>> {
     let mut tls = TlsConnector::from(t.config.clone())
         .connect(name, stream)
         .await?;
-    tls.get_mut()
-        .1
-        .set_buffer_limit(Some(crate::tls::SEND_BUFFER));
+    crate::tls::limit_send(tls.get_mut().1);
     Ok(tls)
 }
 

@@ -391,9 +391,7 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
             return;
         }
     };
-    tls.get_mut()
-        .1
-        .set_buffer_limit(Some(crate::tls::SEND_BUFFER));
+    crate::tls::limit_send(tls.get_mut().1);
     let (_, conn) = tls.get_ref();
     if conn.alpn_protocol() != Some(b"h2") {
         m.handshake("failed", "no_alpn");

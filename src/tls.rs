@@ -36,13 +36,19 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-/// Encrypted bytes a connection the relay writes to may hold unsent, set on
-/// both ends the gateway terminates (clients, TLS backends). rustls' default,
-/// 64 KiB, is less than one full relay write (a server stream's four 16 KiB
-/// frames and their heads): each such write went out as a `writev` of four
-/// records and then one of a lone 36-byte record, half of all its writes.
-/// The rest of the limit is only ever held while the peer is not reading.
+/// Encrypted bytes a connection the relay writes to may hold unsent (see
+/// [`limit_send`]). rustls' default, 64 KiB, is less than one full relay
+/// write (a server stream's four 16 KiB frames and their heads): each such
+/// write went out as a `writev` of four records and then one of a lone
+/// 36-byte record, half of all its writes. Beyond one write, the limit is
+/// only ever filled while the peer is not reading.
 pub const SEND_BUFFER: usize = 128 << 10;
+
+/// Sets [`SEND_BUFFER`] on a connection: every TLS connection the gateway
+/// makes or accepts (clients, TLS backends, the client CLI and library).
+pub fn limit_send<D>(conn: &mut rustls::ConnectionCommon<D>) {
+    conn.set_buffer_limit(Some(SEND_BUFFER));
+}
 
 /// Reads every certificate in a PEM file.
 ///

@@ -505,8 +505,9 @@ fn streamed_frames_are_read_in_a_bounded_buffer() {
                 // then the rest made it 401).
                 assert_eq!(io.reads, 202, "keep {keep}");
             } else if chunk == usize::MAX {
-                // At least three frames' worth per read.
-                let most = wire.len() / (BACKEND_READ - DEFAULT_MAX_FRAME) + 2;
+                // The first read fills `READ`; every later one asks for
+                // `BACKEND_READ` (with 8 KiB reads it was over 400).
+                let most = wire.len() / BACKEND_READ + 3;
                 assert!(io.reads <= most, "keep {keep}: {} reads", io.reads);
             }
             for (i, p) in kept.iter().enumerate() {
@@ -942,4 +943,58 @@ fn control_frames_read_as_written() {
         got[4]
     );
     assert!(got[5].contains("ACK"), "{}", got[5]);
+}
+
+#[test]
+fn a_backend_reader_grows_while_reads_fill_and_shrinks_after() {
+    // A backend streams full frames (reads come back full), then answers
+    // small replies one at a time: the reader's buffer grows to
+    // `BACKEND_READ` for the stream and is small again after it; a
+    // client's reader never grows.
+    let frame = |len: usize, fill: u8| {
+        let mut f = (len as u32).to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[DATA, 0]);
+        f.extend_from_slice(&1u32.to_be_bytes());
+        f.extend(std::iter::repeat_n(fill, len));
+        f
+    };
+    let stream: Vec<u8> = (0..50u8)
+        .flat_map(|i| frame(DEFAULT_MAX_FRAME, i))
+        .collect();
+    let replies: Vec<u8> = (0..100u8).flat_map(|i| frame(100, i)).collect();
+    let waker = futures_util::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    for client in [false, true] {
+        let mut r = Reader::new(16 << 10, client);
+        let mut most = 0;
+        for (wire, chunk, frames) in [(&stream, usize::MAX, 50), (&replies, 109, 100)] {
+            let mut io = Chunks {
+                data: wire,
+                chunk,
+                reads: 0,
+            };
+            let mut n = 0;
+            while let Poll::Ready(Some(f)) = r.poll_next(&mut io, &mut cx) {
+                assert!(
+                    matches!(f, Ok(Frame::Data { .. })),
+                    "client {client}: {f:?}"
+                );
+                most = most.max(r.made);
+                n += 1;
+            }
+            assert_eq!(n, frames, "client {client}");
+        }
+        if client {
+            assert!(
+                most <= DEFAULT_MAX_FRAME + 2 * HEAD + READ,
+                "client: {most}"
+            );
+        } else {
+            assert!(most >= BACKEND_READ, "backend never grew: {most}");
+        }
+        assert_eq!(r.size, READ, "client {client}");
+        if !client {
+            assert!(r.made <= 2 * READ, "{} kept after the stream", r.made);
+        }
+    }
 }
