@@ -38,8 +38,8 @@ const READ: usize = 8 << 10;
 /// of its own, and a unary call's reply fits in `READ`.
 const BACKEND_READ: usize = 64 << 10;
 /// Short reads in a row (less than `READ`) after which a backend's new
-/// buffers are `READ` again. A stream has a short read now and then (3% of
-/// them, strace): shrinking on the first made 14% more CPU per GiB.
+/// buffers are `READ` again. A stream has a short read now and then (2-3% of
+/// them, strace): shrinking on the first cost 14-16% CPU per GiB.
 const SHRINK_AFTER: u8 = 8;
 /// An encoded header block larger than this many times the header list
 /// limit fails the connection (ENHANCE_YOUR_CALM, as h2): up to it, a block
