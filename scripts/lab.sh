@@ -1,5 +1,5 @@
-# Sourced by scripts/ab and scripts/instr: the certificates, the policy a
-# README reader would write, a gateway config and the payload-only bench
+# Sourced by scripts/ab, scripts/instr and scripts/split: the certificates,
+# the policy a README reader would write, a gateway config and the payload-only bench
 # backend, all under $W (the caller's work directory; C=$W/certs).
 
 # Certificates for the gateway, the backend and the bench client (alice).
