@@ -1,6 +1,7 @@
-# Sourced by scripts/ab, scripts/instr and scripts/split: the certificates,
-# the policy a README reader would write, a gateway config and the payload-only bench
-# backend, all under $W (the caller's work directory; C=$W/certs).
+# Sourced by scripts/ab, scripts/instr, scripts/pgo and scripts/split: the
+# certificates, the policy a README reader would write, a gateway config and
+# the payload-only bench backend, all under $W (the caller's work directory;
+# C=$W/certs), and helpers to wait for sockets and read CPU time.
 
 # Certificates for the gateway, the backend and the bench client (alice).
 lab_certs() {
@@ -32,3 +33,16 @@ lab_backend() {
     --client-ca "$C/ca.pem" --payload-only 2>"$W/backend.log" &
   PIDS+=($!)
 }
+
+# lab_wait NAME...: waits up to 5 s for each socket $W/NAME; one that does
+# not appear stops the script, with the logs under $W.
+lab_wait() {
+  local s
+  for s in "$@"; do
+    for _ in $(seq 100); do [ -S "$W/$s" ] && break; sleep 0.05; done
+    [ -S "$W/$s" ] || { echo "$0: $s did not appear" >&2; cat "$W"/*.log >&2 2>/dev/null || true; exit 1; }
+  done
+}
+
+# lab_ticks PID: the process's CPU time so far (user + system), in clock ticks.
+lab_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
