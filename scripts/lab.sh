@@ -46,3 +46,10 @@ lab_wait() {
 
 # lab_ticks PID: the process's CPU time so far (user + system), in clock ticks.
 lab_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# lab_idle: the machine's idle time so far, summed over its CPUs, in
+# hundredths of a second (/proc/uptime's second field).
+lab_idle() { awk '{printf "%d", $2 * 100}' /proc/uptime; }
+
+# lab_switches: context switches on the machine so far (/proc/stat).
+lab_switches() { awk '/^ctxt/{print $2}' /proc/stat; }

@@ -99,9 +99,9 @@ impl AuditEvent {
             dns_sans: &p.dns,
             subject: &p.subject,
             cert_sha256: p.sha256_hex(),
-            peer_uid: p.cred.and_then(|c| c.uid),
-            peer_gid: p.cred.and_then(|c| c.gid),
-            peer_pid: p.cred.and_then(|c| c.pid),
+            peer_uid: p.cred.as_ref().and_then(|c| c.uid),
+            peer_gid: p.cred.as_ref().and_then(|c| c.gid),
+            peer_pid: p.cred.as_ref().and_then(|c| c.pid),
             shadow_policy_name: self.shadow.as_ref().map(|s| s.policy.name.as_str()),
             shadow_policy_version: self.shadow.as_ref().map(|s| s.policy.version.as_str()),
             shadow_matched_rule: self

@@ -7,14 +7,21 @@ use http::HeaderValue;
 use rustls::pki_types::CertificateDer;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
-/// The socket peer's credentials from `SO_PEERCRED`, taken at accept time. A pid
-/// may be reused once that process exits: treat it as a hint, uid/gid as facts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The socket peer's credentials from `SO_PEERCRED` and `SO_PEERGROUPS`, taken
+/// at accept time. A pid may be reused once that process exits: treat it as a
+/// hint, uid/gid as facts.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerCred {
     /// Unix only; a named pipe's client has no uid.
     pub uid: Option<u32>,
+    /// The effective group.
     pub gid: Option<u32>,
     pub pid: Option<i32>,
+    /// The supplementary groups; `None` where the system cannot say (a named
+    /// pipe, a Unix other than Linux). A process picks its effective group
+    /// among them (`sg`, `newgrp`), so a `gids` rule is held against all of
+    /// them, and a deny rule with `gids` applies when they are unknown.
+    pub groups: Option<Vec<u32>>,
 }
 
 /// The identity of one client connection.
@@ -118,7 +125,7 @@ impl Peer {
             cred_header: None,
         };
         peer.xfcc = peer.build_xfcc(by);
-        peer.cred_header = cred.and_then(|c| {
+        peer.cred_header = peer.cred.as_ref().and_then(|c| {
             let mut parts = Vec::with_capacity(3);
             if let Some(uid) = c.uid {
                 parts.push(format!("uid={uid}"));

@@ -207,9 +207,13 @@ struct ExplainArgs {
     /// The socket peer's uid (for `source.uids` rules).
     #[arg(long)]
     uid: Option<u32>,
-    /// The socket peer's gid (for `source.gids` rules).
+    /// The socket peer's effective gid (for `source.gids` rules).
     #[arg(long)]
     gid: Option<u32>,
+    /// One of the socket peer's supplementary groups; repeatable. A `gids`
+    /// rule holds for the effective group or any of these.
+    #[arg(long = "group")]
+    groups: Vec<u32>,
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
@@ -621,6 +625,7 @@ fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
             uid,
             gid,
             pid: None,
+            groups: Some(a.groups.clone()),
         }),
     };
     let peer = ipcgate::identity::Peer::new(&chain, cred, None)?;
@@ -641,13 +646,14 @@ fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
         e.policy, e.version, e.method
     );
     println!(
-        "client {} (URI SANs {:?}, DNS SANs {:?}, subject {:?}, uid {:?}, gid {:?})",
+        "client {} (URI SANs {:?}, DNS SANs {:?}, subject {:?}, uid {:?}, gid {:?}, groups {:?})",
         peer.principal(),
         peer.uris,
         peer.dns,
         peer.subject,
         a.uid,
-        a.gid
+        a.gid,
+        a.groups
     );
     match (&e.rule, e.allowed) {
         (Some(r), true) => println!("decision: ALLOW by allow rule {r:?}"),

@@ -25,6 +25,10 @@ pub struct PolicySource {
     metrics: Arc<Metrics>,
     /// The `policy_info` series currently set, per kind, to retire on change.
     published: Mutex<Vec<PolicyInfoLabels>>,
+    /// Held for a whole reload. The watcher, SIGHUP and `POST /reload` each
+    /// start one; two at once could each read the file, and the one that read
+    /// it first could swap its older policy in last.
+    reloading: Mutex<()>,
 }
 
 /// What one reload did, per policy kind.
@@ -58,6 +62,7 @@ impl ReloadReport {
 impl PolicySource {
     pub fn new(cfg: config::Policy, file_logger: bool, metrics: Arc<Metrics>) -> PolicySource {
         PolicySource {
+            reloading: Mutex::new(()),
             cfg,
             file_logger,
             metrics,
@@ -125,6 +130,7 @@ impl PolicySource {
 
     /// Re-reads the files and swaps in whatever loads; keeps the rest.
     pub fn reload(&self, authz: &Authorizer) -> ReloadReport {
+        let _one = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let policy = self.reload_kind("enforced", authz);
         let shadow = self
             .cfg
@@ -267,7 +273,9 @@ pub async fn run(reloader: Arc<Reloader>, watch: bool) {
                 (p, t)
             }
             _ = crl_check.tick() => {
-                reloader.tls.check_crls();
+                // Off the worker: a CRL gone stale re-verifies every live chain.
+                let tls = reloader.tls.clone();
+                let _ = tokio::task::spawn_blocking(move || tls.check_crls()).await;
                 continue;
             }
         };
@@ -343,6 +351,12 @@ pub struct TlsSource {
     current: arc_swap::ArcSwap<crate::tls::ServerTls>,
     conns: Arc<crate::conns::Conns>,
     metrics: Arc<Metrics>,
+    /// Held for a whole reload or CRL check, as for [`PolicySource`]: a
+    /// reload that read `ca.crl` before a revocation must not swap its
+    /// material in after one that read it after. It holds the CRLs (file,
+    /// issuer) found stale at the last check, so live connections are
+    /// re-verified when one more goes stale, not at every check.
+    reloading: Mutex<Vec<(PathBuf, String)>>,
 }
 
 /// What a TLS reload did.
@@ -367,6 +381,7 @@ impl TlsSource {
     ) -> Result<TlsSource, crate::tls::TlsError> {
         let tls = crate::tls::server(&cfg)?;
         let s = TlsSource {
+            reloading: Mutex::new(Vec::new()),
             cfg,
             current: arc_swap::ArcSwap::from_pointee(tls),
             conns,
@@ -386,25 +401,26 @@ impl TlsSource {
 
     /// Re-reads every TLS file; on success swaps it in and re-verifies live
     /// connections, on failure keeps the old material.
+    ///
+    /// The swap comes before the re-check. A handshake that began under the
+    /// old material registers its connection and then compares the material
+    /// in force with its own (`server::serve_connection`): so either this
+    /// re-check finds it registered, or it finds the new material swapped in
+    /// and verifies itself against it.
     pub fn reload(&self) -> TlsReport {
+        let mut stale = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         match crate::tls::server(&self.cfg) {
             Ok(tls) => {
+                let tls = Arc::new(tls);
+                self.current.store(tls.clone());
                 let closed = self.conns.recheck(&*tls.verifier);
-                self.current.store(Arc::new(tls));
                 self.metrics
                     .tls_reloads
                     .get_or_create(&crate::metrics::ResultLabels { result: "ok" })
                     .inc();
-                if closed > 0 {
-                    self.metrics
-                        .connections_closed
-                        .get_or_create(&crate::metrics::ReasonLabels {
-                            reason: "no_longer_verifies",
-                        })
-                        .inc_by(closed as u64);
-                }
+                self.count_closed(closed);
                 info!(closed, "TLS material reloaded");
-                self.check_crls();
+                self.check_crls_held(&mut stale, true);
                 TlsReport {
                     ok: true,
                     closed,
@@ -426,10 +442,23 @@ impl TlsSource {
         }
     }
 
-    /// Publishes each CRL's next-update and warns about stale ones.
+    /// Publishes each CRL's next-update and warns about stale ones; with
+    /// `crl_expired = "deny"`, closes the live connections a stale CRL now
+    /// refuses, as it refuses new handshakes.
+    ///
+    /// Blocking: a re-check verifies every live client chain again.
     pub fn check_crls(&self) {
+        let mut stale = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        self.check_crls_held(&mut stale, false);
+    }
+
+    /// `rechecked`: the live connections were just re-verified against the
+    /// material in force.
+    fn check_crls_held(&self, stale_before: &mut Vec<(PathBuf, String)>, rechecked: bool) {
         let now = std::time::SystemTime::now();
-        for crl in &self.current().crls {
+        let current = self.current();
+        let mut stale_now = Vec::new();
+        for crl in &current.crls {
             let file = crate::metrics::FileLabels {
                 file: crl.path.display().to_string(),
             };
@@ -444,6 +473,9 @@ impl TlsSource {
                     .set(secs as i64);
             }
             let stale = crl.is_stale(now);
+            if stale {
+                stale_now.push((crl.path.clone(), crl.issuer.clone()));
+            }
             self.metrics
                 .crl_stale
                 .get_or_create(&file)
@@ -457,6 +489,29 @@ impl TlsSource {
                     if self.cfg.crl_expired_deny { "; clients of this CA are refused until then" } else { "" }
                 );
             }
+        }
+        let newly = stale_now.iter().any(|c| !stale_before.contains(c));
+        if newly && self.cfg.crl_expired_deny && !rechecked {
+            let closed = self.conns.recheck(&*current.verifier);
+            if closed > 0 {
+                warn!(
+                    closed,
+                    "closed connections whose CA's CRL is past its nextUpdate"
+                );
+            }
+            self.count_closed(closed);
+        }
+        *stale_before = stale_now;
+    }
+
+    fn count_closed(&self, closed: usize) {
+        if closed > 0 {
+            self.metrics
+                .connections_closed
+                .get_or_create(&crate::metrics::ReasonLabels {
+                    reason: "no_longer_verifies",
+                })
+                .inc_by(closed as u64);
         }
     }
 }

@@ -369,8 +369,8 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
         cred,
         remote,
     } = accepted;
-    let uid = cred.and_then(|c| c.uid);
-    let pid = cred.and_then(|c| c.pid);
+    let uid = cred.as_ref().and_then(|c| c.uid);
+    let pid = cred.as_ref().and_then(|c| c.pid);
     let remote = remote.map(tracing::field::display);
     let m = &shared.metrics;
     // The TLS material of this moment: a reload mid-handshake does not disturb it.
@@ -408,7 +408,26 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
         }
     };
     let registration = shared.conns.register(chain, peer.principal());
-    drop(tls_state);
+    // A reload that swapped the material in after this handshake began may
+    // have re-checked the live connections before this one registered: then
+    // it verifies itself against what is in force now (see
+    // `TlsSource::reload`), so a certificate revoked mid-handshake is not let
+    // in on the old CRL.
+    let now_tls = shared.tls.current();
+    if !Arc::ptr_eq(&now_tls, &tls_state) {
+        if let Some((leaf, rest)) = chain.split_first() {
+            if let Err(e) =
+                now_tls
+                    .verifier
+                    .verify_client_cert(leaf, rest, rustls::pki_types::UnixTime::now())
+            {
+                m.handshake("failed", "no_longer_verifies");
+                warn!(target: "ipcgate::tls", reason = %e, client.id = peer.principal(), peer.uid = uid, peer.pid = pid, peer.addr = remote, "handshake failed: the client certificate does not verify against the TLS material reloaded meanwhile");
+                return;
+            }
+        }
+    }
+    drop((now_tls, tls_state));
     m.handshake("ok", "");
     m.active_connections.inc();
     debug!(

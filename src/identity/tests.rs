@@ -51,6 +51,7 @@ fn peer_credentials_become_a_header() {
             uid: Some(1000),
             gid: Some(100),
             pid: Some(42),
+            groups: Some(vec![100, 27]),
         }),
         None,
     )

@@ -203,6 +203,7 @@ impl Pipe {
                 uid: None,
                 gid: None,
                 pid,
+                groups: None,
             }),
         ))
     }

@@ -160,9 +160,54 @@ impl Uds {
             uid: Some(c.uid()),
             gid: Some(c.gid()),
             pid: c.pid(),
+            groups: peer_groups(&stream),
         });
         Ok((stream, cred))
     }
+}
+
+/// The peer's supplementary groups as they were at `connect(2)`
+/// (`SO_PEERGROUPS`, Linux 4.13); `None` if the kernel cannot say.
+#[cfg(target_os = "linux")]
+pub fn peer_groups(stream: &impl std::os::fd::AsRawFd) -> Option<Vec<u32>> {
+    #[cfg(any(target_arch = "sparc", target_arch = "sparc64"))]
+    const SO_PEERGROUPS: libc::c_int = 61;
+    #[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
+    const SO_PEERGROUPS: libc::c_int = 59;
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    for _ in 0..2 {
+        let mut len =
+            libc::socklen_t::try_from(groups.len() * std::mem::size_of::<libc::gid_t>()).ok()?;
+        // SAFETY: the descriptor is open for the duration (borrowed from
+        // `stream`), and the kernel writes at most `len` bytes to the buffer,
+        // which is `len` bytes of initialised `gid_t`s; it sets `len` to the
+        // bytes written, or to the bytes needed when it fails with ERANGE.
+        let rc = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let n = usize::try_from(len).ok()? / std::mem::size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(n.min(groups.len()));
+            return Some(groups);
+        }
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::ERANGE) || n <= groups.len()
+        {
+            return None;
+        }
+        groups.resize(n, 0);
+    }
+    None
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn peer_groups(_: &impl std::os::fd::AsRawFd) -> Option<Vec<u32>> {
+    None
 }
 
 impl Drop for Uds {

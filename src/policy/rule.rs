@@ -99,11 +99,37 @@ impl Rule {
     }
 
     pub(super) fn cred_matches(&self, peer: &Peer) -> bool {
-        let check = |list: &[u32], v: Option<u32>| {
-            list.is_empty() || v.map_or(self.deny, |v| list.contains(&v))
+        let uid_ok = self.uids.is_empty()
+            || peer
+                .cred
+                .as_ref()
+                .and_then(|c| c.uid)
+                .map_or(self.deny, |v| self.uids.contains(&v));
+        uid_ok && (self.gids.is_empty() || self.gid_hit(peer).0)
+    }
+
+    /// Whether the peer is in one of `gids`, and the group that says so. The
+    /// effective group or any supplementary one counts: a member of a denied
+    /// group can make another group its effective one (`sg`) and keep the
+    /// denied one. Unknown credentials or groups hold for a deny rule (fails
+    /// closed) and not for an allow rule.
+    fn gid_hit(&self, peer: &Peer) -> (bool, Option<u32>) {
+        let Some(c) = peer.cred.as_ref() else {
+            return (self.deny, None);
         };
-        check(&self.uids, peer.cred.and_then(|c| c.uid))
-            && check(&self.gids, peer.cred.and_then(|c| c.gid))
+        let Some(gid) = c.gid else {
+            return (self.deny, None);
+        };
+        if self.gids.contains(&gid) {
+            return (true, Some(gid));
+        }
+        match &c.groups {
+            Some(groups) => match groups.iter().find(|g| self.gids.contains(g)) {
+                Some(&g) => (true, Some(g)),
+                None => (false, None),
+            },
+            None => (self.deny, None),
+        }
     }
 
     /// Why this rule does or does not match one call, condition by condition.
@@ -135,23 +161,45 @@ impl Rule {
                 });
             }
         }
-        for (field, list, actual) in [
-            ("uids", &self.uids, peer.cred.and_then(|c| c.uid)),
-            ("gids", &self.gids, peer.cred.and_then(|c| c.gid)),
-        ] {
-            if list.is_empty() {
-                continue;
-            }
-            conditions.push(match actual {
+        if !self.uids.is_empty() {
+            let list = &self.uids;
+            conditions.push(match peer.cred.as_ref().and_then(|c| c.uid) {
                 Some(v) if list.contains(&v) => {
-                    Condition::met(field, format!("peer {v} is in {list:?}"))
+                    Condition::met("uids", format!("peer {v} is in {list:?}"))
                 }
-                Some(v) => Condition::unmet(field, format!("peer {v} is not in {list:?}")),
+                Some(v) => Condition::unmet("uids", format!("peer {v} is not in {list:?}")),
                 None if self.deny => Condition::met(
-                    field,
+                    "uids",
                     "no socket peer credentials: a deny rule applies (fails closed)".into(),
                 ),
-                None => Condition::unmet(field, "no socket peer credentials".into()),
+                None => Condition::unmet("uids", "no socket peer credentials".into()),
+            });
+        }
+        if !self.gids.is_empty() {
+            let list = &self.gids;
+            let cred = peer.cred.as_ref();
+            let gid = cred.and_then(|c| c.gid);
+            let groups = cred.and_then(|c| c.groups.as_ref());
+            conditions.push(match (self.gid_hit(peer), gid) {
+                ((true, Some(g)), _) => {
+                    Condition::met("gids", format!("peer group {g} is in {list:?}"))
+                }
+                ((true, None), _) => Condition::met(
+                    "gids",
+                    "the peer's groups are unknown: a deny rule applies (fails closed)".into(),
+                ),
+                ((false, _), None) => Condition::unmet("gids", "no socket peer credentials".into()),
+                ((false, _), Some(g)) => Condition::unmet(
+                    "gids",
+                    match groups {
+                        Some(gs) => format!(
+                            "neither peer group {g} nor supplementary groups {gs:?} is in {list:?}"
+                        ),
+                        None => format!(
+                            "peer group {g} is not in {list:?} (supplementary groups unknown)"
+                        ),
+                    },
+                ),
             });
         }
         if self.paths.is_empty() {

@@ -310,6 +310,10 @@ fn a_large_policy_indexes_by_path() {
 }
 
 fn peer_cred(uid: u32, gid: u32) -> Peer {
+    peer_groups(uid, gid, Some(Vec::new()))
+}
+
+fn peer_groups(uid: u32, gid: u32, groups: Option<Vec<u32>>) -> Peer {
     let ca = Ca::generate(
         "t",
         std::time::Duration::from_secs(3600),
@@ -329,6 +333,7 @@ fn peer_cred(uid: u32, gid: u32) -> Peer {
             uid: Some(uid),
             gid: Some(gid),
             pid: Some(1),
+            groups,
         }),
         None,
     )
@@ -358,6 +363,43 @@ fn uid_and_gid_extension_is_anded_with_principals() {
     // No socket credentials: a uid/gid condition cannot hold.
     let no_cred = peer(&["spiffe://t/svc"], &[], None);
     assert_eq!(ev(&p, "/a.B/C", &h, &no_cred), (false, None));
+}
+
+/// `sg other-group client` makes another group the effective one and keeps
+/// the denied one among the supplementary groups: a deny rule on a group must
+/// still hold, and one whose groups cannot be read must hold too.
+#[test]
+fn gids_hold_against_supplementary_groups() {
+    let p = policy(
+        r#"{"name":"p","deny_rules":[{"name":"no-50","source":{"gids":[50]}}],"allow_rules":[
+          {"name":"svc","source":{"principals":["spiffe://t/svc"]},"request":{"paths":["/a.B/C"]}},
+          {"name":"g60","source":{"gids":[60]},"request":{"paths":["/a.B/G"]}}
+        ]}"#,
+    );
+    let h = HeaderMap::new();
+    assert_eq!(
+        ev(&p, "/a.B/C", &h, &peer_groups(7, 8, Some(vec![9]))),
+        (true, Some("svc"))
+    );
+    // 50 as the effective group or a supplementary one: denied.
+    for who in [
+        peer_groups(7, 50, Some(vec![9])),
+        peer_groups(7, 8, Some(vec![9, 50])),
+        peer_groups(7, 8, None),
+    ] {
+        assert_eq!(ev(&p, "/a.B/C", &h, &who), (false, Some("no-50")));
+        let e = p.explain("/a.B/C", &h, &who);
+        assert!(!e.allowed && e.rule.as_deref() == Some("no-50"), "{e:?}");
+    }
+    // An allow rule takes a supplementary group, and not unknown ones.
+    assert_eq!(
+        ev(&p, "/a.B/G", &h, &peer_groups(7, 8, Some(vec![60]))),
+        (true, Some("g60"))
+    );
+    assert_eq!(
+        ev(&p, "/a.B/G", &h, &peer_groups(7, 8, Some(vec![61]))),
+        (false, None)
+    );
 }
 
 #[test]

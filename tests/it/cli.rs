@@ -522,6 +522,97 @@ async fn same_certificate_two_uids_two_decisions() {
     task.await.unwrap();
 }
 
+/// A member of a denied group who makes another group the effective one
+/// (`sg other ipcgate call ...`) keeps the denied one among its supplementary
+/// groups, and the deny rule still holds. Needs root to set a process's groups.
+#[tokio::test]
+async fn a_denied_group_held_as_a_supplementary_group_is_still_denied() {
+    if proc_id("Uid:") != 0 {
+        eprintln!("not root: cannot set a client's groups; the unit tests cover the gids rule");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    make_pki(d.path());
+    let backend_sock = d.path().join("echo.sock");
+    let echo = ipcgate::demo::EchoService::default();
+    let calls = echo.calls.clone();
+    let _backend = ipcgate::demo::spawn_backend(&backend_sock, echo, None).unwrap();
+    std::fs::write(
+        d.path().join("policy.json"),
+        r#"{"name":"groups","deny_rules":[{"name":"no-4301","source":{"gids":[4301]}}],
+           "allow_rules":[{"name":"alice","source":{"principals":["spiffe://test.local/alice"]}}]}"#,
+    )
+    .unwrap();
+    let cfg = d.path().join("gw.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[listen]\nuds = \"gw.sock\"\n[tls]\ncert = \"gateway.pem\"\nkey = \"gateway.key\"\nclient_ca = \"ca.pem\"\n[policy]\nfile = \"policy.json\"\n[[route]]\nservice = \"*\"\nbackend = \"unix:{}\"\n",
+            backend_sock.display()
+        ),
+    )
+    .unwrap();
+    let gw = ipcgate::Gateway::bind(ipcgate::config::Config::load(&cfg).unwrap())
+        .await
+        .unwrap();
+    let sock = gw.socket_path().to_owned();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(gw.run(async {
+        let _ = rx.await;
+    }));
+    let call = |groups: Vec<libc::gid_t>| {
+        let mut c = Command::new(BIN);
+        c.args([
+            "call",
+            "--socket",
+            sock.to_str().unwrap(),
+            "--method",
+            "/demo.v1.Echo/Unary",
+        ])
+        .arg("--cert")
+        .arg(d.path().join("alice.pem"))
+        .arg("--key")
+        .arg(d.path().join("alice.key"))
+        .arg("--ca")
+        .arg(d.path().join("ca.pem"));
+        use std::os::unix::process::CommandExt;
+        c.gid(4300);
+        // SAFETY: between fork and exec only `setgroups`, which is
+        // async-signal-safe, runs; `groups` lives in the closure, which the
+        // child owns.
+        unsafe {
+            c.pre_exec(move || {
+                if libc::setgroups(groups.len(), groups.as_ptr()) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        c
+    };
+    let run = |mut c: Command| async move {
+        let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+            .await
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let out = run(call(vec![4302])).await;
+    assert!(out.contains("grpc-status: 0"), "{out}");
+    let out = run(call(vec![4302, 4301])).await;
+    assert!(
+        out.contains("grpc-status: 7"),
+        "group 4301 was not denied: {out}"
+    );
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let _ = tx.send(());
+    task.await.unwrap();
+}
+
 /// `ipcgate call` as a separate process, optionally as another account.
 async fn call_as(sock: &Path, dir: &Path, uid: Option<u32>, gid: u32) -> std::process::Output {
     let mut c = Command::new(BIN);

@@ -231,6 +231,99 @@ async fn revocation_refuses_new_handshakes_and_closes_live_connections() {
     assert_eq!(closed(&h, "no_longer_verifies"), 1);
 }
 
+/// A client that holds back its half of the handshake until a revocation has
+/// been reloaded finishes it against the verifier it began with; the reload's
+/// re-check of live connections ran before it registered. It must still get
+/// no call through.
+#[tokio::test]
+async fn a_certificate_revoked_mid_handshake_gets_no_call() {
+    use prost::Message as _;
+    use std::io::{Read, Write};
+    let h = Harness::start_with(with_crl()).await;
+    let cfg = h.pki.saved_spiffe("spiffe://test.local/alice", "alice");
+    let dir = h.pki.dir.path().to_str().unwrap().to_owned();
+    let sock = h.gw_sock.clone();
+    let reloader = h.reloader.clone();
+    let (read, saw_response) = tokio::task::spawn_blocking(move || {
+        let mut io = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        io.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut tls = rustls::ClientConnection::new(cfg, "localhost".try_into().unwrap()).unwrap();
+        // ClientHello out; the server's flight in, up to its Finished. The
+        // client's certificate and Finished then wait in `tls`.
+        while tls.wants_write() {
+            tls.write_tls(&mut io).unwrap();
+        }
+        while !tls.wants_write() {
+            assert!(tls.read_tls(&mut io).unwrap() > 0, "server closed early");
+            tls.process_new_packets().unwrap();
+        }
+        let out = ipcgate(&[
+            "cert",
+            "revoke",
+            "--ca-dir",
+            &dir,
+            "--cert",
+            &format!("{dir}/alice.pem"),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(reloader.tls.reload().ok);
+        // Now the rest of the handshake, and a unary call right behind it.
+        let mut msg = vec![0u8];
+        let body = req(b"late").encode_to_vec();
+        msg.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+        msg.extend_from_slice(&body);
+        let mut stream = rustls::StreamOwned::new(tls, io);
+        stream
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .unwrap();
+        stream.write_all(&frame(0x4, 0, 0, &[])).unwrap();
+        stream
+            .write_all(&frame(0x1, 0x4, 1, &block(b"/demo.v1.Echo/Unary", &[])))
+            .unwrap();
+        stream.write_all(&frame(0x0, 0x1, 1, &msg)).unwrap();
+        // Whatever comes back: a response HEADERS on stream 1 is a call let in.
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let end = loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break "eof",
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break "timeout",
+                Err(_) => break "closed",
+            }
+        };
+        let mut at = 0;
+        let mut response = false;
+        while got.len() >= at + 9 {
+            let len = usize::from(got[at]) << 16
+                | usize::from(got[at + 1]) << 8
+                | usize::from(got[at + 2]);
+            let id = u32::from_be_bytes(got[at + 5..at + 9].try_into().unwrap()) & 0x7fff_ffff;
+            response |= got[at + 3] == 0x1 && id == 1;
+            at += 9 + len;
+        }
+        (end, response)
+    })
+    .await
+    .unwrap();
+    assert!(!saw_response, "the revoked client got an answer");
+    assert_ne!(read, "timeout", "the connection was left open");
+    assert_eq!(h.echo.calls.load(Ordering::SeqCst), 0);
+    let refused = h
+        .metrics
+        .handshakes
+        .get_or_create(&ipcgate::metrics::HandshakeLabels {
+            result: "failed",
+            reason: "no_longer_verifies",
+        })
+        .get();
+    assert_eq!(refused, 1);
+}
+
 #[tokio::test]
 async fn server_certificate_rotates_under_load_without_a_failed_call() {
     let h = Harness::start().await;
@@ -388,6 +481,68 @@ async fn stale_crl_is_reported_and_enforced_by_default() {
         )
         .await;
         assert_eq!(r.is_err(), refused, "{keys}: {r:?}");
+    }
+}
+
+/// A CRL that goes stale while clients are connected: with `crl_expired =
+/// "deny"` (the default) their connections close as new handshakes are
+/// refused; with "allow" they stay.
+#[tokio::test]
+async fn a_crl_going_stale_closes_live_connections_unless_allowed() {
+    for (keys, closes) in [
+        ("crl = [\"soon.crl\"]", true),
+        ("crl = [\"soon.crl\"]\ncrl_expired = \"allow\"", false),
+    ] {
+        let pki = Pki::new();
+        let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(pki.path("ca.key")).unwrap())
+            .unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_pem(pki.ca.cert_pem(), key).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let crl = rcgen::CertificateRevocationListParams {
+            this_update: now - time::Duration::hours(1),
+            next_update: now + time::Duration::seconds(2),
+            crl_number: rcgen::SerialNumber::from_slice(&[1]),
+            issuing_distribution_point: None,
+            revoked_certs: Vec::new(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&issuer)
+        .unwrap();
+        let h = Harness::start_in(
+            pki,
+            Opts {
+                tls_keys: keys.into(),
+                files: vec![("soon.crl", crl.pem().unwrap())],
+                ..Default::default()
+            },
+        )
+        .await;
+        let mut alice = h.alice();
+        alice.unary(req(b"fresh")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(3100)).await;
+        // The periodic check, without waiting its minute; twice, as it runs.
+        let tls = h.reloader.tls.clone();
+        tokio::task::spawn_blocking(move || {
+            tls.check_crls();
+            tls.check_crls();
+        })
+        .await
+        .unwrap();
+        if closes {
+            let hh = &h;
+            eventually("connection closed", || {
+                closed(hh, "no_longer_verifies") == 1
+            })
+            .await;
+            assert!(alice.unary(req(b"stale")).await.is_err(), "{keys}");
+        } else {
+            alice.unary(req(b"stale")).await.unwrap();
+        }
+        assert_eq!(
+            closed(&h, "no_longer_verifies"),
+            u64::from(closes),
+            "{keys}"
+        );
     }
 }
 
