@@ -91,9 +91,21 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 /// # Errors
 /// Unreadable file, no certificate, or a certificate that cannot be an anchor.
 pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    roots(path, load_certs(path)?, &[])
+}
+
+/// The anchors of `certs` (read from `path`), but for the indices in `skip`.
+fn roots(
+    path: &Path,
+    certs: Vec<CertificateDer<'static>>,
+    skip: &[usize],
+) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
-    for (i, cert) in load_certs(path)?.into_iter().enumerate() {
+    for (i, cert) in certs.into_iter().enumerate() {
         check_ca(&cert).map_err(|m| err(path, format!("certificate #{} {m}", i + 1)))?;
+        if skip.contains(&i) {
+            continue;
+        }
         roots.add(cert).map_err(|e| {
             err(
                 path,
@@ -134,14 +146,24 @@ impl CrlInfo {
 /// by a CA in the trust bundle — a CRL nobody can verify would otherwise be
 /// silently useless.
 ///
+/// Of two CRLs from the same CA only the newer is kept (by thisUpdate, then
+/// CRL number), with a warning: webpki consults the first CRL whose issuer
+/// name matches, so an older one listed first (`crl = ["old.crl",
+/// "new.crl"]`, or `cat old new`) would hide every revocation the newer adds.
+///
 /// # Errors
-/// Unreadable or unparsable file, or a CRL from outside the bundle.
+/// Unreadable or unparsable file, a CRL from outside the bundle, or CRLs
+/// from two CAs of the same name (webpki cannot tell their CRLs apart).
 pub fn load_crls(
     paths: &[PathBuf],
     cas: &[CertificateDer<'static>],
 ) -> Result<(Vec<CertificateRevocationListDer<'static>>, Vec<CrlInfo>), TlsError> {
-    let mut ders = Vec::new();
-    let mut infos = Vec::new();
+    let mut ders: Vec<CertificateRevocationListDer<'static>> = Vec::new();
+    let mut infos: Vec<CrlInfo> = Vec::new();
+    // Per kept CRL: its signer (index in `cas`), issuer name, thisUpdate and
+    // CRL number, to find a second CRL from the same CA.
+    type Number = Option<x509_parser::num_bigint::BigUint>;
+    let mut kept: Vec<(usize, Vec<u8>, i64, Number)> = Vec::new();
     for path in paths {
         let bytes = std::fs::read(path).map_err(|e| err(path, format!("cannot read CRL: {e}")))?;
         let mut found: Vec<CertificateRevocationListDer<'static>> =
@@ -159,28 +181,60 @@ pub fn load_crls(
                 )
             })?;
             let issuer = crate::identity::rfc4514(parsed.issuer());
-            let signer = cas.iter().find_map(|ca| {
-                let (_, c) = X509Certificate::from_der(ca.as_ref()).ok()?;
-                (c.subject().as_raw() == parsed.issuer().as_raw()
-                    && parsed.verify_signature(c.public_key()).is_ok())
-                .then_some(())
+            let signer = cas.iter().position(|ca| {
+                X509Certificate::from_der(ca.as_ref()).is_ok_and(|(_, c)| {
+                    c.subject().as_raw() == parsed.issuer().as_raw()
+                        && parsed.verify_signature(c.public_key()).is_ok()
+                })
             });
-            if signer.is_none() {
+            let Some(signer) = signer else {
                 return Err(err(
                     path,
                     format!("CRL issued by ({issuer}) is not signed by any CA in the client_ca bundle (a CRL must come from the CA that issued the client certificates)"),
                 ));
-            }
+            };
             let next_update = parsed.next_update().map(|t| {
                 SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(t.timestamp().max(0) as u64)
             });
-            infos.push(CrlInfo {
+            let info = CrlInfo {
                 path: path.clone(),
                 issuer,
                 next_update,
                 revoked: parsed.iter_revoked_certificates().count(),
-            });
-            ders.push(crl);
+            };
+            let name = parsed.issuer().as_raw().to_vec();
+            let this_update = parsed.last_update().timestamp();
+            let number = parsed.crl_number().cloned();
+            let Some(i) = kept.iter().position(|k| k.1 == name) else {
+                kept.push((signer, name, this_update, number));
+                infos.push(info);
+                ders.push(crl);
+                continue;
+            };
+            if kept[i].0 != signer {
+                return Err(err(
+                    path,
+                    format!("two CAs in the client_ca bundle are named ({}) and each has a CRL; webpki finds a CRL by its issuer's name, so one CA's clients would all be refused: give one of them another subject", info.issuer),
+                ));
+            }
+            let newer = (this_update, &number) > (kept[i].2, &kept[i].3);
+            let (old, new) = if newer {
+                (&infos[i], &info)
+            } else {
+                (&info, &infos[i])
+            };
+            tracing::warn!(
+                target: "ipcgate::tls",
+                issuer = %info.issuer,
+                kept = %new.path.display(),
+                superseded = %old.path.display(),
+                "two CRLs from the same CA: the newer one is used, the older one ignored (list only the current CRL)"
+            );
+            if newer {
+                kept[i] = (signer, name, this_update, number);
+                infos[i] = info;
+                ders[i] = crl;
+            }
         }
     }
     Ok((ders, infos))
@@ -197,13 +251,22 @@ pub fn load_crls(
 pub fn server(cfg: &config::Tls) -> Result<ServerTls, TlsError> {
     let provider = provider();
     let cas = load_certs(&cfg.client_ca)?;
-    let roots = Arc::new(load_roots(&cfg.client_ca)?);
     let (crl_ders, crls) = load_crls(&cfg.crl, &cas)?;
+    let revoked = revoked_cas(&cas, &crl_ders);
+    for &i in &revoked {
+        tracing::error!(
+            target: "ipcgate::tls",
+            file = %cfg.client_ca.display(),
+            certificate = i + 1,
+            "a CA in the client_ca bundle is revoked by its issuer's CRL: it is not trusted, and its clients are refused (remove it from the bundle)"
+        );
+    }
+    let roots = Arc::new(roots(&cfg.client_ca, cas, &revoked)?);
     let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
     if !crl_ders.is_empty() {
-        builder = builder
-            .with_crls(crl_ders)
-            .only_check_end_entity_revocation();
+        // The whole chain: an intermediate CA a client sends is looked up in
+        // its issuer's CRL too, so revoking it refuses everything under it.
+        builder = builder.with_crls(crl_ders);
         if cfg.crl_expired_deny {
             builder = builder.enforce_revocation_expiration();
         }
@@ -244,6 +307,35 @@ pub fn server(cfg: &config::Tls) -> Result<ServerTls, TlsError> {
         by,
         crls,
     })
+}
+
+/// The bundle CAs (by index) that a CRL from their issuer lists as revoked.
+/// webpki stops at a trust anchor and never looks it up in a CRL, so a
+/// revoked intermediate CA left in the bundle would go on vouching for its
+/// clients.
+fn revoked_cas(
+    cas: &[CertificateDer<'static>],
+    crls: &[CertificateRevocationListDer<'static>],
+) -> Vec<usize> {
+    let crls: Vec<_> = crls
+        .iter()
+        .filter_map(|c| x509_parser::parse_x509_crl(c.as_ref()).ok().map(|(_, c)| c))
+        .collect();
+    cas.iter()
+        .enumerate()
+        .filter(|(_, der)| {
+            X509Certificate::from_der(der.as_ref()).is_ok_and(|(_, ca)| {
+                ca.subject().as_raw() != ca.issuer().as_raw()
+                    && crls.iter().any(|crl| {
+                        crl.issuer().as_raw() == ca.issuer().as_raw()
+                            && crl
+                                .iter_revoked_certificates()
+                                .any(|r| r.raw_serial() == ca.raw_serial())
+                    })
+            })
+        })
+        .map(|(i, _)| i)
+        .collect()
 }
 
 fn first_uri_san(cert: &CertificateDer<'_>) -> Option<String> {

@@ -546,6 +546,229 @@ async fn a_crl_going_stale_closes_live_connections_unless_allowed() {
     }
 }
 
+/// The harness CA as an rcgen issuer, to sign what `ipcgate ca` does not make.
+fn root_issuer(pki: &Pki) -> rcgen::Issuer<'static, rcgen::KeyPair> {
+    let key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(pki.path("ca.key")).unwrap()).unwrap();
+    rcgen::Issuer::from_ca_cert_pem(pki.ca.cert_pem(), key).unwrap()
+}
+
+/// A CRL from `issuer` listing `serials`, issued `age` ago with number `n`.
+fn crl_of(
+    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+    serials: &[&[u8]],
+    age: time::Duration,
+    n: u8,
+) -> String {
+    let now = OffsetDateTime::now_utc();
+    rcgen::CertificateRevocationListParams {
+        this_update: now - age,
+        next_update: now + time::Duration::days(1),
+        crl_number: rcgen::SerialNumber::from_slice(&[n]),
+        issuing_distribution_point: None,
+        revoked_certs: serials
+            .iter()
+            .map(|s| rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(s),
+                revocation_time: now - time::Duration::minutes(5),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(issuer)
+    .unwrap()
+    .pem()
+    .unwrap()
+}
+
+/// An intermediate CA with `serial` under `issuer`, and a client certificate
+/// for `id` under it: (intermediate PEM, its issuer, the client's chain PEM
+/// and key PEM).
+fn intermediate_and_client(
+    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+    serial: &[u8],
+    id: &str,
+) -> (
+    String,
+    rcgen::Issuer<'static, rcgen::KeyPair>,
+    String,
+    String,
+) {
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, format!("sub CA {serial:?}"));
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    p.serial_number = Some(rcgen::SerialNumber::from_slice(serial));
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = p.signed_by(&key, issuer).unwrap();
+    let sub = rcgen::Issuer::new(p, key);
+    let mut leaf = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    leaf.subject_alt_names = vec![rcgen::SanType::URI(id.try_into().unwrap())];
+    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf_cert = leaf.signed_by(&leaf_key, &sub).unwrap();
+    (
+        cert.pem(),
+        sub,
+        format!("{}{}", leaf_cert.pem(), cert.pem()),
+        leaf_key.serialize_pem(),
+    )
+}
+
+/// Revoking an intermediate CA refuses every client under it: whether the
+/// intermediate is in the bundle itself (where webpki stops at it as an
+/// anchor and never asks its issuer's CRL) or only sent by the client.
+#[tokio::test]
+async fn a_revoked_intermediate_ca_refuses_its_clients() {
+    for in_bundle in [true, false] {
+        let pki = Pki::new();
+        let root = root_issuer(&pki);
+        let (i1, i1_issuer, carol, carol_key) =
+            intermediate_and_client(&root, &[0x71], "spiffe://test.local/alice");
+        let (i2, i2_issuer, dave, dave_key) =
+            intermediate_and_client(&root, &[0x72], "spiffe://test.local/alice");
+        let mut files = vec![(
+            "ca.crl",
+            crl_of(&root, &[&[0x71]], time::Duration::hours(1), 9),
+        )];
+        let keys = if in_bundle {
+            files.push(("ca.pem", format!("{}{i1}{i2}", pki.ca.cert_pem())));
+            files.push((
+                "i1.crl",
+                crl_of(&i1_issuer, &[], time::Duration::hours(1), 1),
+            ));
+            files.push((
+                "i2.crl",
+                crl_of(&i2_issuer, &[], time::Duration::hours(1), 1),
+            ));
+            "crl = [\"ca.crl\", \"i1.crl\", \"i2.crl\"]"
+        } else {
+            // Only the root is trusted; nobody publishes the intermediates'
+            // CRLs, so their clients' own status is unknown and allowed.
+            "crl = [\"ca.crl\"]\nrevocation_unknown = \"allow\""
+        };
+        let ca_pem = pki.ca.cert_pem().to_owned();
+        let h = Harness::start_in(
+            pki,
+            Opts {
+                tls_keys: keys.into(),
+                files,
+                ..Default::default()
+            },
+        )
+        .await;
+        let r = ipcgate::client::probe(
+            &h.gw_sock,
+            "localhost",
+            client_config(&carol, &carol_key, &ca_pem),
+        )
+        .await;
+        assert!(
+            r.is_err(),
+            "in bundle {in_bundle}: a client of the revoked CA got in"
+        );
+        // The other intermediate's client, and the root's own, are served.
+        let mut dave = h.client(client_config(&dave, &dave_key, &ca_pem));
+        dave.unary(req(b"x")).await.unwrap();
+        h.alice().unary(req(b"x")).await.unwrap();
+    }
+}
+
+/// Two CRLs from one CA, in either order: the newer one counts (webpki reads
+/// only the first whose issuer matches, so the older listed first hid the
+/// newer's revocations).
+#[tokio::test]
+async fn of_two_crls_from_one_ca_the_newer_counts() {
+    for order in [["old.crl", "new.crl"], ["new.crl", "old.crl"]] {
+        let pki = Pki::new();
+        let root = root_issuer(&pki);
+        let alice = pki
+            .ca
+            .issue(&LeafSpec {
+                spiffe: vec!["spiffe://test.local/alice".into()],
+                client: true,
+                ..Default::default()
+            })
+            .unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(alice.cert_der.as_ref()).unwrap();
+        let serial = cert.raw_serial().to_vec();
+        let files = vec![
+            ("old.crl", crl_of(&root, &[], time::Duration::hours(2), 1)),
+            (
+                "new.crl",
+                crl_of(&root, &[&serial], time::Duration::hours(1), 2),
+            ),
+        ];
+        let ca_pem = pki.ca.cert_pem().to_owned();
+        let h = Harness::start_in(
+            pki,
+            Opts {
+                tls_keys: format!("crl = [\"{}\", \"{}\"]", order[0], order[1]),
+                files,
+                ..Default::default()
+            },
+        )
+        .await;
+        let r = ipcgate::client::probe(
+            &h.gw_sock,
+            "localhost",
+            client_config(&alice.cert_pem, &alice.key_pem, &ca_pem),
+        )
+        .await;
+        assert!(
+            r.is_err(),
+            "{order:?}: the newer CRL's revocation was ignored"
+        );
+        h.alice().unary(req(b"x")).await.unwrap();
+    }
+}
+
+/// Two CAs of one name, each with a CRL: webpki cannot tell the CRLs apart,
+/// so start-up is refused, naming the file.
+#[tokio::test]
+async fn crls_from_two_cas_of_one_name_stop_startup() {
+    let pki = Pki::new();
+    let twin = ipcgate::ca::Ca::generate(
+        "test CA",
+        Duration::from_secs(3600),
+        ipcgate::ca::KeyType::EcdsaP256,
+    )
+    .unwrap();
+    let d = tempfile::tempdir().unwrap();
+    twin.save(d.path(), false).unwrap();
+    twin.reissue_crl(d.path(), ipcgate::ca::CRL_TTL).unwrap();
+    std::fs::copy(d.path().join("ca.crl"), pki.path("twin.crl")).unwrap();
+    std::fs::write(
+        pki.path("ca.pem"),
+        format!("{}{}", pki.ca.cert_pem(), twin.cert_pem()),
+    )
+    .unwrap();
+    std::fs::write(pki.path("policy.json"), POLICY).unwrap();
+    std::fs::write(
+        pki.path("gw.toml"),
+        config_text_with(
+            &pki,
+            &pki.path("echo.sock"),
+            "",
+            "",
+            "crl = [\"ca.crl\", \"twin.crl\"]",
+        ),
+    )
+    .unwrap();
+    let cfg = ipcgate::config::Config::load(&pki.path("gw.toml")).unwrap();
+    let e = match ipcgate::Gateway::bind(cfg).await {
+        Ok(_) => panic!("CRLs of two CAs of one name were accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("twin.crl") && e.contains("two CAs"), "{e}");
+}
+
 #[tokio::test]
 async fn crl_from_outside_the_bundle_stops_startup() {
     let pki = Pki::new();
