@@ -39,7 +39,8 @@ pub struct Peer {
     pub cn: Option<String>,
     /// SHA-256 of the leaf certificate's DER.
     pub sha256: [u8; 32],
-    /// The leaf's notAfter: the connection must not outlive it.
+    /// The leaf's notAfter (the server lowers it to an earlier intermediate's,
+    /// `tls::chain_not_after`): the connection must not outlive it.
     pub not_after: std::time::SystemTime,
     pub cred: Option<PeerCred>,
     xfcc: HeaderValue,
@@ -210,7 +211,9 @@ fn push_pair(out: &mut String, key: &str, value: &str) {
     }
     out.push_str(key);
     out.push('=');
-    if value.contains([',', ';', '=', '"', ' ']) || value.bytes().any(is_ctl) {
+    // A `\` too: some XFCC parsers read it as an escape outside quotes, and
+    // quoted it can only be read one way.
+    if value.contains([',', ';', '=', '"', ' ', '\\']) || value.bytes().any(is_ctl) {
         push_quoted(out, value);
     } else {
         out.push_str(value);

@@ -400,7 +400,12 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
     }
     let chain = conn.peer_certificates().unwrap_or(&[]);
     let peer = match Peer::new(chain, cred, tls_state.by.as_deref()) {
-        Ok(p) => Arc::new(p),
+        Ok(mut p) => {
+            if let Some(t) = crate::tls::chain_not_after(chain, &tls_state.anchors) {
+                p.not_after = p.not_after.min(t);
+            }
+            Arc::new(p)
+        }
         Err(e) => {
             m.handshake("failed", "unreadable_certificate");
             warn!(target: "ipcgate::tls", reason = %e, peer.uid = uid, peer.pid = pid, peer.addr = remote, "handshake failed");

@@ -124,6 +124,9 @@ pub struct ServerTls {
     pub verifier: Arc<dyn ClientCertVerifier>,
     pub by: Option<String>,
     pub crls: Vec<CrlInfo>,
+    /// The trust anchors' subject names (DER), where [`chain_not_after`]
+    /// stops.
+    pub anchors: Vec<Vec<u8>>,
 }
 
 /// One loaded CRL.
@@ -261,6 +264,15 @@ pub fn server(cfg: &config::Tls) -> Result<ServerTls, TlsError> {
             "a CA in the client_ca bundle is revoked by its issuer's CRL: it is not trusted, and its clients are refused (remove it from the bundle)"
         );
     }
+    // Subject names as x509-parser gives them (with their DER header, unlike
+    // webpki's anchors), to compare with the chains' issuer names.
+    let anchors = cas
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !revoked.contains(i))
+        .filter_map(|(_, c)| X509Certificate::from_der(c.as_ref()).ok())
+        .map(|(_, c)| c.subject().as_raw().to_vec())
+        .collect();
     let roots = Arc::new(roots(&cfg.client_ca, cas, &revoked)?);
     let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
     if !crl_ders.is_empty() {
@@ -306,7 +318,42 @@ pub fn server(cfg: &config::Tls) -> Result<ServerTls, TlsError> {
         verifier,
         by,
         crls,
+        anchors,
     })
+}
+
+/// The earliest notAfter of the intermediate CAs a client sent above its
+/// leaf, following issuer names up to a trust anchor; `None` if there are
+/// none. A connection must not outlive its intermediate any more than its
+/// leaf. Every sent certificate with a matching name counts, so an extra one
+/// can only shorten the connection; a cross-signed copy of an anchor (as some
+/// clients send, sometimes expired) is never reached.
+pub fn chain_not_after(chain: &[CertificateDer<'_>], anchors: &[Vec<u8>]) -> Option<SystemTime> {
+    if chain.len() < 2 {
+        return None;
+    }
+    let certs: Vec<X509Certificate<'_>> = chain
+        .iter()
+        .filter_map(|c| X509Certificate::from_der(c.as_ref()).ok().map(|(_, c)| c))
+        .collect();
+    let mut used = vec![false; certs.len()];
+    *used.first_mut()? = true;
+    let mut issuer = certs.first()?.issuer().as_raw();
+    let mut earliest: Option<i64> = None;
+    while !anchors.iter().any(|a| a.as_slice() == issuer) {
+        let mut next = None;
+        for (i, c) in certs.iter().enumerate() {
+            if !used[i] && c.subject().as_raw() == issuer {
+                used[i] = true;
+                let t = c.validity().not_after.timestamp();
+                earliest = Some(earliest.map_or(t, |e| e.min(t)));
+                next.get_or_insert(i);
+            }
+        }
+        let Some(i) = next else { break };
+        issuer = certs[i].issuer().as_raw();
+    }
+    earliest.map(|t| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64))
 }
 
 /// The bundle CAs (by index) that a CRL from their issuer lists as revoked.

@@ -344,14 +344,27 @@ impl Ca {
                 "{id:?} is not a SPIFFE ID (write spiffe://trust-domain/path)"
             )));
         };
-        let td = rest.split('/').next().unwrap_or("");
+        // The SPIFFE ID spec: a trust domain of [a-z0-9._-], then path
+        // segments of [A-Za-z0-9._-], none empty, "." or "..", and no
+        // trailing '/'. Anything else one backend normalises and another does
+        // not, so two IDs could name one workload.
+        let mut parts = rest.split('/');
+        let td = parts.next().unwrap_or("");
         let ok_td = !td.is_empty()
             && td.bytes().all(|b| {
                 b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-' || b == b'_'
             });
-        if !ok_td || rest.contains("//") || rest.contains(['?', '#', '%']) {
+        let ok_path = parts.all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+        });
+        if !ok_td || !ok_path {
             return Err(CaError::Invalid(format!(
-                "{id:?} is not a valid SPIFFE ID (lowercase trust domain, no query, fragment, escapes or empty path segments)"
+                "{id:?} is not a valid SPIFFE ID (a lowercase trust domain, then path segments of letters, digits, '.', '-' and '_', none empty, \".\" or \"..\", and no trailing '/')"
             )));
         }
         if let Some(want) = &self.config.trust_domain {

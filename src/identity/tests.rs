@@ -26,6 +26,19 @@ fn subject_is_rfc4514_most_specific_first() {
     assert_eq!(p.principal(), "a.test");
 }
 
+/// A `\` in a SAN is quoted and escaped: a parser that reads `\` as an
+/// escape outside quotes cannot read the value another way.
+#[test]
+fn a_backslash_in_a_san_is_quoted_in_xfcc() {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![rcgen::SanType::URI("spiffe://td/a\\b".try_into().unwrap())];
+    let key = KeyPair::generate().unwrap();
+    let der = params.self_signed(&key).unwrap().der().clone();
+    let p = Peer::new(&[der], None, None).unwrap();
+    let x = p.xfcc().to_str().unwrap().to_owned();
+    assert!(x.contains(r#";URI="spiffe://td/a\\b""#), "{x}");
+}
+
 #[test]
 fn special_characters_are_escaped_in_subject_and_xfcc() {
     let der = cert_with_subject(&[(DnType::CommonName, "#evil, \"x\"+y;z\\ \n")]);

@@ -72,13 +72,34 @@ impl Uds {
             });
         }
         let lock_path = lock_path(path);
+        // Never through a symlink, and only a file of our own: in a shared
+        // sticky directory (/tmp) another account could have planted either,
+        // to make the gateway create a file where it points, or hold the lock.
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&lock_path)
-            .map_err(io_err(&lock_path))?;
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => ListenError::UnsafeDir {
+                    dir: dir.clone(),
+                    why: format!("{} is a symbolic link", lock_path.display()),
+                },
+                _ => io_err(&lock_path)(e),
+            })?;
+        let lmeta = lock.metadata().map_err(io_err(&lock_path))?;
+        if !lmeta.file_type().is_file() || lmeta.uid() != me {
+            return Err(ListenError::UnsafeDir {
+                dir,
+                why: format!(
+                    "{} is not a file of the gateway's uid {me} (uid {})",
+                    lock_path.display(),
+                    lmeta.uid()
+                ),
+            });
+        }
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {

@@ -64,14 +64,38 @@ pub fn check_stars(p: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A path pattern must be able to match a canonical `/Service/Method` path.
+/// A path pattern must be able to match a canonical `/Service/Method` path
+/// (the only kind that reaches the policy): in a deny rule, one that cannot
+/// fails open. A prefix or suffix can if the path made by filling its
+/// wildcard with plain characters is canonical, since filling it any other
+/// way only adds what a canonical path may not have.
 pub fn check_path(p: &str) -> Result<(), String> {
-    match Pattern::parse(p) {
-        Pattern::Present | Pattern::Suffix(_) => Ok(()),
-        Pattern::Prefix(_) if p.starts_with('/') => Ok(()),
-        Pattern::Exact(_) if crate::path::split(p).is_ok() => Ok(()),
-        _ => Err(format!(
-            "{p:?} can never match: request paths are \"/package.Service/Method\" (write the full method, \"/package.Service/*\" for a service, or \"*/Method\")"
-        )),
+    let canonical = |s: &str| crate::path::split(s).is_ok();
+    let ok = match Pattern::parse(p) {
+        Pattern::Present => true,
+        Pattern::Exact(_) => canonical(p),
+        Pattern::Prefix(pre) => {
+            let pre = String::from_utf8_lossy(&pre);
+            match pre.matches('/').count() {
+                1 => canonical(&format!("{pre}x/x")),
+                2 => canonical(&format!("{pre}x")),
+                _ => false,
+            }
+        }
+        Pattern::Suffix(suf) => {
+            let suf = String::from_utf8_lossy(&suf);
+            match suf.matches('/').count() {
+                0 => canonical(&format!("/x/x{suf}")),
+                1 => canonical(&format!("/x{suf}")),
+                2 => canonical(&suf),
+                _ => false,
+            }
+        }
+    };
+    if ok {
+        return Ok(());
     }
+    Err(format!(
+        "{p:?} can never match: request paths are \"/package.Service/Method\", two segments of plain visible ASCII without '%', '?', '#' or '..' (write the full method, \"/package.Service/*\" for a service, or \"*/Method\")"
+    ))
 }

@@ -272,6 +272,42 @@ fn invalid_policies_name_the_field_and_the_fix() {
             &["can never match"],
         ),
     ];
+    // Prefixes and suffixes that no canonical path can have: a third segment,
+    // a trailing '/', '%', '?', '..', '//'. In a deny rule each failed open.
+    for dead in [
+        "/pkg/Svc/*",
+        "*/Secret/",
+        "/a%2F*",
+        "*/M?x",
+        "/a//*",
+        "*/a/b/c",
+        "/pkg..*",
+        "pkg.Svc/*",
+        "*Svc/Get/",
+        "*a#b",
+    ] {
+        let e = error(&format!(
+            r#"{{"name":"p","deny_rules":[{{"name":"r","request":{{"paths":["{dead}"]}}}}],"allow_rules":[]}}"#
+        ));
+        assert!(e.contains("can never match"), "{dead}: {e}");
+    }
+    for live in [
+        "*",
+        "/pkg.Svc/*",
+        "/pkg.Svc/Get*",
+        "/pkg.*",
+        "/*",
+        "*/Method",
+        "*Method",
+        "*.Get",
+        "*/pkg.Svc/Get",
+        "*Svc/Get",
+        "/pkg.Svc/Get",
+    ] {
+        policy(&format!(
+            r#"{{"name":"p","deny_rules":[{{"name":"r","request":{{"paths":["{live}"]}}}}],"allow_rules":[]}}"#
+        ));
+    }
     for (json, wants) in cases {
         let e = error(json);
         assert!(e.starts_with("p.json: "), "{e}");

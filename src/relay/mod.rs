@@ -1890,6 +1890,19 @@ fn request_head(
     let scheme = pseudo.scheme?;
     let path = pseudo.path.filter(|p| !p.is_empty())?;
     let authority = pseudo.authority;
+    // A `host` naming another entity than `:authority` makes the request
+    // malformed (RFC 9113 §8.3.1), and so do two: both go to the backend, and
+    // one that routes by `host` would serve another target than the one
+    // `:authority` names.
+    let mut hosts = fields.get_all(http::header::HOST).iter();
+    if let Some(host) = hosts.next() {
+        let differs = authority
+            .as_ref()
+            .is_some_and(|a| !host.as_bytes().eq_ignore_ascii_case(a.as_bytes()));
+        if differs || hosts.next().is_some() {
+            return None;
+        }
+    }
     let uri = match last {
         Some(l) if l.path == path && l.authority == authority && l.scheme == scheme => {
             l.uri.clone()
@@ -2031,6 +2044,22 @@ mod tests {
             change(&mut p);
             assert!(head(p).is_none(), "{what}");
         }
+        // `host`: the same entity as `:authority` (in any case), or none.
+        let with_hosts = |p: Pseudo, hosts: &[&'static str]| {
+            let mut f = HeaderMap::new();
+            for h in hosts {
+                f.append(http::header::HOST, HeaderValue::from_static(h));
+            }
+            request_head(p, f, false, &mut None)
+        };
+        assert!(with_hosts(good(), &["A.example"]).is_some());
+        let no_authority = Pseudo {
+            authority: None,
+            ..good()
+        };
+        assert!(with_hosts(no_authority, &["b.example"]).is_some());
+        assert!(with_hosts(good(), &["b.example"]).is_none());
+        assert!(with_hosts(good(), &["a.example", "a.example"]).is_none());
     }
 
     #[test]

@@ -277,18 +277,20 @@ async fn a_certificate_revoked_mid_handshake_gets_no_call() {
         msg.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
         msg.extend_from_slice(&body);
         let mut stream = rustls::StreamOwned::new(tls, io);
-        stream
-            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-            .unwrap();
-        stream.write_all(&frame(0x4, 0, 0, &[])).unwrap();
-        stream
-            .write_all(&frame(0x1, 0x4, 1, &block(b"/demo.v1.Echo/Unary", &[])))
-            .unwrap();
-        stream.write_all(&frame(0x0, 0x1, 1, &msg)).unwrap();
+        // The gateway may close before all of it is written: that is refusal.
+        let sent = (|| {
+            stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")?;
+            stream.write_all(&frame(0x4, 0, 0, &[]))?;
+            stream.write_all(&frame(0x1, 0x4, 1, &block(b"/demo.v1.Echo/Unary", &[])))?;
+            stream.write_all(&frame(0x0, 0x1, 1, &msg))
+        })();
         // Whatever comes back: a response HEADERS on stream 1 is a call let in.
         let mut got = Vec::new();
         let mut buf = [0u8; 4096];
         let end = loop {
+            if sent.is_err() {
+                break "closed";
+            }
             match stream.read(&mut buf) {
                 Ok(0) => break "eof",
                 Ok(n) => got.extend_from_slice(&buf[..n]),
@@ -590,6 +592,7 @@ fn intermediate_and_client(
     issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
     serial: &[u8],
     id: &str,
+    expires_in: Option<time::Duration>,
 ) -> (
     String,
     rcgen::Issuer<'static, rcgen::KeyPair>,
@@ -605,6 +608,9 @@ fn intermediate_and_client(
         rcgen::KeyUsagePurpose::CrlSign,
     ];
     p.serial_number = Some(rcgen::SerialNumber::from_slice(serial));
+    if let Some(d) = expires_in {
+        p.not_after = OffsetDateTime::now_utc() + d;
+    }
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = p.signed_by(&key, issuer).unwrap();
     let sub = rcgen::Issuer::new(p, key);
@@ -630,9 +636,9 @@ async fn a_revoked_intermediate_ca_refuses_its_clients() {
         let pki = Pki::new();
         let root = root_issuer(&pki);
         let (i1, i1_issuer, carol, carol_key) =
-            intermediate_and_client(&root, &[0x71], "spiffe://test.local/alice");
+            intermediate_and_client(&root, &[0x71], "spiffe://test.local/alice", None);
         let (i2, i2_issuer, dave, dave_key) =
-            intermediate_and_client(&root, &[0x72], "spiffe://test.local/alice");
+            intermediate_and_client(&root, &[0x72], "spiffe://test.local/alice", None);
         let mut files = vec![(
             "ca.crl",
             crl_of(&root, &[&[0x71]], time::Duration::hours(1), 9),
@@ -678,6 +684,82 @@ async fn a_revoked_intermediate_ca_refuses_its_clients() {
         dave.unary(req(b"x")).await.unwrap();
         h.alice().unary(req(b"x")).await.unwrap();
     }
+}
+
+/// A connection ends when the intermediate CA its client sent expires, even
+/// if the leaf has long to live.
+#[tokio::test]
+async fn a_connection_does_not_outlive_its_intermediate_ca() {
+    let pki = Pki::new();
+    let root = root_issuer(&pki);
+    let (_, _, chain, key) = intermediate_and_client(
+        &root,
+        &[0x73],
+        "spiffe://test.local/alice",
+        Some(time::Duration::seconds(2)),
+    );
+    let ca_pem = pki.ca.cert_pem().to_owned();
+    let h = Harness::start_in(pki, Opts::default()).await;
+    let mut c = h.client(client_config(&chain, &key, &ca_pem));
+    c.unary(req(b"while-valid")).await.unwrap();
+    let hh = &h;
+    eventually("connection closed at the intermediate's expiry", || {
+        closed(hh, "expired") == 1
+    })
+    .await;
+}
+
+/// Which sent certificates bound a connection: the intermediates on the way
+/// from the leaf to an anchor, not a stray one, and not a (here expired)
+/// cross-signed copy of the anchor that some clients send along.
+#[test]
+fn the_chain_deadline_follows_issuer_names_up_to_an_anchor() {
+    let pki = Pki::new();
+    let root = root_issuer(&pki);
+    let (_, _, chain, _) = intermediate_and_client(
+        &root,
+        &[0x74],
+        "spiffe://test.local/alice",
+        Some(time::Duration::hours(5)),
+    );
+    let der = |pem: &str| {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+            .map(|c| c.unwrap())
+            .collect::<Vec<_>>()
+    };
+    let mut certs = der(&chain);
+    let root_der = der(pki.ca.cert_pem());
+    let (_, root_cert) = x509_parser::parse_x509_certificate(&root_der[0]).unwrap();
+    let anchors = vec![root_cert.subject().as_raw().to_vec()];
+    let five_hours = std::time::SystemTime::now() + Duration::from_secs(5 * 3600);
+    let t = ipcgate::tls::chain_not_after(&certs, &anchors).unwrap();
+    assert!(
+        t <= five_hours && t + Duration::from_secs(60) > five_hours,
+        "{t:?}"
+    );
+    // An expired cross-signed copy of the root (its subject, another issuer),
+    // and an unrelated expired CA: neither counts.
+    for stray_subject in ["test CA", "unrelated"] {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, stray_subject);
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.not_before = OffsetDateTime::now_utc() - time::Duration::days(30);
+        p.not_after = OffsetDateTime::now_utc() - time::Duration::days(1);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let other = rcgen::Issuer::new(
+            rcgen::CertificateParams::new(Vec::<String>::new()).unwrap(),
+            rcgen::KeyPair::generate().unwrap(),
+        );
+        certs.push(p.signed_by(&key, &other).unwrap().der().clone());
+    }
+    assert_eq!(ipcgate::tls::chain_not_after(&certs, &anchors), Some(t));
+    // Past the anchor's name the walk would have reached the expired copy.
+    let past = ipcgate::tls::chain_not_after(&certs, &[]).unwrap();
+    assert!(past < std::time::SystemTime::now(), "{past:?}");
+    // A leaf straight under the anchor has no intermediate to bound it.
+    assert_eq!(ipcgate::tls::chain_not_after(&certs[..1], &anchors), None);
 }
 
 /// Two CRLs from one CA, in either order: the newer one counts (webpki reads
@@ -767,6 +849,46 @@ async fn crls_from_two_cas_of_one_name_stop_startup() {
         Err(e) => e.to_string(),
     };
     assert!(e.contains("twin.crl") && e.contains("two CAs"), "{e}");
+}
+
+/// SPIFFE IDs the spec forbids, which one backend would normalise and another
+/// not (so two IDs could name one workload), are never issued.
+#[test]
+fn the_ca_refuses_spiffe_ids_the_spec_forbids() {
+    let ca = ipcgate::ca::Ca::generate(
+        "t",
+        Duration::from_secs(3600),
+        ipcgate::ca::KeyType::EcdsaP256,
+    )
+    .unwrap();
+    let issue = |id: &str| {
+        ca.issue(&LeafSpec {
+            spiffe: vec![id.into()],
+            client: true,
+            ..Default::default()
+        })
+    };
+    for bad in [
+        "spiffe://td/a/../admin",
+        "spiffe://td/./admin",
+        "spiffe://td/admin/",
+        "spiffe://td/a\\b",
+        "spiffe://td/a b",
+        "spiffe://td/a\u{7f}",
+        "spiffe://td//admin",
+        "spiffe://TD/admin",
+        "spiffe://td/a%2Fb",
+        "spiffe://td/a?b",
+    ] {
+        assert!(issue(bad).is_err(), "{bad:?} was issued");
+    }
+    for good in [
+        "spiffe://td",
+        "spiffe://td/ns/prod/sa/web-1",
+        "spiffe://t.d/A_b.c-D",
+    ] {
+        issue(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+    }
 }
 
 #[tokio::test]

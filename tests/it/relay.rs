@@ -396,6 +396,21 @@ async fn protocol_violations_are_refused() {
         Seen::Reset(PROTOCOL_ERROR)
     );
 
+    // A `host` that names another entity than `:authority` (RFC 9113
+    // §8.3.1): a backend routing by `host` would serve another target.
+    let mut raw = rig.raw().await;
+    raw.send(frame(
+        0x1,
+        0x5,
+        1,
+        &block(UNARY, &[(b"host", b"admin.internal")]),
+    ))
+    .await;
+    assert_eq!(
+        within("conflicting host", raw.outcome(1)).await,
+        Seen::Reset(PROTOCOL_ERROR)
+    );
+
     // DATA that disagrees with content-length.
     let mut raw = rig.raw().await;
     raw.send(frame(

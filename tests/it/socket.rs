@@ -118,6 +118,16 @@ async fn peer_credentials_are_read_at_accept() {
         .parse()
         .unwrap();
     assert_eq!(cred.uid, Some(uid));
+    // SO_PEERGROUPS: the supplementary groups, as /proc lists them.
+    let groups: Vec<u32> = status
+        .lines()
+        .find(|l| l.starts_with("Groups:"))
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .map(|g| g.parse().unwrap())
+        .collect();
+    assert_eq!(cred.groups, Some(groups));
 }
 
 #[tokio::test]
@@ -136,6 +146,41 @@ async fn directory_others_can_write_is_refused() {
     // With the sticky bit (like /tmp) others cannot replace our files.
     std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
     drop(Uds::bind(&shared.join("gw.sock"), 0o600, None).unwrap());
+}
+
+/// In a shared sticky directory another account can plant `<socket>.lock`
+/// before the gateway starts: a symlink (to make the gateway create or open a
+/// file where it points) or a file of its own (to hold the lock). Both are
+/// refused, and nothing is created through the link.
+#[tokio::test]
+async fn a_planted_lock_file_in_a_shared_directory_is_refused() {
+    let d = tmp();
+    let shared = d.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let victim = d.path().join("victim");
+    std::os::unix::fs::symlink(&victim, shared.join("gw.sock.lock")).unwrap();
+    let e = Uds::bind(&shared.join("gw.sock"), 0o600, None)
+        .err()
+        .expect("a symlinked lock file was followed");
+    assert!(e.to_string().contains("symbolic link"), "{e}");
+    assert!(
+        !victim.exists(),
+        "the gateway created a file through the link"
+    );
+    assert!(!shared.join("gw.sock").exists());
+    // A file of another account (only root can make one here).
+    if std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(d.path()).unwrap()) == 0 {
+        std::fs::write(shared.join("other.sock.lock"), "").unwrap();
+        std::os::unix::fs::chown(shared.join("other.sock.lock"), Some(65534), None).unwrap();
+        let e = Uds::bind(&shared.join("other.sock"), 0o600, None)
+            .err()
+            .expect("another account's lock file was used");
+        assert!(
+            e.to_string().contains("not a file of the gateway's uid"),
+            "{e}"
+        );
+    }
 }
 
 #[tokio::test]
