@@ -65,6 +65,10 @@ const MAX_HEADER_LIST: u32 = 16 << 10;
 /// HTTP/2's largest window (2^31 - 1).
 const MAX_WINDOW: u32 = (1 << 31) - 1;
 
+/// A pooled connection picked for one call: its sender, the call counted in
+/// flight on it, and its closed flag.
+type Picked = (SendRequest<Bytes>, InFlight, Arc<AtomicBool>);
+
 struct Conn {
     tx: SendRequest<Bytes>,
     in_flight: Arc<AtomicUsize>,
@@ -173,7 +177,7 @@ impl Backend {
 
     /// The least busy live connection with room for another call, counted as busy
     /// with this call before the lock is released.
-    fn pick_ready(&self) -> Option<(SendRequest<Bytes>, InFlight)> {
+    fn pick_ready(&self) -> Option<Picked> {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         conns.retain(|c| !c.closed.load(Ordering::Relaxed));
         // At the connection cap, the least busy connection takes the call even
@@ -183,10 +187,10 @@ impl Backend {
             .iter()
             .filter(|c| at_cap || c.in_flight.load(Ordering::Relaxed) < self.max_in_flight)
             .min_by_key(|c| c.in_flight.load(Ordering::Relaxed))
-            .map(|c| (c.tx.clone(), InFlight::new(&c.in_flight)))
+            .map(|c| (c.tx.clone(), InFlight::new(&c.in_flight), c.closed.clone()))
     }
 
-    async fn pick(&self) -> io::Result<(SendRequest<Bytes>, InFlight)> {
+    async fn pick(&self) -> io::Result<Picked> {
         if let Some(c) = self.pick_ready() {
             return Ok(c);
         }
@@ -197,7 +201,11 @@ impl Backend {
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, self.dial())
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-        let picked = (conn.tx.clone(), InFlight::new(&conn.in_flight));
+        let picked = (
+            conn.tx.clone(),
+            InFlight::new(&conn.in_flight),
+            conn.closed.clone(),
+        );
         self.conns
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -262,7 +270,7 @@ impl Backend {
         // A call is retried only on a pooled connection found closed before it
         // was sent; once sent, it belongs to the backend.
         for _ in 0..3 {
-            let (tx, guard) = match self.pick().await {
+            let (tx, guard, closed) = match self.pick().await {
                 Ok(c) => c,
                 Err(e) => {
                     warn!(backend = %self.addr, error = %e, "backend unavailable");
@@ -273,6 +281,10 @@ impl Backend {
                 }
             };
             let Ok(mut tx) = tx.ready().await else {
+                // Gone away (GOAWAY) or failed: its task may run on for a
+                // while to finish its calls, but it takes no new ones, so the
+                // retry must not pick it again.
+                closed.store(true, Ordering::Relaxed);
                 continue;
             };
             let start = std::time::Instant::now();

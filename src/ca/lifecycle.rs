@@ -21,6 +21,8 @@ use crate::identity::hex;
 
 /// Default CRL lifetime: re-issue (`ipcgate crl`) before it passes.
 pub const CRL_TTL: Duration = Duration::from_secs(7 * 86_400);
+/// The shortest CRL lifetime issued.
+pub const MIN_CRL_TTL: Duration = Duration::from_secs(3600);
 
 /// Why a certificate is revoked (RFC 5280 reason codes).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -339,11 +341,17 @@ impl Ca {
         reason: Reason,
         crl_ttl: Duration,
     ) -> Result<PathBuf, CaError> {
+        if leaf.der == *self.cert_der() {
+            return Err(CaError::Invalid(
+                "this is the CA's own certificate: a CA cannot revoke itself (take it out of every client_ca bundle and make a new CA)".into(),
+            ));
+        }
         if !self.issued(&leaf.der) {
             return Err(CaError::Invalid(
                 "this certificate was not issued by this CA (its CRL could not revoke it)".into(),
             ));
         }
+        let _lock = lock_dir(dir)?;
         let mut state = load_state(dir)?;
         if !state.revoked.iter().any(|r| r.serial == leaf.serial_hex) {
             let mut names = leaf.names.spiffe.clone();
@@ -365,6 +373,7 @@ impl Ca {
     /// # Errors
     /// I/O, or the CA key cannot sign CRLs.
     pub fn reissue_crl(&self, dir: &Path, crl_ttl: Duration) -> Result<PathBuf, CaError> {
+        let _lock = lock_dir(dir)?;
         let mut state = load_state(dir)?;
         self.write_crl(dir, &mut state, crl_ttl)
     }
@@ -375,8 +384,14 @@ impl Ca {
         state: &mut RevocationState,
         ttl: Duration,
     ) -> Result<PathBuf, CaError> {
-        state.crl_number += 1;
+        if ttl < MIN_CRL_TTL {
+            return Err(CaError::Invalid(format!(
+                "a CRL valid for {ttl:?} goes stale before it can be distributed, and with crl_expired = \"deny\" (the default) the gateway then refuses this CA's clients: give it an hour or more"
+            )));
+        }
         let now = OffsetDateTime::now_utc();
+        let next_update = super::later(now, ttl)?;
+        state.crl_number += 1;
         let mut revoked = Vec::with_capacity(state.revoked.len());
         for r in &state.revoked {
             let serial = unhex(&r.serial).ok_or_else(|| {
@@ -391,7 +406,7 @@ impl Ca {
         }
         let params = CertificateRevocationListParams {
             this_update: now - Duration::from_secs(60),
-            next_update: now + ttl,
+            next_update,
             crl_number: SerialNumber::from_slice(&state.crl_number.to_be_bytes()),
             issuing_distribution_point: None,
             revoked_certs: revoked,
@@ -399,10 +414,12 @@ impl Ca {
         };
         let crl = params.signed_by(&self.issuer()?)?;
         let pem = crl.pem()?;
-        let path = dir.join("ca.crl");
-        super::write_atomic(&path, pem.as_bytes(), 0o644)?;
+        // The record first: if the CRL's write then fails, the next `ipcgate
+        // crl` still has the revocation, and a fresh number for it.
         let json = serde_json::to_vec_pretty(state).map_err(|e| CaError::Invalid(e.to_string()))?;
         super::write_atomic(&dir.join("revoked.json"), &json, 0o644)?;
+        let path = dir.join("ca.crl");
+        super::write_atomic(&path, pem.as_bytes(), 0o644)?;
         Ok(path)
     }
 }
@@ -421,6 +438,27 @@ pub fn load_state(dir: &Path) -> Result<RevocationState, CaError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RevocationState::default()),
         Err(e) => Err(CaError::Io { path: p, source: e }),
     }
+}
+
+/// Holds `<dir>/.lock` (exclusively, waiting for it) while `revoked.json` is
+/// read, changed and written: a `cert revoke` and an `ipcgate crl` from cron
+/// at the same moment would otherwise each write what they read, and the one
+/// that read first would drop the other's revocation from the next CRL.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, CaError> {
+    let path = dir.join(".lock");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+    }
+    let f = opts.open(&path).map_err(|e| CaError::Io {
+        path: path.clone(),
+        source: e,
+    })?;
+    f.lock().map_err(|e| CaError::Io { path, source: e })?;
+    Ok(f)
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {

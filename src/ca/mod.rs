@@ -130,7 +130,7 @@ impl Ca {
         params.serial_number = Some(random_serial()?);
         let now = OffsetDateTime::now_utc();
         params.not_before = now - BACKDATE;
-        params.not_after = now + ttl;
+        params.not_after = later(now, ttl)?;
         let cert = params.self_signed(&key)?;
         Ok(Ca {
             cert_pem: cert.pem(),
@@ -174,6 +174,18 @@ impl Ca {
                 path: cert_path.clone(),
                 msg: format!("no PEM certificate: {e}"),
             })?;
+        let matches = x509_parser::parse_x509_certificate(cert_der.as_ref()).is_ok_and(|(_, c)| {
+            c.public_key().raw == rcgen::PublicKeyData::subject_public_key_info(&key).as_slice()
+        });
+        if !matches {
+            return Err(CaError::BadFile {
+                path: key_path,
+                msg: format!(
+                    "this key does not belong to {} (restore the CA's own key, or make a new CA with `ipcgate ca init --force`)",
+                    cert_path.display()
+                ),
+            });
+        }
         let toml_path = dir.join("ca.toml");
         let config = match std::fs::read_to_string(&toml_path) {
             Ok(text) => toml::from_str(&text).map_err(|e| CaError::BadFile {
@@ -206,6 +218,15 @@ impl Ca {
             source: e,
         })?;
         let (c, k) = (dir.join("ca.pem"), dir.join("ca.key"));
+        // All three or none: a refused init must not leave a new key beside an
+        // old certificate, which every later leaf and CRL would be signed with.
+        if !force {
+            for p in [&k, &c, &dir.join("ca.toml")] {
+                if std::fs::symlink_metadata(p).is_ok() {
+                    return Err(CaError::Exists { path: p.clone() });
+                }
+            }
+        }
         write_file(&k, self.key.serialize_pem().as_bytes(), 0o600, force)?;
         write_file(&c, self.cert_pem.as_bytes(), 0o644, force)?;
         let text = toml::to_string(&self.config).map_err(|e| CaError::Invalid(e.to_string()))?;
@@ -323,16 +344,25 @@ impl Ca {
         }
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(random_serial()?);
+        let now = OffsetDateTime::now_utc();
         let (nb, na) = match validity {
             Some(v) => v,
             None => {
                 let ttl = ttl.unwrap_or(if server { SERVER_TTL } else { CLIENT_TTL });
-                let now = OffsetDateTime::now_utc();
-                (now - BACKDATE, now + ttl)
+                (now - BACKDATE, later(now, ttl)?)
             }
         };
+        // A leaf never outlives its CA, and an expired CA signs nothing.
+        let ca_end = x509_parser::parse_x509_certificate(self.cert_der.as_ref())
+            .map(|(_, c)| c.validity().not_after.to_datetime())
+            .map_err(|e| CaError::Invalid(format!("the CA certificate cannot be read: {e}")))?;
+        if ca_end <= now {
+            return Err(CaError::Invalid(format!(
+                "this CA expired at {ca_end}: it signs nothing more (make a new one with `ipcgate ca init --force` and move the clients to it)"
+            )));
+        }
         params.not_before = nb;
-        params.not_after = na;
+        params.not_after = na.min(ca_end);
         Ok(params)
     }
 
@@ -431,6 +461,16 @@ impl Issued {
     }
 }
 
+/// `now + ttl`, or an error naming a lifetime too long to represent (a
+/// `--ttl` of centuries would otherwise overflow).
+pub(crate) fn later(now: OffsetDateTime, ttl: Duration) -> Result<OffsetDateTime, CaError> {
+    time::Duration::try_from(ttl)
+        .ok()
+        .and_then(|d| now.checked_add(d))
+        .filter(|t| t.year() <= 9999)
+        .ok_or_else(|| CaError::Invalid(format!("a lifetime of {ttl:?} is out of range")))
+}
+
 fn with_ext(out: &Path, ext: &str) -> PathBuf {
     let mut s = out.as_os_str().to_owned();
     s.push(".");
@@ -454,19 +494,20 @@ fn random_serial() -> Result<SerialNumber, CaError> {
 }
 
 /// Creates a file with `mode`; refuses to replace one unless `force`. Key files are
-/// created 0600 from the first byte, never chmod-ed after being written.
+/// created 0600 from the first byte, never chmod-ed after being written. With
+/// `force` the file is replaced by rename: never written through a symlink
+/// planted where it was, and never left truncated by a crash.
 #[cfg_attr(not(unix), allow(unused_variables))]
 fn write_file(path: &Path, data: &[u8], mode: u32, force: bool) -> Result<(), CaError> {
+    if force {
+        return write_atomic(path, data, mode);
+    }
     let mut opts = OpenOptions::new();
     opts.write(true);
     // On Windows the file takes its directory's ACL: keep keys in a private directory.
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, mode);
-    if force {
-        opts.create(true).truncate(true);
-    } else {
-        opts.create_new(true);
-    }
+    opts.create_new(true);
     let mut f = opts.open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
             CaError::Exists {
@@ -479,16 +520,6 @@ fn write_file(path: &Path, data: &[u8], mode: u32, force: bool) -> Result<(), Ca
             }
         }
     })?;
-    #[cfg(unix)]
-    if force {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
-            CaError::Io {
-                path: path.to_owned(),
-                source: e,
-            }
-        })?;
-    }
     f.write_all(data).map_err(|e| CaError::Io {
         path: path.to_owned(),
         source: e,
@@ -497,6 +528,12 @@ fn write_file(path: &Path, data: &[u8], mode: u32, force: bool) -> Result<(), Ca
 
 /// Writes a file by rename, so a reader (the gateway's watcher) never sees it
 /// half written.
+///
+/// A file it replaces passes on its owner and group permissions (not more
+/// for others than `mode`): a key the gateway's account reads through its
+/// group (`root:ipcgate 0640`) stays readable by it after `sudo ipcgate cert
+/// renew --new-key`, instead of coming back `root:root 0600` and failing the
+/// next reload.
 pub(crate) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), CaError> {
     let dir = path
         .parent()
@@ -506,12 +543,40 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), Ca
     builder.prefix(".ipcgate-");
     #[cfg(unix)]
     builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(mode));
-    #[cfg(not(unix))]
-    let _ = mode;
     let mut tmp = builder.tempfile_in(dir).map_err(|e| CaError::Io {
         path: dir.to_owned(),
         source: e,
     })?;
+    #[cfg(unix)]
+    if let Some(old) = std::fs::symlink_metadata(path).ok().filter(|m| m.is_file()) {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let io = |e| CaError::Io {
+            path: path.to_owned(),
+            source: e,
+        };
+        let f = tmp.as_file();
+        let mine = f.metadata().map_err(io)?;
+        if (mine.uid(), mine.gid()) != (old.uid(), old.gid()) {
+            std::os::unix::fs::fchown(f, Some(old.uid()), Some(old.gid())).map_err(|e| {
+                CaError::Io {
+                    path: path.to_owned(),
+                    source: std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "cannot give the new file the old one's owner {}:{} ({e}); run as root or as that account",
+                            old.uid(),
+                            old.gid()
+                        ),
+                    ),
+                }
+            })?;
+        }
+        let keep = (old.mode() & 0o770) | (mode & 0o007);
+        f.set_permissions(std::fs::Permissions::from_mode(keep))
+            .map_err(io)?;
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
     tmp.write_all(data)
         .and_then(|()| tmp.as_file().sync_all())
         .map_err(|e| CaError::Io {

@@ -1249,3 +1249,219 @@ async fn at_shutdown_a_client_that_ignores_goaway_gets_calls_only_for_the_grace(
     assert_eq!(within("the end", mute.outcome(9)).await, Outcome::Closed);
     within("the gateway drained", stopped).await.unwrap();
 }
+
+/// `cert revoke` and `ipcgate crl` (from cron) at the same moment, or two
+/// revokes: each reads `revoked.json`, changes it and writes it back, so
+/// without the CA directory's lock the one that read first dropped the other's
+/// revocation from every later CRL. CRL numbers must rise with each write.
+#[test]
+fn concurrent_revocations_are_all_kept() {
+    use ipcgate::ca::lifecycle::{load_state, read_leaf};
+    let d = tempfile::tempdir().unwrap();
+    let ca = ipcgate::ca::Ca::generate(
+        "t",
+        Duration::from_secs(3600),
+        ipcgate::ca::KeyType::EcdsaP256,
+    )
+    .unwrap();
+    ca.save(d.path(), false).unwrap();
+    let leaves: Vec<_> = (0..24)
+        .map(|i| {
+            let out = d.path().join(format!("c{i}"));
+            ca.issue(&LeafSpec {
+                spiffe: vec![format!("spiffe://t/c{i}")],
+                client: true,
+                ..Default::default()
+            })
+            .unwrap()
+            .save(&out, false)
+            .unwrap();
+            d.path().join(format!("c{i}.pem"))
+        })
+        .collect();
+    let ca = Arc::new(ca);
+    let start = Arc::new(std::sync::Barrier::new(3));
+    let mut threads = Vec::new();
+    for half in [0usize, 1] {
+        let (ca, start, dir) = (ca.clone(), start.clone(), d.path().to_owned());
+        let mine: Vec<_> = leaves.iter().skip(half).step_by(2).cloned().collect();
+        threads.push(std::thread::spawn(move || {
+            start.wait();
+            for path in mine {
+                let leaf = read_leaf(&path).unwrap();
+                ca.revoke(
+                    &dir,
+                    &leaf,
+                    ipcgate::ca::Reason::KeyCompromise,
+                    ipcgate::ca::CRL_TTL,
+                )
+                .unwrap();
+            }
+        }));
+    }
+    // And the cron job re-issuing the CRL meanwhile.
+    let (ca2, dir) = (ca.clone(), d.path().to_owned());
+    threads.push(std::thread::spawn(move || {
+        start.wait();
+        for _ in 0..12 {
+            ca2.reissue_crl(&dir, ipcgate::ca::CRL_TTL).unwrap();
+        }
+    }));
+    for t in threads {
+        t.join().unwrap();
+    }
+    let state = load_state(d.path()).unwrap();
+    assert_eq!(state.revoked.len(), 24, "revocations lost");
+    assert_eq!(state.crl_number, 24 + 12, "CRL numbers reused");
+    let crl = std::fs::read(d.path().join("ca.crl")).unwrap();
+    let der = rustls::pki_types::pem::PemObject::from_pem_slice(&crl)
+        .map(|c: rustls::pki_types::CertificateRevocationListDer<'_>| c.to_vec())
+        .unwrap();
+    let (_, parsed) = x509_parser::parse_x509_crl(&der).unwrap();
+    assert_eq!(parsed.iter_revoked_certificates().count(), 24);
+}
+
+/// The CA's own files: a refused `ca init` leaves nothing behind, a key that
+/// does not match `ca.pem` is refused on load, `--force` replaces a file by
+/// rename (a symlink planted at the path is replaced, its target untouched),
+/// and the CA cannot revoke itself.
+#[test]
+fn the_ca_directory_is_never_left_half_written() {
+    let d = tempfile::tempdir().unwrap();
+    let gen = || {
+        ipcgate::ca::Ca::generate(
+            "t",
+            Duration::from_secs(3600),
+            ipcgate::ca::KeyType::EcdsaP256,
+        )
+        .unwrap()
+    };
+    // Only ca.pem there: init is refused and writes no key.
+    std::fs::write(d.path().join("ca.pem"), gen().cert_pem()).unwrap();
+    assert!(gen().save(d.path(), false).is_err());
+    assert!(
+        !d.path().join("ca.key").exists(),
+        "a refused init left a key"
+    );
+    // A key beside another CA's certificate is refused.
+    let (a, b) = (gen(), gen());
+    let d2 = tempfile::tempdir().unwrap();
+    a.save(d2.path(), false).unwrap();
+    std::fs::copy(
+        {
+            let d3 = tempfile::tempdir().unwrap();
+            b.save(d3.path(), false).unwrap();
+            let p = d2.path().join("other.key");
+            std::fs::copy(d3.path().join("ca.key"), &p).unwrap();
+            p
+        },
+        d2.path().join("ca.key"),
+    )
+    .unwrap();
+    let e = ipcgate::ca::Ca::load(d2.path())
+        .err()
+        .expect("a foreign key was loaded");
+    assert!(e.to_string().contains("does not belong"), "{e}");
+    // --force through a planted symlink: the link is replaced, not followed.
+    let d4 = tempfile::tempdir().unwrap();
+    let victim = d4.path().join("victim");
+    std::fs::write(&victim, "keep").unwrap();
+    std::os::unix::fs::symlink(&victim, d4.path().join("ca.key")).unwrap();
+    a.save(d4.path(), true).unwrap();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+    assert!(!std::fs::symlink_metadata(d4.path().join("ca.key"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    // The CA's own certificate is not a leaf to revoke.
+    let leaf = ipcgate::ca::lifecycle::read_leaf(&d4.path().join("ca.pem")).unwrap();
+    let e = a
+        .revoke(
+            d4.path(),
+            &leaf,
+            ipcgate::ca::Reason::Unspecified,
+            ipcgate::ca::CRL_TTL,
+        )
+        .expect_err("the CA revoked itself");
+    assert!(e.to_string().contains("cannot revoke itself"), "{e}");
+}
+
+/// Lifetimes: one too long to represent is an error, not a panic; a leaf
+/// never outlives its CA; a CRL that would go stale within the hour is
+/// refused.
+#[test]
+fn lifetimes_are_bounded() {
+    let huge = Duration::from_secs(u64::MAX);
+    assert!(ipcgate::ca::Ca::generate("t", huge, ipcgate::ca::KeyType::EcdsaP256).is_err());
+    let ca = ipcgate::ca::Ca::generate(
+        "t",
+        Duration::from_secs(3600),
+        ipcgate::ca::KeyType::EcdsaP256,
+    )
+    .unwrap();
+    let issue = |ttl| {
+        ca.issue(&LeafSpec {
+            spiffe: vec!["spiffe://t/a".into()],
+            client: true,
+            ttl: Some(ttl),
+            ..Default::default()
+        })
+    };
+    assert!(issue(huge).is_err());
+    let long = issue(Duration::from_secs(30 * 86_400)).unwrap();
+    let (_, leaf) = x509_parser::parse_x509_certificate(long.cert_der.as_ref()).unwrap();
+    let (_, root) = x509_parser::parse_x509_certificate(ca.cert_der().as_ref()).unwrap();
+    assert!(leaf.validity().not_after <= root.validity().not_after);
+    let d = tempfile::tempdir().unwrap();
+    ca.save(d.path(), false).unwrap();
+    let e = ca
+        .reissue_crl(d.path(), Duration::from_secs(1))
+        .expect_err("a CRL valid for a second was issued");
+    assert!(e.to_string().contains("stale"), "{e}");
+    assert!(ca.reissue_crl(d.path(), huge).is_err());
+    ca.reissue_crl(d.path(), Duration::from_secs(3600)).unwrap();
+}
+
+/// `sudo ipcgate cert renew --new-key` on a key the gateway's account reads
+/// through its group: the new key keeps the old one's owner and group
+/// permissions (needs root to hand a file to another account).
+#[test]
+fn a_renewed_key_keeps_its_owner_and_group_access() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let d = tempfile::tempdir().unwrap();
+    let ca = ipcgate::ca::Ca::generate(
+        "t",
+        Duration::from_secs(86_400),
+        ipcgate::ca::KeyType::EcdsaP256,
+    )
+    .unwrap();
+    ca.save(d.path(), false).unwrap();
+    let out = d.path().join("gw");
+    ca.issue(&LeafSpec {
+        dns: vec!["localhost".into()],
+        server: true,
+        ..Default::default()
+    })
+    .unwrap()
+    .save(&out, false)
+    .unwrap();
+    let key = d.path().join("gw.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let root = std::fs::metadata(d.path()).unwrap().uid() == 0;
+    if root {
+        std::os::unix::fs::chown(&key, Some(65534), Some(65534)).unwrap();
+    }
+    let leaf = ipcgate::ca::lifecycle::read_leaf(&d.path().join("gw.pem")).unwrap();
+    let issued = ca
+        .renew(d.path(), &leaf, Some(ipcgate::ca::KeyType::EcdsaP256), None)
+        .unwrap();
+    issued
+        .replace(&d.path().join("gw.pem"), Some(&key))
+        .unwrap();
+    let m = std::fs::metadata(&key).unwrap();
+    assert_eq!(m.mode() & 0o777, 0o640);
+    if root {
+        assert_eq!((m.uid(), m.gid()), (65534, 65534));
+    }
+    ipcgate::tls::load_key(&key).unwrap();
+}
