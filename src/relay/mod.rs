@@ -459,6 +459,11 @@ struct Call<X> {
     /// The request's content-length, and the DATA received against it.
     content_length: Option<u64>,
     received: u64,
+    /// The response was complete before the request (the backend answered
+    /// and reset, or closed): what the client still sends until it sees the
+    /// reset that follows the response is dropped, its window given back,
+    /// not an error that would discard the response (RFC 9113 §8.1).
+    cut: bool,
 }
 
 enum ConnState<T> {
@@ -1121,6 +1126,9 @@ where
             // A second header block: request trailers. gRPC clients send none,
             // and some servers answer one by closing the whole connection, so
             // they end the request instead of being forwarded.
+            if call.cut {
+                return Ok(());
+            }
             let short = call.content_length.is_some_and(|n| call.received != n);
             if call.up.ended || !eos || short {
                 self.client_reset(id, Reason::PROTOCOL_ERROR);
@@ -1231,6 +1239,7 @@ where
                     answered: false,
                     content_length,
                     received: 0,
+                    cut: false,
                 };
                 call.up.ended = eos;
                 call.up.queue.push_back(out);
@@ -1262,7 +1271,9 @@ where
         };
         if call.up.ended {
             self.c.credit += len;
-            self.client_reset(id, Reason::STREAM_CLOSED);
+            if !call.cut {
+                self.client_reset(id, Reason::STREAM_CLOSED);
+            }
             return Ok(());
         }
         if len > call.up.recv_window {
@@ -1295,12 +1306,18 @@ where
     }
 
     /// The connection taking new calls for `backend`, dialed if need be.
+    ///
+    /// A connection at the backend's own stream limit takes no more: a call
+    /// queued there would hold its request data in the client's connection
+    /// window until one of the open calls ended, and two such uploads could
+    /// fill that window so the open calls could not send the rest of theirs.
     fn conn_for(&mut self, backend: usize) -> usize {
         let cap = self.opts.backend_streams_per_connection.max(1);
         if let Some(i) = self.conns.iter().position(|b| {
             b.backend == backend
                 && !b.draining
                 && b.calls < cap
+                && (!b.settled || b.calls < b.max_open)
                 && !matches!(b.state, ConnState::Gone)
         }) {
             return i;
@@ -1554,6 +1571,7 @@ where
         call.up.queue.clear();
         if !call.up.ended {
             call.up.ended = true;
+            call.cut = true;
             if let Some(r) = reset {
                 call.down
                     .queue
@@ -1641,6 +1659,22 @@ where
                 }
                 if let Some(n) = s.max_concurrent_streams() {
                     self.conns[i].max_open = n as usize;
+                }
+                if self.conns[i].settled && self.conns[i].max_open == 0 {
+                    // It takes no calls at all: those waiting fail now
+                    // rather than wait for a limit that may never rise.
+                    let name = self.host.backend_name(self.conns[i].backend);
+                    let waiting = std::mem::take(&mut self.conns[i].waiting);
+                    for id in waiting {
+                        self.fail_call(
+                            id,
+                            grpc::Code::Unavailable,
+                            &format!(
+                                "backend {name} takes no calls (SETTINGS_MAX_CONCURRENT_STREAMS 0)"
+                            ),
+                            Reason::REFUSED_STREAM,
+                        );
+                    }
                 }
                 let ConnState::Up(side) = &mut self.conns[i].state else {
                     return Ok(());

@@ -287,6 +287,84 @@ async fn backend_max_concurrent_streams_queues_calls_instead_of_failing_them() {
     }
 }
 
+/// Calls past a backend's stream limit go to another backend connection, not
+/// a queue that holds their request data in the client's connection window:
+/// two 1.2 MiB streams queued behind an open bidi call filled that window, and
+/// the bidi call could never send again.
+#[tokio::test]
+async fn calls_past_a_backends_stream_limit_do_not_starve_an_open_one() {
+    let mut rig = Rig::start().await;
+    rig.backend = None;
+    rig.backend = Some(Backend::start(
+        &rig.dir.path().join("echo.sock"),
+        rig.echo.clone(),
+        Some(1),
+    ));
+    let c = rig.client();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(req(b"a1")).await.unwrap();
+    let mut a = c.clone();
+    let mut replies = a
+        .bidi(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    within("first echo", replies.message())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut uploads = Vec::new();
+    for _ in 0..2 {
+        let mut c = c.clone();
+        let msgs: Vec<_> = (0..20).map(|_| req(&[7u8; 60 << 10])).collect();
+        uploads.push(tokio::spawn(async move {
+            let mut echoes = c.bidi(tokio_stream::iter(msgs)).await?.into_inner();
+            let mut n = 0;
+            while echoes.message().await?.is_some() {
+                n += 1;
+            }
+            Ok::<_, tonic::Status>(n)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tx.send(req(b"a2")).await.unwrap();
+    within("the open call's next echo", replies.message())
+        .await
+        .unwrap()
+        .unwrap();
+    drop(tx);
+    for u in uploads {
+        assert_eq!(within("an upload", u).await.unwrap().unwrap(), 20);
+    }
+}
+
+/// A backend that takes no calls at all (a stream limit of 0): calls end with
+/// a status instead of waiting for a limit that may never rise.
+#[tokio::test]
+async fn a_backend_taking_no_calls_fails_them() {
+    let mut rig = Rig::start().await;
+    rig.backend = None;
+    rig.backend = Some(Backend::start(
+        &rig.dir.path().join("echo.sock"),
+        rig.echo.clone(),
+        Some(0),
+    ));
+    let c = rig.client();
+    let calls: Vec<_> = (0..3u8)
+        .map(|i| {
+            let mut c = c.clone();
+            tokio::spawn(async move { c.unary(req(&[i])).await })
+        })
+        .collect();
+    for call in calls {
+        let e = within("a call to a backend taking none", call)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    }
+}
+
 // --- Hand-written frames: what a well-behaved client never sends. ---
 
 const UNARY: &[u8] = b"/demo.v1.Echo/Unary";
@@ -701,8 +779,17 @@ async fn h2_backend(
     }
 }
 
+/// And if the client goes on sending before it sees that reset (a bidi or
+/// client stream the backend answered early), what it sends is dropped; the
+/// response is not.
 #[tokio::test]
 async fn a_response_complete_before_the_backend_resets_is_delivered() {
+    for more in [false, true] {
+        response_complete_then_reset(more).await;
+    }
+}
+
+async fn response_complete_then_reset(more: bool) {
     let mut rig = Rig::start().await;
     // The tonic backend swapped for the h2 one above.
     rig.backend = None;
@@ -715,6 +802,10 @@ async fn a_response_complete_before_the_backend_resets_is_delivered() {
     raw.send(frame(0x1, 0x4, 1, &block(UNARY, &[]))).await;
     raw.send(frame(0x0, 0, 1, &message(&req(b"open")))).await; // no END_STREAM
     tokio::time::sleep(Duration::from_millis(300)).await;
+    if more {
+        raw.send(frame(0x0, 0, 1, &message(&req(b"more")))).await;
+        raw.send(frame(0x0, 0x1, 1, &message(&req(b"last")))).await;
+    }
     raw.send(frame(0x8, 0, 1, &65_535u32.to_be_bytes())).await;
     let mut seen = Vec::new();
     loop {
@@ -731,7 +822,11 @@ async fn a_response_complete_before_the_backend_resets_is_delivered() {
     }
     // Headers, the message, trailers ending the stream, then the reset
     // telling the client to stop sending.
-    assert_eq!(seen, [(0x1, 0), (0x0, 0), (0x1, 1), (0x3, 0)], "{seen:?}");
+    assert_eq!(
+        seen,
+        [(0x1, 0), (0x0, 0), (0x1, 1), (0x3, 0)],
+        "more {more}: {seen:?}"
+    );
 }
 
 #[tokio::test]
