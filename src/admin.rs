@@ -25,20 +25,35 @@ pub struct Admin {
     pub reloader: Arc<Reloader>,
 }
 
+/// A request's head must arrive within this, and an idle keep-alive
+/// connection waits no longer for the next: a client that connects and says
+/// nothing must not hold a task and a descriptor for ever.
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Admin connections open at once; more are closed as they arrive.
+const MAX_CONNECTIONS: usize = 64;
+
 /// Serves the admin socket until the task is dropped.
 pub async fn serve(mut listener: Listener, admin: Arc<Admin>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(crate::listen::Accepted { conn: stream, .. }) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             continue;
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!("admin connection refused: {MAX_CONNECTIONS} open already");
+            continue;
+        };
         let admin = admin.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = hyper::service::service_fn(move |req| {
                 let admin = admin.clone();
                 async move { Ok::<_, Infallible>(handle(&admin, req).await) }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), svc)
                 .await
             {

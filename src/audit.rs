@@ -9,6 +9,7 @@
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -125,6 +126,10 @@ enum Msg {
 /// Handle to the audit writer.
 pub struct Auditor {
     tx: SyncSender<Msg>,
+    /// A reopen asked for: the writer checks it before every write, so one
+    /// asked while the queue is full (the sink slow, which is when logrotate
+    /// tends to find it) is not lost with the queued message.
+    reopen: Arc<AtomicBool>,
     written: Counter,
     dropped: Counter,
     last_warning: Mutex<Option<Instant>>,
@@ -148,11 +153,14 @@ impl Auditor {
         };
         let (tx, rx) = sync_channel(queue.max(1));
         let (w, d, path) = (written.clone(), dropped.clone(), file.map(Path::to_owned));
+        let reopen = Arc::new(AtomicBool::new(false));
+        let asked = reopen.clone();
         std::thread::Builder::new()
             .name("ipcgate-audit".into())
-            .spawn(move || writer(rx, sink, path, w, d))?;
+            .spawn(move || writer(rx, sink, path, &asked, w, d))?;
         Ok(Auditor {
             tx,
+            reopen,
             written,
             dropped,
             last_warning: Mutex::new(None),
@@ -177,6 +185,8 @@ impl Auditor {
 
     /// Asks the writer to reopen the audit file.
     pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Release);
+        // Wakes an idle writer; when the queue is full the flag is enough.
         let _ = self.tx.try_send(Msg::Reopen);
     }
 
@@ -198,18 +208,35 @@ impl Auditor {
     }
 }
 
+/// The audit file, appended to; never through a symbolic link (a link
+/// planted at the path would have the gateway append wherever it points).
 fn open(p: &Path) -> io::Result<std::fs::File> {
     let mut o = OpenOptions::new();
     o.append(true).create(true);
     #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+    }
     o.open(p)
+}
+
+fn reopen(file: &mut Option<std::fs::File>, path: Option<&Path>) {
+    if let Some(p) = path {
+        match open(p) {
+            Ok(f) => *file = Some(f),
+            Err(e) => {
+                error!(target: "ipcgate::audit", path = %p.display(), error = %e, "cannot reopen audit file")
+            }
+        }
+    }
 }
 
 fn writer(
     rx: Receiver<Msg>,
     mut file: Option<std::fs::File>,
     path: Option<PathBuf>,
+    asked: &AtomicBool,
     written: Counter,
     dropped: Counter,
 ) {
@@ -217,6 +244,7 @@ fn writer(
     let mut file_buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut out_buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut pending = 0u64;
+    let mut torn = false;
     let mut last_error: Option<Instant> = None;
     loop {
         // Batch: take what is queued, then write and flush once.
@@ -247,13 +275,8 @@ fn writer(
                 }
             }
             Some(Msg::Reopen) => {
-                if let Some(p) = &path {
-                    match open(p) {
-                        Ok(f) => file = Some(f),
-                        Err(e) => {
-                            error!(target: "ipcgate::audit", path = %p.display(), error = %e, "cannot reopen audit file")
-                        }
-                    }
+                if asked.swap(false, Ordering::Acquire) {
+                    reopen(&mut file, path.as_deref());
                 }
                 if pending == 0 {
                     continue;
@@ -261,10 +284,24 @@ fn writer(
             }
             None => {}
         }
+        if asked.swap(false, Ordering::Acquire) {
+            reopen(&mut file, path.as_deref());
+            // A line left half written in the old file stays there.
+            torn = false;
+        }
         let mut failed = None;
         if !file_buf.is_empty() {
             if let Some(f) = &mut file {
-                if let Err(e) = f.write_all(&file_buf) {
+                // After a write that failed part way (a full disk), the next
+                // batch starts on a line of its own: one broken line, not two
+                // events run together.
+                let res = if torn {
+                    f.write_all(b"\n").and_then(|()| f.write_all(&file_buf))
+                } else {
+                    f.write_all(&file_buf)
+                };
+                torn = res.is_err();
+                if let Err(e) = res {
                     failed = Some(e);
                 }
             }

@@ -407,6 +407,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!("{}: {e}", csr.display()))?;
             let path = issued.save_cert(&out, force)?;
             println!("certificate: {}", path.display());
+            // What the requester asked for and got, for the operator to see.
+            let leaf = ipcgate::ca::lifecycle::read_leaf(&path)?;
+            println!("subject:     {}", leaf.subject);
+            for id in &leaf.names.spiffe {
+                println!("URI SAN:     {id}");
+            }
+            for name in &leaf.names.dns {
+                println!("DNS SAN:     {name}");
+            }
+            for ip in &leaf.names.ips {
+                println!("IP SAN:      {ip}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Cert(CertCmd::Revoke {

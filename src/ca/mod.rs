@@ -295,11 +295,16 @@ impl Ca {
             params.subject_alt_names.push(SanType::URI(uri));
         }
         for name in &names.dns {
-            if name.is_empty()
+            // A wildcard only as a whole leftmost label under at least two
+            // more (`*.svc.example.org`): a bare `*` or `*.org` would vouch
+            // for names no one here owns.
+            let plain = name.strip_prefix("*.").unwrap_or(name);
+            if plain.is_empty()
                 || name.len() > 253
-                || !name
+                || (plain.len() != name.len() && plain.split('.').count() < 2)
+                || !plain
                     .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'*')
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
             {
                 return Err(CaError::Invalid(format!("{name:?} is not a DNS name")));
             }

@@ -76,6 +76,12 @@ async fn csr_signed_by_the_ca_works_end_to_end() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The operator sees what the requester asked for and got.
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("URI SAN:     spiffe://test.local/alice") && shown.contains("CN=alice"),
+        "{shown}"
+    );
     let cfg = ipcgate::client::config_from_files(
         &h.pki.path("alice-signed.pem"),
         &h.pki.path("alice-req.key"),
@@ -888,6 +894,20 @@ fn the_ca_refuses_spiffe_ids_the_spec_forbids() {
         "spiffe://t.d/A_b.c-D",
     ] {
         issue(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+    }
+    // DNS names: a wildcard only as a whole leftmost label over two more.
+    let dns = |name: &str| {
+        ca.issue(&LeafSpec {
+            dns: vec![name.into()],
+            server: true,
+            ..Default::default()
+        })
+    };
+    for bad in ["*", "*.org", "a*.example.org", "*.*.example.org", "", "a b"] {
+        assert!(dns(bad).is_err(), "DNS {bad:?} was issued");
+    }
+    for good in ["*.svc.example.org", "localhost", "gw-1.example.org"] {
+        dns(good).unwrap_or_else(|e| panic!("{good}: {e}"));
     }
 }
 

@@ -539,3 +539,124 @@ async fn busy_poll_spins_between_calls_and_stops_when_quiet() {
     }
     assert_eq!(off.metrics.busy_poll_turns.get(), 0, "spun while off");
 }
+
+/// logrotate moves the audit file while the sink is slow and the queue full:
+/// the reopen it asks for must not be lost with the queued message, or every
+/// later event goes on into the rotated file. The sink here is a FIFO nobody
+/// reads at first.
+#[test]
+fn a_reopen_asked_while_the_audit_queue_is_full_is_kept() {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("audit.jsonl");
+    let ok = std::process::Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let mut reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+        .unwrap();
+    let (written, dropped) = (
+        prometheus_client::metrics::counter::Counter::default(),
+        prometheus_client::metrics::counter::Counter::default(),
+    );
+    let auditor =
+        ipcgate::audit::Auditor::start(Some(&path), 4, written.clone(), dropped.clone()).unwrap();
+    let pki = Pki::new();
+    let issued = pki
+        .ca
+        .issue(&ipcgate::ca::LeafSpec {
+            spiffe: vec!["spiffe://test.local/alice".into()],
+            client: true,
+            ..Default::default()
+        })
+        .unwrap();
+    let peer = Arc::new(ipcgate::identity::Peer::new(&[issued.cert_der], None, None).unwrap());
+    let policy = Arc::new(audit_policy("ON_DENY_AND_ALLOW"));
+    let event = |method: &str| ipcgate::audit::AuditEvent {
+        time: std::time::SystemTime::now(),
+        method: method.into(),
+        peer: peer.clone(),
+        policy: policy.clone(),
+        rule: None,
+        authorized: true,
+        shadow: None,
+        stdout: false,
+        file: true,
+    };
+    // Fill the pipe until the writer blocks in a write, then the queue until
+    // it drops: the queue stays full while nobody reads.
+    while dropped.get() == 0 {
+        auditor.submit(event("/a.B/Before"));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let before = dropped.get();
+    while dropped.get() == before {
+        auditor.submit(event("/a.B/Before"));
+    }
+    auditor.reopen();
+    std::fs::rename(&path, d.path().join("audit.jsonl.1")).unwrap();
+    // The reader catches up: the writer unblocks and drains the queue.
+    let mut buf = vec![0u8; 1 << 16];
+    let mut quiet = 0;
+    while quiet < 20 {
+        match reader.read(&mut buf) {
+            Ok(n) if n > 0 => quiet = 0,
+            _ => {
+                quiet += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    auditor.submit(event("/a.B/Marker"));
+    for _ in 0..500 {
+        if std::fs::read_to_string(&path).is_ok_and(|t| t.contains("/a.B/Marker")) {
+            return;
+        }
+        let _ = reader.read(&mut buf);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("the event after the rotation did not reach the new audit file");
+}
+
+/// A symbolic link planted at the audit file's path is not followed.
+#[test]
+fn the_audit_file_is_never_opened_through_a_symlink() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("audit.jsonl");
+    let target = d.path().join("elsewhere");
+    std::os::unix::fs::symlink(&target, &path).unwrap();
+    let c = prometheus_client::metrics::counter::Counter::default;
+    assert!(ipcgate::audit::Auditor::start(Some(&path), 4, c(), c()).is_err());
+    assert!(!target.exists());
+}
+
+/// An admin client that connects and stalls (a request head sent in part,
+/// or nothing at all) is closed after the header timeout, and the socket
+/// still answers others meanwhile.
+#[tokio::test]
+async fn a_stalled_admin_connection_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start_with(Opts {
+        admin: true,
+        ..Default::default()
+    })
+    .await;
+    let sock = h.pki.path("admin.sock");
+    let mut silent = tokio::net::UnixStream::connect(&sock).await.unwrap();
+    let mut partial = tokio::net::UnixStream::connect(&sock).await.unwrap();
+    partial
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    assert_eq!(admin(&sock, "GET", "/healthz").await, (200, "ok\n".into()));
+    for (what, s) in [("silent", &mut silent), ("partial", &mut partial)] {
+        let mut buf = Vec::new();
+        // Whatever comes (hyper may answer 408 first), the connection ends.
+        within(what, s.read_to_end(&mut buf)).await.unwrap();
+    }
+}
