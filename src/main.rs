@@ -405,6 +405,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let issued = ca
                 .sign_csr(&pem, client, server, ttl, cn.as_deref())
                 .map_err(|e| anyhow::anyhow!("{}: {e}", csr.display()))?;
+            let leaf = x509_parser::parse_x509_certificate(issued.cert_der.as_ref())
+                .map_err(|e| anyhow::anyhow!("cannot read the certificate made: {e}"))?
+                .1;
+            ipcgate::ca::lifecycle::check_key(&ca_dir, leaf.public_key().raw)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", csr.display()))?;
+            ca.record(&ca_dir, &issued.cert_der)?;
             let path = issued.save_cert(&out, force)?;
             println!("certificate: {}", path.display());
             // What the requester asked for and got, for the operator to see.
@@ -429,13 +435,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }) => {
             let ca = Ca::load(&ca_dir)?;
             let leaf = ipcgate::ca::lifecycle::read_leaf(&cert)?;
-            let crl = ca.revoke(&ca_dir, &leaf, reason, crl_ttl)?;
-            println!(
-                "revoked serial {} ({})\nCRL: {}",
-                leaf.serial_hex,
-                leaf.subject,
-                crl.display()
-            );
+            let done = ca.revoke(&ca_dir, &leaf, reason, crl_ttl)?;
+            println!("revoked serial {} ({})", leaf.serial_hex, leaf.subject);
+            for serial in &done.also {
+                println!("revoked serial {serial} (the same key)");
+            }
+            println!("CRL: {}", done.crl.display());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Cert(CertCmd::Renew {
@@ -452,6 +457,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ipcgate::ca::lifecycle::check_key_matches(&key, &leaf)?;
             }
             let issued = ca.renew(&ca_dir, &leaf, new_key.then_some(key_type), ttl)?;
+            ca.record(&ca_dir, &issued.cert_der)?;
             issued.replace(&cert, new_key.then_some(key.as_path()))?;
             println!(
                 "renewed: {}{}",
@@ -536,6 +542,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 validity: None,
                 key_type: a.key_type,
             })?;
+            ca.record(&a.ca_dir, &issued.cert_der)?;
             let (c, k) = issued.save(&a.out, a.force)?;
             println!("certificate: {}\nkey (0600): {}", c.display(), k.display());
             Ok(ExitCode::SUCCESS)

@@ -63,6 +63,30 @@ pub struct Revoked {
     pub subject: String,
     #[serde(default)]
     pub names: Vec<String>,
+    /// For a key compromise: SHA-256 of the key (its SubjectPublicKeyInfo),
+    /// which this CA then never certifies again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_sha256: Option<String>,
+}
+
+/// One line of `issued.jsonl`: what `ipcgate cert issue`, `sign` and `renew`
+/// certified, so that revoking a certificate for a key compromise revokes
+/// every other one carrying that key (a renewal keeps the key by default).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IssuedRecord {
+    pub serial: String,
+    pub key_sha256: String,
+    /// Unix seconds.
+    pub not_after: i64,
+    pub subject: String,
+}
+
+/// What a revocation did: the CRL written, and the other certificates it
+/// revoked with the one named (same key, for a key compromise).
+#[derive(Debug)]
+pub struct Revocation {
+    pub crl: PathBuf,
+    pub also: Vec<String>,
 }
 
 /// `revoked.json`: what this CA has revoked, and the last CRL number.
@@ -298,6 +322,9 @@ impl Ca {
                 r.serial, r.reason
             )));
         }
+        if new_key.is_none() {
+            check_key(dir, &old.spki)?;
+        }
         let params = self.leaf_params(
             &old.names,
             old.cn.as_deref(),
@@ -334,13 +361,17 @@ impl Ca {
     ///
     /// # Errors
     /// Not issued by this CA, or I/O.
+    ///
+    /// For a key compromise every other unexpired certificate `issued.jsonl`
+    /// records with the same key is revoked too, and the key is never
+    /// certified again (`cert sign`, `cert renew`).
     pub fn revoke(
         &self,
         dir: &Path,
         leaf: &LeafInfo,
         reason: Reason,
         crl_ttl: Duration,
-    ) -> Result<PathBuf, CaError> {
+    ) -> Result<Revocation, CaError> {
         if leaf.der == *self.cert_der() {
             return Err(CaError::Invalid(
                 "this is the CA's own certificate: a CA cannot revoke itself (take it out of every client_ca bundle and make a new CA)".into(),
@@ -353,18 +384,71 @@ impl Ca {
         }
         let _lock = lock_dir(dir)?;
         let mut state = load_state(dir)?;
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let key = (reason == Reason::KeyCompromise).then(|| key_sha256(&leaf.spki));
         if !state.revoked.iter().any(|r| r.serial == leaf.serial_hex) {
             let mut names = leaf.names.spiffe.clone();
             names.extend(leaf.names.dns.iter().cloned());
             state.revoked.push(Revoked {
                 serial: leaf.serial_hex.clone(),
-                revoked_at: OffsetDateTime::now_utc().unix_timestamp(),
+                revoked_at: now,
                 reason,
                 subject: leaf.subject.clone(),
                 names,
+                key_sha256: key.clone(),
             });
         }
-        self.write_crl(dir, &mut state, crl_ttl)
+        let mut also = Vec::new();
+        if let Some(k) = &key {
+            for r in load_issued(dir)? {
+                if r.key_sha256 == *k
+                    && r.not_after > now
+                    && !state.revoked.iter().any(|x| x.serial == r.serial)
+                {
+                    also.push(r.serial.clone());
+                    state.revoked.push(Revoked {
+                        serial: r.serial,
+                        revoked_at: now,
+                        reason,
+                        subject: r.subject,
+                        names: Vec::new(),
+                        key_sha256: None,
+                    });
+                }
+            }
+        }
+        let crl = self.write_crl(dir, &mut state, crl_ttl)?;
+        Ok(Revocation { crl, also })
+    }
+
+    /// Appends a certificate this CA just made to `issued.jsonl`.
+    ///
+    /// # Errors
+    /// The certificate cannot be read, or I/O.
+    pub fn record(&self, dir: &Path, der: &CertificateDer<'_>) -> Result<(), CaError> {
+        let (_, c) = X509Certificate::from_der(der.as_ref())
+            .map_err(|e| CaError::Invalid(format!("cannot read the certificate made: {e}")))?;
+        let line = IssuedRecord {
+            serial: hex(c.raw_serial()),
+            key_sha256: key_sha256(c.public_key().raw),
+            not_after: c.validity().not_after.timestamp(),
+            subject: crate::identity::rfc4514(c.subject()),
+        };
+        let mut text = serde_json::to_vec(&line).map_err(|e| CaError::Invalid(e.to_string()))?;
+        text.push(b'\n');
+        let _lock = lock_dir(dir)?;
+        let path = dir.join("issued.jsonl");
+        let mut opts = std::fs::OpenOptions::new();
+        opts.append(true).create(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o644).custom_flags(libc::O_NOFOLLOW);
+        }
+        use std::io::Write as _;
+        opts.open(&path)
+            .and_then(|mut f| f.write_all(&text))
+            .map_err(|e| CaError::Io { path, source: e })
     }
 
     /// Issues a new CRL from `revoked.json` (next CRL number) and writes
@@ -438,6 +522,50 @@ pub fn load_state(dir: &Path) -> Result<RevocationState, CaError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RevocationState::default()),
         Err(e) => Err(CaError::Io { path: p, source: e }),
     }
+}
+
+/// SHA-256 of a SubjectPublicKeyInfo, lowercase hex.
+fn key_sha256(spki: &[u8]) -> String {
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, spki).as_ref())
+}
+
+/// Refuses a key this CA revoked a certificate of for a key compromise.
+///
+/// # Errors
+/// The key is compromised, or `revoked.json` cannot be read.
+pub fn check_key(dir: &Path, spki: &[u8]) -> Result<(), CaError> {
+    let k = key_sha256(spki);
+    match load_state(dir)?
+        .revoked
+        .iter()
+        .find(|r| r.key_sha256.as_deref() == Some(k.as_str()))
+    {
+        Some(r) => Err(CaError::Invalid(format!(
+            "this key was reported compromised (certificate serial {} revoked for it): it is never certified again; make a new key",
+            r.serial
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Reads `issued.jsonl` (nothing if absent).
+fn load_issued(dir: &Path) -> Result<Vec<IssuedRecord>, CaError> {
+    let p = dir.join("issued.jsonl");
+    let text = match std::fs::read_to_string(&p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(CaError::Io { path: p, source: e }),
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| CaError::BadFile {
+                path: p.clone(),
+                msg: format!("line {}: {e}", i + 1),
+            })
+        })
+        .collect()
 }
 
 /// Holds `<dir>/.lock` (exclusively, waiting for it) while `revoked.json` is

@@ -1485,3 +1485,100 @@ fn a_renewed_key_keeps_its_owner_and_group_access() {
     }
     ipcgate::tls::load_key(&key).unwrap();
 }
+
+/// `cert renew` keeps the key by default, so revoking the current certificate
+/// for a key compromise must revoke its predecessors with that key too, and
+/// the CA must never certify the key again.
+#[test]
+fn a_key_compromise_revokes_every_certificate_with_that_key() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().to_str().unwrap().to_owned();
+    let run = |args: &[&str]| {
+        let out = ipcgate(args);
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    assert!(run(&["ca", "init", "--dir", &dir]).0);
+    let alice = format!("{dir}/alice");
+    let issued = run(&[
+        "cert",
+        "issue",
+        "--ca-dir",
+        &dir,
+        "--out",
+        &alice,
+        "--spiffe",
+        "spiffe://t/alice",
+        "--client",
+    ]);
+    assert!(issued.0, "{}", issued.1);
+    let pem = format!("{alice}.pem");
+    let first = ipcgate::ca::lifecycle::read_leaf(pem.as_ref())
+        .unwrap()
+        .serial_hex;
+    let key = format!("{alice}.key");
+    let renewed = run(&[
+        "cert", "renew", "--ca-dir", &dir, "--cert", &pem, "--key", &key,
+    ]);
+    assert!(renewed.0, "{}", renewed.1);
+    let second = ipcgate::ca::lifecycle::read_leaf(pem.as_ref())
+        .unwrap()
+        .serial_hex;
+    assert_ne!(first, second);
+    let revoked = run(&[
+        "cert",
+        "revoke",
+        "--ca-dir",
+        &dir,
+        "--cert",
+        &pem,
+        "--reason",
+        "key-compromise",
+    ]);
+    assert!(revoked.0, "{}", revoked.1);
+    assert!(
+        revoked
+            .1
+            .contains(&format!("revoked serial {first} (the same key)")),
+        "{}",
+        revoked.1
+    );
+    let state = ipcgate::ca::lifecycle::load_state(d.path()).unwrap();
+    for s in [&first, &second] {
+        assert!(
+            state.revoked.iter().any(|r| &r.serial == s),
+            "{s} not revoked"
+        );
+    }
+    // A CSR with the compromised key is refused.
+    sh(
+        d.path(),
+        "openssl req -new -key alice.key -out again.csr -subj '/CN=alice' \
+           -addext 'subjectAltName=URI:spiffe://t/alice'",
+    );
+    let signed = run(&[
+        "cert",
+        "sign",
+        "--ca-dir",
+        &dir,
+        "--csr",
+        &format!("{dir}/again.csr"),
+        "--out",
+        &format!("{dir}/again"),
+        "--client",
+        "--cn",
+        "alice",
+    ]);
+    assert!(
+        !signed.0 && signed.1.contains("compromised"),
+        "{}",
+        signed.1
+    );
+    assert!(!d.path().join("again.pem").exists());
+}
