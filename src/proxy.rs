@@ -76,6 +76,27 @@ struct Conn {
     closed: Arc<AtomicBool>,
 }
 
+/// Idle time before a backend TCP connection is probed, and between probes.
+pub const BACKEND_KEEPALIVE: (Duration, Duration) =
+    (Duration::from_secs(30), Duration::from_secs(10));
+
+/// A TCP backend connection: Nagle off (gRPC writes whole frames and waits
+/// for answers), and TCP keep-alive, so calls on a backend whose host
+/// vanished without a FIN end (the kernel fails the socket after the probes)
+/// instead of waiting for ever; the relay pings only its clients.
+///
+/// # Errors
+/// The socket options cannot be set.
+pub fn tcp_backend(s: &tokio::net::TcpStream) -> io::Result<()> {
+    s.set_nodelay(true)?;
+    let (idle, interval) = BACKEND_KEEPALIVE;
+    socket2::SockRef::from(s).set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(idle)
+            .with_interval(interval),
+    )
+}
+
 /// One backend and its connection pool.
 pub struct Backend {
     addr: config::Backend,
@@ -156,7 +177,7 @@ impl Backend {
                 config::Backend::Pipe(name) => Box::new(crate::listen::connect_pipe(name).await?),
                 config::Backend::Tcp(a) => {
                     let s = tokio::net::TcpStream::connect(a.as_str()).await?;
-                    s.set_nodelay(true)?;
+                    tcp_backend(&s)?;
                     Box::new(s)
                 }
                 // Config::parse refuses the other platform's kind.
@@ -235,7 +256,7 @@ impl Backend {
             }
             config::Backend::Tcp(a) => {
                 let s = tokio::net::TcpStream::connect(a.as_str()).await?;
-                s.set_nodelay(true)?;
+                tcp_backend(&s)?;
                 handshake(s, STREAM_WINDOW, self.max_in_flight).await?
             }
             // Config::parse refuses the other platform's kind.

@@ -510,3 +510,25 @@ async fn socket_path_authorities_follow_the_listener_setting() {
         }
     }
 }
+
+/// TCP backend connections probe an idle peer, so calls on a backend whose
+/// host vanished without a FIN end instead of waiting for ever.
+#[tokio::test]
+async fn tcp_backend_connections_keep_alive() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let s = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+        .await
+        .unwrap();
+    ipcgate::proxy::tcp_backend(&s).unwrap();
+    let r = socket2::SockRef::from(&s);
+    assert!(r.keepalive().unwrap());
+    assert_eq!(
+        r.tcp_keepalive_time().unwrap(),
+        ipcgate::proxy::BACKEND_KEEPALIVE.0
+    );
+    assert_eq!(
+        r.tcp_keepalive_interval().unwrap(),
+        ipcgate::proxy::BACKEND_KEEPALIVE.1
+    );
+    assert!(r.tcp_nodelay().unwrap());
+}
