@@ -395,6 +395,11 @@ impl TlsSource {
         self.current.load_full()
     }
 
+    /// `crl_expired = "deny"`: a stale CRL refuses its CA's clients.
+    pub fn crl_expired_deny(&self) -> bool {
+        self.cfg.crl_expired_deny
+    }
+
     pub fn files(&self) -> Vec<PathBuf> {
         self.cfg.files()
     }

@@ -418,8 +418,14 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
     // it verifies itself against what is in force now (see
     // `TlsSource::reload`), so a certificate revoked mid-handshake is not let
     // in on the old CRL.
+    // The same when a CRL went stale since (`crl_expired = "deny"`): the
+    // periodic check's re-check may have run before this registered.
     let now_tls = shared.tls.current();
-    if !Arc::ptr_eq(&now_tls, &tls_state) {
+    let stale = || {
+        let now = SystemTime::now();
+        shared.tls.crl_expired_deny() && now_tls.crls.iter().any(|c| c.is_stale(now))
+    };
+    if !Arc::ptr_eq(&now_tls, &tls_state) || stale() {
         if let Some((leaf, rest)) = chain.split_first() {
             if let Err(e) =
                 now_tls

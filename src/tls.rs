@@ -205,7 +205,15 @@ pub fn load_crls(
                 next_update,
                 revoked: parsed.iter_revoked_certificates().count(),
             };
-            let name = parsed.issuer().as_raw().to_vec();
+            // Two CRLs of one CA but different issuing distribution points
+            // are partitions, each authoritative for its own certificates:
+            // only same-scope CRLs supersede one another.
+            let mut name = parsed.issuer().as_raw().to_vec();
+            if let Some(idp) = parsed.extensions().iter().find(|e| {
+                e.oid == x509_parser::oid_registry::OID_X509_EXT_ISSUER_DISTRIBUTION_POINT
+            }) {
+                name.extend_from_slice(idp.value);
+            }
             let this_update = parsed.last_update().timestamp();
             let number = parsed.crl_number().cloned();
             let Some(i) = kept.iter().position(|k| k.1 == name) else {
@@ -325,9 +333,10 @@ pub fn server(cfg: &config::Tls) -> Result<ServerTls, TlsError> {
 /// The earliest notAfter of the intermediate CAs a client sent above its
 /// leaf, following issuer names up to a trust anchor; `None` if there are
 /// none. A connection must not outlive its intermediate any more than its
-/// leaf. Every sent certificate with a matching name counts, so an extra one
-/// can only shorten the connection; a cross-signed copy of an anchor (as some
-/// clients send, sometimes expired) is never reached.
+/// leaf. Every sent certificate with a matching name that is valid now
+/// counts, so an extra one can only shorten the connection; a cross-signed
+/// copy of an anchor (as some clients send, sometimes expired) is never
+/// reached.
 pub fn chain_not_after(chain: &[CertificateDer<'_>], anchors: &[Vec<u8>]) -> Option<SystemTime> {
     if chain.len() < 2 {
         return None;
@@ -343,7 +352,9 @@ pub fn chain_not_after(chain: &[CertificateDer<'_>], anchors: &[Vec<u8>]) -> Opt
     while !anchors.iter().any(|a| a.as_slice() == issuer) {
         let mut next = None;
         for (i, c) in certs.iter().enumerate() {
-            if !used[i] && c.subject().as_raw() == issuer {
+            // One not valid now cannot be the one the chain was verified
+            // through (an expired predecessor sent along with its renewal).
+            if !used[i] && c.subject().as_raw() == issuer && c.validity().is_valid() {
                 used[i] = true;
                 let t = c.validity().not_after.timestamp();
                 earliest = Some(earliest.map_or(t, |e| e.min(t)));
@@ -368,10 +379,15 @@ fn revoked_cas(
         .iter()
         .filter_map(|c| x509_parser::parse_x509_crl(c.as_ref()).ok().map(|(_, c)| c))
         .collect();
-    cas.iter()
+    let parsed: Vec<Option<X509Certificate<'_>>> = cas
+        .iter()
+        .map(|der| X509Certificate::from_der(der.as_ref()).ok().map(|(_, c)| c))
+        .collect();
+    let mut dropped: Vec<usize> = parsed
+        .iter()
         .enumerate()
-        .filter(|(_, der)| {
-            X509Certificate::from_der(der.as_ref()).is_ok_and(|(_, ca)| {
+        .filter(|(_, ca)| {
+            ca.as_ref().is_some_and(|ca| {
                 ca.subject().as_raw() != ca.issuer().as_raw()
                     && crls.iter().any(|crl| {
                         crl.issuer().as_raw() == ca.issuer().as_raw()
@@ -382,7 +398,39 @@ fn revoked_cas(
             })
         })
         .map(|(i, _)| i)
-        .collect()
+        .collect();
+    // And what they issued, down the bundle: a CA whose issuer is in the
+    // bundle only as dropped ones goes too (R revokes I1, so I2 under I1
+    // must not stay an anchor).
+    loop {
+        let more: Vec<usize> = parsed
+            .iter()
+            .enumerate()
+            .filter(|(i, ca)| {
+                !dropped.contains(i)
+                    && ca.as_ref().is_some_and(|ca| {
+                        let issuer = ca.issuer().as_raw();
+                        let named = |c: &&Option<X509Certificate<'_>>| {
+                            c.as_ref().is_some_and(|c| c.subject().as_raw() == issuer)
+                        };
+                        issuer != ca.subject().as_raw()
+                            && parsed
+                                .iter()
+                                .enumerate()
+                                .any(|(j, c)| dropped.contains(&j) && named(&c))
+                            && !parsed
+                                .iter()
+                                .enumerate()
+                                .any(|(j, c)| !dropped.contains(&j) && named(&c))
+                    })
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if more.is_empty() {
+            return dropped;
+        }
+        dropped.extend(more);
+    }
 }
 
 fn first_uri_san(cert: &CertificateDer<'_>) -> Option<String> {

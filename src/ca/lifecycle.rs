@@ -386,7 +386,18 @@ impl Ca {
         let mut state = load_state(dir)?;
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let key = (reason == Reason::KeyCompromise).then(|| key_sha256(&leaf.spki));
-        if !state.revoked.iter().any(|r| r.serial == leaf.serial_hex) {
+        if let Some(r) = state
+            .revoked
+            .iter_mut()
+            .find(|r| r.serial == leaf.serial_hex)
+        {
+            // Revoked before for another reason, its key now reported
+            // compromised: the key is never certified again either.
+            if key.is_some() {
+                r.reason = reason;
+                r.key_sha256.clone_from(&key);
+            }
+        } else {
             let mut names = leaf.names.spiffe.clone();
             names.extend(leaf.names.dns.iter().cloned());
             state.revoked.push(Revoked {
@@ -446,8 +457,15 @@ impl Ca {
             opts.mode(0o644).custom_flags(libc::O_NOFOLLOW);
         }
         use std::io::Write as _;
-        opts.open(&path)
-            .and_then(|mut f| f.write_all(&text))
+        let mut f = opts.open(&path).map_err(|e| CaError::Io {
+            path: path.clone(),
+            source: e,
+        })?;
+        // Made by root (`sudo ipcgate cert issue`) in a directory another
+        // account owns: that account must go on appending to it.
+        #[cfg(unix)]
+        super::give_to_dir_owner(&f, dir);
+        f.write_all(&text)
             .map_err(|e| CaError::Io { path, source: e })
     }
 
@@ -568,23 +586,38 @@ fn load_issued(dir: &Path) -> Result<Vec<IssuedRecord>, CaError> {
         .collect()
 }
 
-/// Holds `<dir>/.lock` (exclusively, waiting for it) while `revoked.json` is
-/// read, changed and written: a `cert revoke` and an `ipcgate crl` from cron
-/// at the same moment would otherwise each write what they read, and the one
-/// that read first would drop the other's revocation from the next CRL.
+/// Holds a lock on the CA directory itself (exclusively, waiting for it)
+/// while `revoked.json` is read, changed and written: a `cert revoke` and an
+/// `ipcgate crl` from cron at the same moment would otherwise each write what
+/// they read, and the one that read first would drop the other's revocation
+/// from the next CRL. The directory, not a lock file: a file the first
+/// account to lock created could shut out the next (root's `sudo ipcgate
+/// cert revoke`, then the CA account's cron job).
+#[cfg(unix)]
+fn lock_dir(dir: &Path) -> Result<std::fs::File, CaError> {
+    let io = |e| CaError::Io {
+        path: dir.to_owned(),
+        source: e,
+    };
+    let f = std::fs::File::open(dir).map_err(io)?;
+    f.lock().map_err(io)?;
+    Ok(f)
+}
+
+/// Windows cannot open a directory as a file: a lock file there (its ACL
+/// comes from the directory).
+#[cfg(not(unix))]
 fn lock_dir(dir: &Path) -> Result<std::fs::File, CaError> {
     let path = dir.join(".lock");
-    let mut opts = std::fs::OpenOptions::new();
-    opts.create(true).truncate(false).write(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600).custom_flags(libc::O_NOFOLLOW);
-    }
-    let f = opts.open(&path).map_err(|e| CaError::Io {
-        path: path.clone(),
-        source: e,
-    })?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| CaError::Io {
+            path: path.clone(),
+            source: e,
+        })?;
     f.lock().map_err(|e| CaError::Io { path, source: e })?;
     Ok(f)
 }

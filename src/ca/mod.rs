@@ -466,6 +466,28 @@ impl Issued {
     }
 }
 
+#[cfg(unix)]
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Run as root, gives `f` (a file just made in `dir`) to the directory's
+/// owner and group, so the account that owns the CA directory can go on
+/// writing it. Best effort: a failure leaves it root's, as before.
+#[cfg(unix)]
+pub(crate) fn give_to_dir_owner(f: &std::fs::File, dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    if !is_root() {
+        return;
+    }
+    if let (Ok(d), Ok(m)) = (std::fs::metadata(dir), f.metadata()) {
+        if (m.uid(), m.gid()) != (d.uid(), d.gid()) {
+            let _ = std::os::unix::fs::fchown(f, Some(d.uid()), Some(d.gid()));
+        }
+    }
+}
+
 /// `now + ttl`, or an error naming a lifetime too long to represent (a
 /// `--ttl` of centuries would otherwise overflow).
 pub(crate) fn later(now: OffsetDateTime, ttl: Duration) -> Result<OffsetDateTime, CaError> {
@@ -561,7 +583,9 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), Ca
         };
         let f = tmp.as_file();
         let mine = f.metadata().map_err(io)?;
-        if (mine.uid(), mine.gid()) != (old.uid(), old.gid()) {
+        // Only root can give a file away; another account replacing a file
+        // it does not own makes it its own, as a plain rename would.
+        if is_root() && (mine.uid(), mine.gid()) != (old.uid(), old.gid()) {
             std::os::unix::fs::fchown(f, Some(old.uid()), Some(old.gid())).map_err(|e| {
                 CaError::Io {
                     path: path.to_owned(),

@@ -80,7 +80,8 @@ impl Uds {
             .truncate(false)
             .write(true)
             .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
+            // A FIFO planted there would block the open for ever.
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(&lock_path)
             .map_err(|e| match e.raw_os_error() {
                 Some(libc::ELOOP) => ListenError::UnsafeDir {

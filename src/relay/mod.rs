@@ -84,6 +84,10 @@ const QUEUE: usize = 256;
 /// for all its calls at once, so one upload to a slow backend would stall the
 /// connection's calls to the others.
 const QUEUE_BYTES: usize = 64 << 10;
+/// Backend connections one client connection keeps to one backend. Past a
+/// backend's own stream limit calls go to another connection; at this many
+/// they queue instead.
+const MAX_BACKEND_CONNS: usize = 8;
 /// Queued DATA frames are merged up to this (the smallest frame size a peer
 /// may allow).
 const MERGE_LIMIT: usize = 16 << 10;
@@ -1315,6 +1319,10 @@ where
     /// queued there would hold its request data in the client's connection
     /// window until one of the open calls ended, and two such uploads could
     /// fill that window so the open calls could not send the rest of theirs.
+    ///
+    /// At [`MAX_BACKEND_CONNS`] for the backend the least busy one takes the
+    /// call anyway (it queues there): a backend that takes one stream at a
+    /// time must not draw a connection per call without bound.
     fn conn_for(&mut self, backend: usize) -> usize {
         let cap = self.opts.backend_streams_per_connection.max(1);
         if let Some(i) = self.conns.iter().position(|b| {
@@ -1326,6 +1334,59 @@ where
         }) {
             return i;
         }
+        if self.live_conns(backend) >= MAX_BACKEND_CONNS {
+            if let Some(i) = (0..self.conns.len())
+                .filter(|&i| {
+                    let b = &self.conns[i];
+                    b.backend == backend && !b.draining && !matches!(b.state, ConnState::Gone)
+                })
+                .min_by_key(|&i| self.conns[i].calls)
+            {
+                return i;
+            }
+        }
+        self.dial(backend)
+    }
+
+    /// Backend connections to `backend` that take calls or still carry some.
+    fn live_conns(&self, backend: usize) -> usize {
+        self.conns
+            .iter()
+            .filter(|b| b.backend == backend && !matches!(b.state, ConnState::Gone))
+            .count()
+    }
+
+    /// Moves the calls waiting on connection `i` past its limit (its
+    /// SETTINGS just set it, lower than the calls it was given before it
+    /// was known) to a new connection: queued behind the open ones they
+    /// would hold their request data in the client's connection window.
+    /// Only a new connection: a connection's HEADERS go out in stream-id
+    /// order, and it has none yet. Done before the SETTINGS' windows apply,
+    /// so the moved calls keep the default window a new connection assumes.
+    fn move_surplus(&mut self, i: usize) {
+        let b = &self.conns[i];
+        let room = b.max_open.saturating_sub(b.open);
+        if b.max_open == 0 || b.waiting.len() <= room {
+            return;
+        }
+        let backend = b.backend;
+        if self.live_conns(backend) >= MAX_BACKEND_CONNS {
+            return;
+        }
+        let j = self.dial(backend);
+        let surplus: Vec<u32> = self.conns[i].waiting.drain(room..).collect();
+        for id in surplus {
+            if let Some(call) = self.calls.get_mut(&id) {
+                call.conn = j;
+            }
+            self.conns[i].calls -= 1;
+            self.conns[j].calls += 1;
+            self.conns[j].waiting.push_back(id);
+        }
+    }
+
+    /// A new connection to `backend`, dialing; its index.
+    fn dial(&mut self, backend: usize) -> usize {
         let dial = self.host.dial(backend);
         let conn = BackendConn {
             backend,
@@ -1663,6 +1724,9 @@ where
                 }
                 if let Some(n) = s.max_concurrent_streams() {
                     self.conns[i].max_open = n as usize;
+                }
+                if !s.is_ack() {
+                    self.move_surplus(i);
                 }
                 if self.conns[i].settled && self.conns[i].max_open == 0 {
                     // It takes no calls at all: those waiting fail now

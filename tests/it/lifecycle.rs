@@ -508,7 +508,8 @@ async fn a_crl_going_stale_closes_live_connections_unless_allowed() {
         let now = OffsetDateTime::now_utc();
         let crl = rcgen::CertificateRevocationListParams {
             this_update: now - time::Duration::hours(1),
-            next_update: now + time::Duration::seconds(2),
+            // Room for the harness and the first call on a loaded machine.
+            next_update: now + time::Duration::seconds(6),
             crl_number: rcgen::SerialNumber::from_slice(&[1]),
             issuing_distribution_point: None,
             revoked_certs: Vec::new(),
@@ -527,7 +528,11 @@ async fn a_crl_going_stale_closes_live_connections_unless_allowed() {
         .await;
         let mut alice = h.alice();
         alice.unary(req(b"fresh")).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(3100)).await;
+        // Past nextUpdate (whole seconds), however long the start took.
+        let past = (now + time::Duration::seconds(7) - OffsetDateTime::now_utc())
+            .try_into()
+            .unwrap_or(Duration::ZERO);
+        tokio::time::sleep(past).await;
         // The periodic check, without waiting its minute; twice, as it runs.
         let tls = h.reloader.tls.clone();
         tokio::task::spawn_blocking(move || {
@@ -645,12 +650,20 @@ async fn a_revoked_intermediate_ca_refuses_its_clients() {
             intermediate_and_client(&root, &[0x71], "spiffe://test.local/alice", None);
         let (i2, i2_issuer, dave, dave_key) =
             intermediate_and_client(&root, &[0x72], "spiffe://test.local/alice", None);
+        // And a CA the revoked one issued, with a client of its own.
+        let (i3, i3_issuer, erin, erin_key) =
+            intermediate_and_client(&i1_issuer, &[0x73], "spiffe://test.local/alice", None);
+        let erin_chain = format!("{erin}{i1}");
         let mut files = vec![(
             "ca.crl",
             crl_of(&root, &[&[0x71]], time::Duration::hours(1), 9),
         )];
         let keys = if in_bundle {
-            files.push(("ca.pem", format!("{}{i1}{i2}", pki.ca.cert_pem())));
+            files.push(("ca.pem", format!("{}{i1}{i2}{i3}", pki.ca.cert_pem())));
+            files.push((
+                "i3.crl",
+                crl_of(&i3_issuer, &[], time::Duration::hours(1), 1),
+            ));
             files.push((
                 "i1.crl",
                 crl_of(&i1_issuer, &[], time::Duration::hours(1), 1),
@@ -659,7 +672,7 @@ async fn a_revoked_intermediate_ca_refuses_its_clients() {
                 "i2.crl",
                 crl_of(&i2_issuer, &[], time::Duration::hours(1), 1),
             ));
-            "crl = [\"ca.crl\", \"i1.crl\", \"i2.crl\"]"
+            "crl = [\"ca.crl\", \"i1.crl\", \"i2.crl\", \"i3.crl\"]"
         } else {
             // Only the root is trusted; nobody publishes the intermediates'
             // CRLs, so their clients' own status is unknown and allowed.
@@ -685,6 +698,17 @@ async fn a_revoked_intermediate_ca_refuses_its_clients() {
             r.is_err(),
             "in bundle {in_bundle}: a client of the revoked CA got in"
         );
+        // Its chain sent whole: the CA under the revoked one, then that one.
+        let r = ipcgate::client::probe(
+            &h.gw_sock,
+            "localhost",
+            client_config(&erin_chain, &erin_key, &ca_pem),
+        )
+        .await;
+        assert!(
+            r.is_err(),
+            "in bundle {in_bundle}: a client of a CA under the revoked one got in"
+        );
         // The other intermediate's client, and the root's own, are served.
         let mut dave = h.client(client_config(&dave, &dave_key, &ca_pem));
         dave.unary(req(b"x")).await.unwrap();
@@ -702,7 +726,8 @@ async fn a_connection_does_not_outlive_its_intermediate_ca() {
         &root,
         &[0x73],
         "spiffe://test.local/alice",
-        Some(time::Duration::seconds(2)),
+        // Room for the harness and the first call on a loaded machine.
+        Some(time::Duration::seconds(6)),
     );
     let ca_pem = pki.ca.cert_pem().to_owned();
     let h = Harness::start_in(pki, Opts::default()).await;
@@ -744,15 +769,21 @@ fn the_chain_deadline_follows_issuer_names_up_to_an_anchor() {
         t <= five_hours && t + Duration::from_secs(60) > five_hours,
         "{t:?}"
     );
-    // An expired cross-signed copy of the root (its subject, another issuer),
-    // and an unrelated expired CA: neither counts.
-    for stray_subject in ["test CA", "unrelated"] {
+    // A cross-signed copy of the root (its subject, another issuer) that
+    // expires within the hour, an unrelated expired CA, and an expired
+    // predecessor of the intermediate (its subject): none counts.
+    let now = OffsetDateTime::now_utc();
+    for (subject, not_after) in [
+        ("test CA", now + time::Duration::hours(1)),
+        ("unrelated", now - time::Duration::days(1)),
+        ("sub CA [116]", now - time::Duration::days(1)),
+    ] {
         let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         p.distinguished_name
-            .push(rcgen::DnType::CommonName, stray_subject);
+            .push(rcgen::DnType::CommonName, subject);
         p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.not_before = OffsetDateTime::now_utc() - time::Duration::days(30);
-        p.not_after = OffsetDateTime::now_utc() - time::Duration::days(1);
+        p.not_before = now - time::Duration::days(30);
+        p.not_after = not_after;
         let key = rcgen::KeyPair::generate().unwrap();
         let other = rcgen::Issuer::new(
             rcgen::CertificateParams::new(Vec::<String>::new()).unwrap(),
@@ -761,9 +792,9 @@ fn the_chain_deadline_follows_issuer_names_up_to_an_anchor() {
         certs.push(p.signed_by(&key, &other).unwrap().der().clone());
     }
     assert_eq!(ipcgate::tls::chain_not_after(&certs, &anchors), Some(t));
-    // Past the anchor's name the walk would have reached the expired copy.
+    // Past the anchor's name the walk would have reached the copy of it.
     let past = ipcgate::tls::chain_not_after(&certs, &[]).unwrap();
-    assert!(past < std::time::SystemTime::now(), "{past:?}");
+    assert!(past < t, "{past:?}");
     // A leaf straight under the anchor has no intermediate to bound it.
     assert_eq!(ipcgate::tls::chain_not_after(&certs[..1], &anchors), None);
 }
@@ -1581,4 +1612,217 @@ fn a_key_compromise_revokes_every_certificate_with_that_key() {
         signed.1
     );
     assert!(!d.path().join("again.pem").exists());
+    // A certificate revoked first for another reason, then its key reported
+    // compromised: the key is refused from then on too.
+    let carol = format!("{dir}/carol");
+    assert!(
+        run(&[
+            "cert",
+            "issue",
+            "--ca-dir",
+            &dir,
+            "--out",
+            &carol,
+            "--spiffe",
+            "spiffe://t/carol",
+            "--client",
+        ])
+        .0
+    );
+    let carol_pem = format!("{carol}.pem");
+    for reason in ["superseded", "key-compromise"] {
+        let r = run(&[
+            "cert", "revoke", "--ca-dir", &dir, "--cert", &carol_pem, "--reason", reason,
+        ]);
+        assert!(r.0, "{}", r.1);
+    }
+    sh(
+        d.path(),
+        "openssl req -new -key carol.key -out carol-again.csr -subj '/CN=carol' \
+           -addext 'subjectAltName=URI:spiffe://t/carol'",
+    );
+    let signed = run(&[
+        "cert",
+        "sign",
+        "--ca-dir",
+        &dir,
+        "--csr",
+        &format!("{dir}/carol-again.csr"),
+        "--out",
+        &format!("{dir}/carol-again"),
+        "--client",
+        "--cn",
+        "carol",
+    ]);
+    assert!(
+        !signed.0 && signed.1.contains("compromised"),
+        "{}",
+        signed.1
+    );
+}
+
+/// A CA directory its own account owns, used by root now and then (`sudo
+/// ipcgate cert revoke`): the account's cron `ipcgate crl` and `cert issue`
+/// must go on working afterwards. Needs root to act as two accounts.
+#[test]
+fn a_ca_directory_stays_usable_by_its_owner_after_root_used_it() {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    let d = tempfile::tempdir().unwrap();
+    if std::fs::metadata(d.path()).unwrap().uid() != 0 {
+        eprintln!("not root: skipped");
+        return;
+    }
+    std::fs::set_permissions(
+        d.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let ca = d.path().join("ca");
+    let dir = ca.to_str().unwrap().to_owned();
+    let as_nobody = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?} as nobody: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::create_dir(&ca).unwrap();
+    std::os::unix::fs::chown(&ca, Some(65534), Some(65534)).unwrap();
+    as_nobody(&["ca", "init", "--dir", &dir]);
+    // (A lock file an earlier version left would be the CA account's: root
+    // must be the first to lock for the case that matters.)
+    let _ = std::fs::remove_file(ca.join(".lock"));
+    // Root issues and revokes in it...
+    let alice = format!("{dir}/alice");
+    let out = ipcgate(&[
+        "cert",
+        "issue",
+        "--ca-dir",
+        &dir,
+        "--out",
+        &alice,
+        "--spiffe",
+        "spiffe://t/alice",
+        "--client",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pem = format!("{alice}.pem");
+    let out = ipcgate(&["cert", "revoke", "--ca-dir", &dir, "--cert", &pem]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // ...and the CA's account carries on.
+    as_nobody(&["crl", "--ca-dir", &dir]);
+    as_nobody(&[
+        "cert",
+        "issue",
+        "--ca-dir",
+        &dir,
+        "--out",
+        &format!("{dir}/bob"),
+        "--spiffe",
+        "spiffe://t/bob",
+        "--client",
+    ]);
+    for f in ["revoked.json", "ca.crl", "issued.jsonl"] {
+        assert_eq!(std::fs::metadata(ca.join(f)).unwrap().uid(), 65534, "{f}");
+    }
+}
+
+/// Two CRLs of one CA that cover different partitions (issuing distribution
+/// points) are both kept: only same-scope CRLs supersede one another.
+#[tokio::test]
+async fn partitioned_crls_of_one_ca_are_both_kept() {
+    let pki = Pki::new();
+    let root = root_issuer(&pki);
+    let leaf = |dp: &str| {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.subject_alt_names = vec![rcgen::SanType::URI(
+            "spiffe://test.local/alice".try_into().unwrap(),
+        )];
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        p.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+            uris: vec![dp.into()],
+        }];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &root).unwrap();
+        let (_, c) = x509_parser::parse_x509_certificate(cert.der()).unwrap();
+        (cert.pem(), key.serialize_pem(), c.raw_serial().to_vec())
+    };
+    let (in_a, in_a_key, serial) = leaf("http://crl.test/a");
+    let (in_b, in_b_key, _) = leaf("http://crl.test/b");
+    let partition = |dp: &str, serials: &[&[u8]], age: time::Duration, n: u8| {
+        let now = OffsetDateTime::now_utc();
+        rcgen::CertificateRevocationListParams {
+            this_update: now - age,
+            next_update: now + time::Duration::days(1),
+            crl_number: rcgen::SerialNumber::from_slice(&[n]),
+            issuing_distribution_point: Some(rcgen::CrlIssuingDistributionPoint {
+                distribution_point: rcgen::CrlDistributionPoint {
+                    uris: vec![dp.into()],
+                },
+                scope: None,
+            }),
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(s),
+                    revocation_time: now - time::Duration::minutes(5),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&root)
+        .unwrap()
+        .pem()
+        .unwrap()
+    };
+    // The older partition revokes the certificate; the newer one, another
+    // partition, is empty.
+    let files = vec![
+        (
+            "a.crl",
+            partition("http://crl.test/a", &[&serial], time::Duration::hours(2), 1),
+        ),
+        (
+            "b.crl",
+            partition("http://crl.test/b", &[], time::Duration::hours(1), 2),
+        ),
+    ];
+    let ca_pem = pki.ca.cert_pem().to_owned();
+    let h = Harness::start_in(
+        pki,
+        Opts {
+            tls_keys: "crl = [\"a.crl\", \"b.crl\"]\nrevocation_unknown = \"allow\"".into(),
+            files,
+            ..Default::default()
+        },
+    )
+    .await;
+    let r = ipcgate::client::probe(
+        &h.gw_sock,
+        "localhost",
+        client_config(&in_a, &in_a_key, &ca_pem),
+    )
+    .await;
+    assert!(r.is_err(), "a certificate its partition revokes got in");
+    h.client(client_config(&in_b, &in_b_key, &ca_pem))
+        .unary(req(b"x"))
+        .await
+        .unwrap();
 }

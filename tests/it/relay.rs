@@ -24,6 +24,9 @@ struct TestHost {
     backend: PathBuf,
     /// Dials never complete: every call waits, holding what it was sent.
     stall: bool,
+    /// Dials take this long: calls pile up on a connection whose limit is
+    /// not known yet.
+    delay: Duration,
 }
 
 impl Host for TestHost {
@@ -57,7 +60,11 @@ impl Host for TestHost {
         if self.stall {
             return Box::pin(std::future::pending());
         }
-        Box::pin(async move { UnixStream::connect(path).await })
+        let delay = self.delay;
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            UnixStream::connect(path).await
+        })
     }
 
     fn backend_name(&self, _: usize) -> String {
@@ -89,6 +96,10 @@ impl Rig {
     }
 
     async fn start_with(stall: bool, opts: Options) -> Rig {
+        Rig::start_full(stall, Duration::ZERO, opts).await
+    }
+
+    async fn start_full(stall: bool, delay: Duration, opts: Options) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let echo = EchoService::default();
         let backend_sock = dir.path().join("echo.sock");
@@ -103,6 +114,7 @@ impl Rig {
                 let host = TestHost {
                     backend: backend_sock.clone(),
                     stall,
+                    delay,
                 };
                 let panics = panics.clone();
                 tokio::spawn(async move {
@@ -336,6 +348,93 @@ async fn calls_past_a_backends_stream_limit_do_not_starve_an_open_one() {
     for u in uploads {
         assert_eq!(within("an upload", u).await.unwrap().unwrap(), 20);
     }
+}
+
+/// The same when the calls come before the backend's limit is known (its
+/// connection still dialing): once its SETTINGS say 1, the calls waiting
+/// past it move to a new connection.
+#[tokio::test]
+async fn calls_given_before_a_backends_limit_is_known_move_on() {
+    let mut rig = Rig::start_full(false, Duration::from_millis(300), OPTS).await;
+    rig.backend = None;
+    rig.backend = Some(Backend::start(
+        &rig.dir.path().join("echo.sock"),
+        rig.echo.clone(),
+        Some(1),
+    ));
+    let c = rig.client();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(req(b"a1")).await.unwrap();
+    let mut a = c.clone();
+    let first = tokio::spawn(async move {
+        a.bidi(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map(tonic::Response::into_inner)
+    });
+    // A's HEADERS first, then the two streams, all while the dial waits.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut uploads = Vec::new();
+    for _ in 0..2 {
+        let mut c = c.clone();
+        let msgs: Vec<_> = (0..20).map(|_| req(&[7u8; 60 << 10])).collect();
+        uploads.push(tokio::spawn(async move {
+            let mut echoes = c.bidi(tokio_stream::iter(msgs)).await?.into_inner();
+            let mut n = 0;
+            while echoes.message().await?.is_some() {
+                n += 1;
+            }
+            Ok::<_, tonic::Status>(n)
+        }));
+    }
+    let mut replies = within("the first call's answer", first)
+        .await
+        .unwrap()
+        .unwrap();
+    within("first echo", replies.message())
+        .await
+        .unwrap()
+        .unwrap();
+    tx.send(req(b"a2")).await.unwrap();
+    within("the open call's next echo", replies.message())
+        .await
+        .unwrap()
+        .unwrap();
+    drop(tx);
+    for u in uploads {
+        assert_eq!(within("an upload", u).await.unwrap().unwrap(), 20);
+    }
+}
+
+/// A backend that takes one stream at a time draws at most eight backend
+/// connections per client connection; the calls past them queue, and all end.
+#[tokio::test]
+async fn a_one_stream_backend_draws_a_bounded_number_of_connections() {
+    let opts = Options {
+        max_concurrent_streams: 16,
+        ..OPTS
+    };
+    let mut rig = Rig::start_full(false, Duration::ZERO, opts).await;
+    rig.backend = None;
+    rig.backend = Some(Backend::start(
+        &rig.dir.path().join("echo.sock"),
+        rig.echo.clone(),
+        Some(1),
+    ));
+    let c = rig.client();
+    let calls: Vec<_> = (0..12u8)
+        .map(|i| {
+            let mut c = c.clone();
+            let mut r = req(&[i]);
+            r.delay_ms = 200;
+            tokio::spawn(async move { c.unary(r).await })
+        })
+        .collect();
+    for (i, call) in calls.into_iter().enumerate() {
+        let reply = within("a call", call).await.unwrap().unwrap();
+        assert_eq!(reply.into_inner().payload, [u8::try_from(i).unwrap()]);
+    }
+    let n = rig.echo.connections.load(Ordering::SeqCst);
+    assert!((2..=8).contains(&n), "{n} backend connections");
 }
 
 /// A backend that takes no calls at all (a stream limit of 0): calls end with

@@ -169,6 +169,32 @@ async fn a_planted_lock_file_in_a_shared_directory_is_refused() {
         "the gateway created a file through the link"
     );
     assert!(!shared.join("gw.sock").exists());
+    // A FIFO there would block the open for ever (no reader): refused at once.
+    let fifo = shared.join("fifo.sock.lock");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let at = shared.join("fifo.sock");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(Uds::bind(&at, 0o600, None).map(|_| ()));
+    });
+    let r = match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+        Ok(r) => r,
+        Err(_) => {
+            // Let the stuck open go, so the test can end.
+            use std::os::unix::fs::OpenOptionsExt;
+            let _reader = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo);
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            panic!("binding beside a planted FIFO hung");
+        }
+    };
+    assert!(r.is_err(), "a FIFO lock file was used");
     // A file of another account (only root can make one here).
     if std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(d.path()).unwrap()) == 0 {
         std::fs::write(shared.join("other.sock.lock"), "").unwrap();
