@@ -215,8 +215,8 @@ pub fn peer_groups(stream: &impl std::os::fd::AsRawFd) -> Option<Vec<u32>> {
         };
         let n = usize::try_from(len).ok()? / std::mem::size_of::<libc::gid_t>();
         if rc == 0 {
-            groups.truncate(n.min(groups.len()));
-            return Some(groups);
+            // Exactly as many as there are: each connection keeps them.
+            return Some(groups[..n.min(groups.len())].to_vec());
         }
         if std::io::Error::last_os_error().raw_os_error() != Some(libc::ERANGE) || n <= groups.len()
         {
