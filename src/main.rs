@@ -410,8 +410,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .1;
             ipcgate::ca::lifecycle::check_key(&ca_dir, leaf.public_key().raw)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", csr.display()))?;
-            ca.record(&ca_dir, &issued.cert_der)?;
             let path = issued.save_cert(&out, force)?;
+            ca.record(&ca_dir, &issued.cert_der)?;
             println!("certificate: {}", path.display());
             // What the requester asked for and got, for the operator to see.
             let leaf = ipcgate::ca::lifecycle::read_leaf(&path)?;
@@ -457,8 +457,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ipcgate::ca::lifecycle::check_key_matches(&key, &leaf)?;
             }
             let issued = ca.renew(&ca_dir, &leaf, new_key.then_some(key_type), ttl)?;
-            ca.record(&ca_dir, &issued.cert_der)?;
             issued.replace(&cert, new_key.then_some(key.as_path()))?;
+            ca.record(&ca_dir, &issued.cert_der)?;
             println!(
                 "renewed: {}{}",
                 cert.display(),
@@ -542,8 +542,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 validity: None,
                 key_type: a.key_type,
             })?;
-            ca.record(&a.ca_dir, &issued.cert_der)?;
             let (c, k) = issued.save(&a.out, a.force)?;
+            ca.record(&a.ca_dir, &issued.cert_der)?;
             println!("certificate: {}\nkey (0600): {}", c.display(), k.display());
             Ok(ExitCode::SUCCESS)
         }
