@@ -418,3 +418,117 @@ async fn secret(mut grpc: tonic::client::Grpc<tonic::transport::Channel>) -> Cod
         Err(s) => s.code(),
     }
 }
+
+/// A gateway connection that went away (GOAWAY) while a stream on it still
+/// runs is still in the sidecar's pool: a new call must go to a new
+/// connection, not fail with the one that refuses it three times over.
+#[tokio::test]
+async fn sidecar_calls_after_a_goaway_take_a_new_connection() {
+    let pki = Pki::new();
+    let issued = pki
+        .ca
+        .issue(&LeafSpec {
+            spiffe: vec!["spiffe://test.local/alice".into()],
+            client: true,
+            ..Default::default()
+        })
+        .unwrap();
+    let chain = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca.cert_der().clone()).unwrap();
+    let config = ipcgate::client::config_with(
+        chain,
+        key,
+        ServerTrust {
+            ca: Some(roots),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // A stand-in gateway: its first connection answers one call with headers,
+    // holds it open and goes away; later ones answer every call.
+    let gw = pki.path("gw.sock");
+    let listener = tokio::net::UnixListener::bind(&gw).unwrap();
+    let mut server = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            CertificateDer::pem_file_iter(pki.path("gateway.pem"))
+                .unwrap()
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap(),
+            PrivateKeyDer::from_pem_file(pki.path("gateway.key")).unwrap(),
+        )
+        .unwrap();
+    server.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server));
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((s, _)) = listener.accept().await {
+            let Ok(tls) = acceptor.accept(s).await else {
+                continue;
+            };
+            let goes_away = std::mem::replace(&mut first, false);
+            tokio::spawn(async move {
+                let mut conn = h2::server::handshake(tls).await.unwrap();
+                let mut held = Vec::new();
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    let head = http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(())
+                        .unwrap();
+                    let mut send = respond.send_response(head, false).unwrap();
+                    if goes_away {
+                        held.push(send);
+                        conn.graceful_shutdown();
+                        continue;
+                    }
+                    send.send_data(bytes::Bytes::from_static(&[0; 5]), false)
+                        .unwrap();
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", "0".parse().unwrap());
+                    send.send_trailers(trailers).unwrap();
+                }
+            });
+        }
+    });
+    let local = pki.path("client.sock");
+    let sidecar = ipcgate::sidecar::Sidecar::bind(ipcgate::sidecar::SidecarConfig {
+        listen: local.clone(),
+        mode: 0o600,
+        gateway: Target {
+            socket: gw,
+            server_name: "localhost".into(),
+            config,
+            server_uid: None,
+        },
+    })
+    .unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(sidecar.run(async {
+        let _ = rx.await;
+    }));
+    let ch = tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+            let p = local.clone();
+            async move {
+                tokio::net::UnixStream::connect(p)
+                    .await
+                    .map(hyper_util::rt::TokioIo::new)
+            }
+        }));
+    let mut c = ipcgate::pb::echo_client::EchoClient::new(ch);
+    // A stream on the first connection, held open across its GOAWAY.
+    let _held = within("the held stream's headers", c.server_stream(req(b"held")))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    within("a call after the GOAWAY", c.unary(req(b"next")))
+        .await
+        .unwrap();
+    let _ = tx.send(());
+    drop(_held);
+    let _ = within("the sidecar's end", task).await;
+}
