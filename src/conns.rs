@@ -130,15 +130,28 @@ impl Conns {
         let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         let mut closed = 0;
         for e in live.values() {
-            let Some((leaf, rest)) = e.chain.split_first() else {
-                continue;
-            };
-            if let Err(err) = verifier.verify_client_cert(leaf, rest, now) {
+            if let Err(err) = verifies(verifier, &e.chain, now) {
                 warn!(target: "ipcgate::tls", reason = %err, client.id = %e.client, "closing connection: its client certificate no longer verifies");
                 e.close.notify_one();
                 closed += 1;
             }
         }
         closed
+    }
+}
+
+/// Whether `chain` (leaf first) verifies with `verifier` at `now`; an empty
+/// chain (no certificate) is left to the handshake, which refuses it.
+///
+/// # Errors
+/// Why it does not.
+pub fn verifies(
+    verifier: &dyn ClientCertVerifier,
+    chain: &[CertificateDer<'_>],
+    now: UnixTime,
+) -> Result<(), rustls::Error> {
+    match chain.split_first() {
+        Some((leaf, rest)) => verifier.verify_client_cert(leaf, rest, now).map(|_| ()),
+        None => Ok(()),
     }
 }

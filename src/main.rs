@@ -405,16 +405,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let issued = ca
                 .sign_csr(&pem, client, server, ttl, cn.as_deref())
                 .map_err(|e| anyhow::anyhow!("{}: {e}", csr.display()))?;
-            let leaf = x509_parser::parse_x509_certificate(issued.cert_der.as_ref())
-                .map_err(|e| anyhow::anyhow!("cannot read the certificate made: {e}"))?
-                .1;
-            ipcgate::ca::lifecycle::check_key(&ca_dir, leaf.public_key().raw)
+            let leaf = ipcgate::ca::lifecycle::leaf_info(issued.cert_der.clone())
+                .map_err(|e| anyhow::anyhow!("the certificate made: {e}"))?;
+            ipcgate::ca::lifecycle::check_key(&ca_dir, &leaf.spki)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", csr.display()))?;
             let path = issued.save_cert(&out, force)?;
             ca.record(&ca_dir, &issued.cert_der)?;
             println!("certificate: {}", path.display());
             // What the requester asked for and got, for the operator to see.
-            let leaf = ipcgate::ca::lifecycle::read_leaf(&path)?;
             println!("subject:     {}", leaf.subject);
             for id in &leaf.names.spiffe {
                 println!("URI SAN:     {id}");

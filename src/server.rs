@@ -426,16 +426,11 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
         shared.tls.crl_expired_deny() && now_tls.crls.iter().any(|c| c.is_stale(now))
     };
     if !Arc::ptr_eq(&now_tls, &tls_state) || stale() {
-        if let Some((leaf, rest)) = chain.split_first() {
-            if let Err(e) =
-                now_tls
-                    .verifier
-                    .verify_client_cert(leaf, rest, rustls::pki_types::UnixTime::now())
-            {
-                m.handshake("failed", "no_longer_verifies");
-                warn!(target: "ipcgate::tls", reason = %e, client.id = peer.principal(), peer.uid = uid, peer.pid = pid, peer.addr = remote, "handshake failed: the client certificate does not verify against the TLS material reloaded meanwhile");
-                return;
-            }
+        let now = rustls::pki_types::UnixTime::now();
+        if let Err(e) = crate::conns::verifies(&*now_tls.verifier, chain, now) {
+            m.handshake("failed", "no_longer_verifies");
+            warn!(target: "ipcgate::tls", reason = %e, client.id = peer.principal(), peer.uid = uid, peer.pid = pid, peer.addr = remote, "handshake failed: the client certificate does not verify against the TLS material reloaded meanwhile");
+            return;
         }
     }
     drop((now_tls, tls_state));

@@ -117,10 +117,19 @@ pub fn read_leaf(path: &Path) -> Result<LeafInfo, CaError> {
         path: path.to_owned(),
         msg: format!("no PEM certificate: {e}"),
     })?;
-    let (_, c) = X509Certificate::from_der(der.as_ref()).map_err(|e| CaError::BadFile {
+    leaf_info(der).map_err(|msg| CaError::BadFile {
         path: path.to_owned(),
-        msg: format!("cannot parse the certificate: {e}"),
-    })?;
+        msg,
+    })
+}
+
+/// What the CA needs of a certificate it holds in memory (one it just made).
+///
+/// # Errors
+/// The certificate cannot be parsed.
+pub fn leaf_info(der: CertificateDer<'static>) -> Result<LeafInfo, String> {
+    let (_, c) = X509Certificate::from_der(der.as_ref())
+        .map_err(|e| format!("cannot parse the certificate: {e}"))?;
     let mut names = Names::default();
     if let Ok(Some(san)) = c.subject_alternative_name() {
         for n in &san.value.general_names {
