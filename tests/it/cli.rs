@@ -488,14 +488,8 @@ async fn same_certificate_two_uids_two_decisions() {
         ),
     )
     .unwrap();
-    let gw = ipcgate::Gateway::bind(ipcgate::config::Config::load(&cfg).unwrap())
-        .await
-        .unwrap();
-    let sock = gw.socket_path().to_owned();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(gw.run(async {
-        let _ = rx.await;
-    }));
+    let gw = Running::start(&cfg).await;
+    let sock = gw.sock.clone();
     let out = call_as(&sock, d.path(), None, gid).await;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
@@ -518,8 +512,7 @@ async fn same_certificate_two_uids_two_decisions() {
             "not root: the second account's call is skipped; the unit tests cover the uid rule"
         );
     }
-    let _ = tx.send(());
-    task.await.unwrap();
+    gw.stop().await;
 }
 
 /// A member of a denied group who makes another group the effective one
@@ -552,14 +545,8 @@ async fn a_denied_group_held_as_a_supplementary_group_is_still_denied() {
         ),
     )
     .unwrap();
-    let gw = ipcgate::Gateway::bind(ipcgate::config::Config::load(&cfg).unwrap())
-        .await
-        .unwrap();
-    let sock = gw.socket_path().to_owned();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(gw.run(async {
-        let _ = rx.await;
-    }));
+    let gw = Running::start(&cfg).await;
+    let sock = gw.sock.clone();
     let call = |groups: Vec<libc::gid_t>| {
         let mut c = Command::new(BIN);
         c.args([
@@ -609,8 +596,7 @@ async fn a_denied_group_held_as_a_supplementary_group_is_still_denied() {
         "group 4301 was not denied: {out}"
     );
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
-    let _ = tx.send(());
-    task.await.unwrap();
+    gw.stop().await;
 }
 
 /// `ipcgate call` as a separate process, optionally as another account.

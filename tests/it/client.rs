@@ -12,25 +12,17 @@ use tonic::Code;
 
 use crate::common::*;
 
-fn alice(h: &Harness) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-    let i = h
-        .pki
-        .ca
-        .issue(&LeafSpec {
-            spiffe: vec!["spiffe://test.local/alice".into()],
-            client: true,
-            ..Default::default()
-        })
-        .unwrap();
+fn alice(pki: &Pki) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    let i = pki.issue_spiffe("spiffe://test.local/alice");
     (
         vec![i.cert_der.clone()],
         PrivateKeyDer::from_pem_slice(i.key_pem.as_bytes()).unwrap(),
     )
 }
 
-fn roots(h: &Harness) -> rustls::RootCertStore {
+fn roots(pki: &Pki) -> rustls::RootCertStore {
     let mut r = rustls::RootCertStore::empty();
-    r.add(h.pki.ca.cert_der().clone()).unwrap();
+    r.add(pki.ca.cert_der().clone()).unwrap();
     r
 }
 
@@ -46,7 +38,7 @@ async fn try_call(
     name: &str,
     uid: Option<u32>,
 ) -> Result<(), String> {
-    let (chain, key) = alice(h);
+    let (chain, key) = alice(&h.pki);
     let config = ipcgate::client::config_with(chain, key, trust).map_err(|e| e.to_string())?;
     let target = Target {
         socket: h.gw_sock.clone(),
@@ -78,7 +70,7 @@ async fn the_client_verifies_the_gateway_every_configured_way() {
     let h = Harness::start_in(pki, Opts::default()).await;
     let pin = gateway_sha256(&h);
     let ca = || ServerTrust {
-        ca: Some(roots(&h)),
+        ca: Some(roots(&h.pki)),
         ..Default::default()
     };
 
@@ -229,12 +221,12 @@ async fn a_socket_owned_by_another_uid_gets_no_bytes() {
         buf.len()
     });
     let h = Harness::start().await;
-    let (chain, key) = alice(&h);
+    let (chain, key) = alice(&h.pki);
     let config = ipcgate::client::config_with(
         chain,
         key,
         ServerTrust {
-            ca: Some(roots(&h)),
+            ca: Some(roots(&h.pki)),
             ..Default::default()
         },
     )
@@ -261,12 +253,12 @@ async fn a_socket_owned_by_another_uid_gets_no_bytes() {
 #[tokio::test]
 async fn sidecar_carries_plaintext_clients_to_the_gateway() {
     let h = Harness::start().await;
-    let (chain, key) = alice(&h);
+    let (chain, key) = alice(&h.pki);
     let config = ipcgate::client::config_with(
         chain,
         key,
         ServerTrust {
-            ca: Some(roots(&h)),
+            ca: Some(roots(&h.pki)),
             sha256: Some(gateway_sha256(&h)),
             ..Default::default()
         },
@@ -358,7 +350,7 @@ async fn sidecar_carries_plaintext_clients_to_the_gateway() {
 #[tokio::test]
 async fn sidecar_refuses_an_impostor_gateway() {
     let h = Harness::start().await;
-    let (chain, key) = alice(&h);
+    let (chain, key) = alice(&h.pki);
     let mut pin = gateway_sha256(&h);
     pin[31] ^= 0xff;
     let config = ipcgate::client::config_with(
@@ -425,25 +417,12 @@ async fn secret(mut grpc: tonic::client::Grpc<tonic::transport::Channel>) -> Cod
 #[tokio::test]
 async fn sidecar_calls_after_a_goaway_take_a_new_connection() {
     let pki = Pki::new();
-    let issued = pki
-        .ca
-        .issue(&LeafSpec {
-            spiffe: vec!["spiffe://test.local/alice".into()],
-            client: true,
-            ..Default::default()
-        })
-        .unwrap();
-    let chain = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(pki.ca.cert_der().clone()).unwrap();
+    let (chain, key) = alice(&pki);
     let config = ipcgate::client::config_with(
         chain,
         key,
         ServerTrust {
-            ca: Some(roots),
+            ca: Some(roots(&pki)),
             ..Default::default()
         },
     )

@@ -74,17 +74,21 @@ impl Pki {
         client_config(&issued.cert_pem, &issued.key_pem, self.ca.cert_pem())
     }
 
-    /// Issues a client certificate for `id`, saves it as `name.pem` and
-    /// `name.key` (for the CLI, e.g. to revoke it) and returns a client config.
-    pub fn saved_spiffe(&self, id: &str, name: &str) -> Arc<ClientConfig> {
-        let issued = self
-            .ca
+    /// A client certificate for the SPIFFE ID `id` from this CA.
+    pub fn issue_spiffe(&self, id: &str) -> ipcgate::ca::Issued {
+        self.ca
             .issue(&LeafSpec {
                 spiffe: vec![id.into()],
                 client: true,
                 ..Default::default()
             })
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Issues a client certificate for `id`, saves it as `name.pem` and
+    /// `name.key` (for the CLI, e.g. to revoke it) and returns a client config.
+    pub fn saved_spiffe(&self, id: &str, name: &str) -> Arc<ClientConfig> {
+        let issued = self.issue_spiffe(id);
         issued.save(&self.path(name), false).unwrap();
         client_config(&issued.cert_pem, &issued.key_pem, self.ca.cert_pem())
     }
@@ -108,11 +112,8 @@ impl Pki {
     }
 
     pub fn spiffe(&self, id: &str) -> Arc<ClientConfig> {
-        self.client(LeafSpec {
-            spiffe: vec![id.into()],
-            client: true,
-            ..Default::default()
-        })
+        let issued = self.issue_spiffe(id);
+        client_config(&issued.cert_pem, &issued.key_pem, self.ca.cert_pem())
     }
 }
 
@@ -585,4 +586,31 @@ pub async fn alice_tls(h: &Harness) -> tokio_rustls::client::TlsStream<ipcgate::
     )
     .await
     .unwrap()
+}
+
+/// A gateway from a config file, running in this process.
+pub struct Running {
+    pub sock: PathBuf,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    pub async fn start(config: &Path) -> Running {
+        let gw = ipcgate::Gateway::bind(ipcgate::config::Config::load(config).unwrap())
+            .await
+            .unwrap();
+        let sock = gw.socket_path().to_owned();
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(gw.run(async {
+            let _ = rx.await;
+        }));
+        Running { sock, stop, task }
+    }
+
+    /// Shuts it down and waits until it has.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap();
+    }
 }

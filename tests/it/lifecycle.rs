@@ -450,26 +450,19 @@ async fn stale_crl_is_reported_and_enforced_by_default() {
         let pki_probe = Pki::new();
         // A CRL whose nextUpdate has passed, signed by the harness CA: written
         // after the harness starts is too late, so sign it with a CA we then use.
-        let key =
-            rcgen::KeyPair::from_pem(&std::fs::read_to_string(pki_probe.path("ca.key")).unwrap())
-                .unwrap();
-        let issuer = rcgen::Issuer::from_ca_cert_pem(pki_probe.ca.cert_pem(), key).unwrap();
-        let now = OffsetDateTime::now_utc();
-        let crl = rcgen::CertificateRevocationListParams {
-            this_update: now - time::Duration::days(10),
-            next_update: now - time::Duration::days(3),
-            crl_number: rcgen::SerialNumber::from_slice(&[1]),
-            issuing_distribution_point: None,
-            revoked_certs: Vec::new(),
-            key_identifier_method: rcgen::KeyIdMethod::Sha256,
-        }
-        .signed_by(&issuer)
-        .unwrap();
+        let old = crl(
+            &root_issuer(&pki_probe),
+            CrlSpec {
+                this_update: -time::Duration::days(10),
+                next_update: -time::Duration::days(3),
+                ..CrlSpec::default()
+            },
+        );
         let h = Harness::start_in(
             pki_probe,
             Opts {
                 tls_keys: keys.into(),
-                files: vec![("old.crl", crl.pem().unwrap())],
+                files: vec![("old.crl", old)],
                 ..Default::default()
             },
         )
@@ -502,26 +495,20 @@ async fn a_crl_going_stale_closes_live_connections_unless_allowed() {
         ("crl = [\"soon.crl\"]\ncrl_expired = \"allow\"", false),
     ] {
         let pki = Pki::new();
-        let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(pki.path("ca.key")).unwrap())
-            .unwrap();
-        let issuer = rcgen::Issuer::from_ca_cert_pem(pki.ca.cert_pem(), key).unwrap();
         let now = OffsetDateTime::now_utc();
-        let crl = rcgen::CertificateRevocationListParams {
-            this_update: now - time::Duration::hours(1),
-            // Room for the harness and the first call on a loaded machine.
-            next_update: now + time::Duration::seconds(6),
-            crl_number: rcgen::SerialNumber::from_slice(&[1]),
-            issuing_distribution_point: None,
-            revoked_certs: Vec::new(),
-            key_identifier_method: rcgen::KeyIdMethod::Sha256,
-        }
-        .signed_by(&issuer)
-        .unwrap();
+        let soon = crl(
+            &root_issuer(&pki),
+            CrlSpec {
+                // Room for the harness and the first call on a loaded machine.
+                next_update: time::Duration::seconds(6),
+                ..CrlSpec::default()
+            },
+        );
         let h = Harness::start_in(
             pki,
             Opts {
                 tls_keys: keys.into(),
-                files: vec![("soon.crl", crl.pem().unwrap())],
+                files: vec![("soon.crl", soon)],
                 ..Default::default()
             },
         )
@@ -566,20 +553,44 @@ fn root_issuer(pki: &Pki) -> rcgen::Issuer<'static, rcgen::KeyPair> {
     rcgen::Issuer::from_ca_cert_pem(pki.ca.cert_pem(), key).unwrap()
 }
 
-/// A CRL from `issuer` listing `serials`, issued `age` ago with number `n`.
-fn crl_of(
-    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
-    serials: &[&[u8]],
-    age: time::Duration,
+/// What a test CRL says besides its issuer: the serials it lists, its
+/// number, its validity (offsets from now) and its partition.
+struct CrlSpec<'a> {
+    serials: &'a [&'a [u8]],
     n: u8,
-) -> String {
+    this_update: time::Duration,
+    next_update: time::Duration,
+    /// The issuing distribution point's URI, for a partitioned CRL.
+    idp: Option<&'a str>,
+}
+
+impl Default for CrlSpec<'_> {
+    fn default() -> Self {
+        CrlSpec {
+            serials: &[],
+            n: 1,
+            this_update: -time::Duration::hours(1),
+            next_update: time::Duration::days(1),
+            idp: None,
+        }
+    }
+}
+
+/// A CRL from `issuer` as `spec` says, PEM.
+fn crl(issuer: &rcgen::Issuer<'_, rcgen::KeyPair>, spec: CrlSpec<'_>) -> String {
     let now = OffsetDateTime::now_utc();
     rcgen::CertificateRevocationListParams {
-        this_update: now - age,
-        next_update: now + time::Duration::days(1),
-        crl_number: rcgen::SerialNumber::from_slice(&[n]),
-        issuing_distribution_point: None,
-        revoked_certs: serials
+        this_update: now + spec.this_update,
+        next_update: now + spec.next_update,
+        crl_number: rcgen::SerialNumber::from_slice(&[spec.n]),
+        issuing_distribution_point: spec.idp.map(|uri| rcgen::CrlIssuingDistributionPoint {
+            distribution_point: rcgen::CrlDistributionPoint {
+                uris: vec![uri.into()],
+            },
+            scope: None,
+        }),
+        revoked_certs: spec
+            .serials
             .iter()
             .map(|s| rcgen::RevokedCertParams {
                 serial_number: rcgen::SerialNumber::from_slice(s),
@@ -594,6 +605,24 @@ fn crl_of(
     .unwrap()
     .pem()
     .unwrap()
+}
+
+/// A CRL from `issuer` listing `serials`, issued `age` ago with number `n`.
+fn crl_of(
+    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+    serials: &[&[u8]],
+    age: time::Duration,
+    n: u8,
+) -> String {
+    crl(
+        issuer,
+        CrlSpec {
+            serials,
+            n,
+            this_update: -age,
+            ..CrlSpec::default()
+        },
+    )
 }
 
 /// An intermediate CA with `serial` under `issuer`, and a client certificate
@@ -807,14 +836,7 @@ async fn of_two_crls_from_one_ca_the_newer_counts() {
     for order in [["old.crl", "new.crl"], ["new.crl", "old.crl"]] {
         let pki = Pki::new();
         let root = root_issuer(&pki);
-        let alice = pki
-            .ca
-            .issue(&LeafSpec {
-                spiffe: vec!["spiffe://test.local/alice".into()],
-                client: true,
-                ..Default::default()
-            })
-            .unwrap();
+        let alice = pki.issue_spiffe("spiffe://test.local/alice");
         let (_, cert) = x509_parser::parse_x509_certificate(alice.cert_der.as_ref()).unwrap();
         let serial = cert.raw_serial().to_vec();
         let files = vec![
@@ -1027,15 +1049,8 @@ SAN=x openssl ca -batch -config ca.cnf -gencrl -out ca.crl 2>/dev/null
         ),
     )
     .unwrap();
-    let gw =
-        ipcgate::Gateway::bind(ipcgate::config::Config::load(&d.path().join("gw.toml")).unwrap())
-            .await
-            .unwrap();
-    let sock = gw.socket_path().to_owned();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(gw.run(async {
-        let _ = rx.await;
-    }));
+    let gw = Running::start(&d.path().join("gw.toml")).await;
+    let sock = gw.sock.clone();
     let cfg = |who: &str| {
         ipcgate::client::config_from_files(
             &d.path().join(format!("{who}.pem")),
@@ -1060,8 +1075,7 @@ SAN=x openssl ca -batch -config ca.cnf -gencrl -out ca.crl 2>/dev/null
         cfg("alice"),
     ));
     alice.unary(req(b"ok")).await.unwrap();
-    let _ = tx.send(());
-    task.await.unwrap();
+    gw.stop().await;
 }
 
 #[tokio::test]
@@ -1765,32 +1779,16 @@ async fn partitioned_crls_of_one_ca_are_both_kept() {
     let (in_a, in_a_key, serial) = leaf("http://crl.test/a");
     let (in_b, in_b_key, _) = leaf("http://crl.test/b");
     let partition = |dp: &str, serials: &[&[u8]], age: time::Duration, n: u8| {
-        let now = OffsetDateTime::now_utc();
-        rcgen::CertificateRevocationListParams {
-            this_update: now - age,
-            next_update: now + time::Duration::days(1),
-            crl_number: rcgen::SerialNumber::from_slice(&[n]),
-            issuing_distribution_point: Some(rcgen::CrlIssuingDistributionPoint {
-                distribution_point: rcgen::CrlDistributionPoint {
-                    uris: vec![dp.into()],
-                },
-                scope: None,
-            }),
-            revoked_certs: serials
-                .iter()
-                .map(|s| rcgen::RevokedCertParams {
-                    serial_number: rcgen::SerialNumber::from_slice(s),
-                    revocation_time: now - time::Duration::minutes(5),
-                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
-                    invalidity_date: None,
-                })
-                .collect(),
-            key_identifier_method: rcgen::KeyIdMethod::Sha256,
-        }
-        .signed_by(&root)
-        .unwrap()
-        .pem()
-        .unwrap()
+        crl(
+            &root,
+            CrlSpec {
+                serials,
+                n,
+                this_update: -age,
+                idp: Some(dp),
+                ..CrlSpec::default()
+            },
+        )
     };
     // The older partition revokes the certificate; the newer one, another
     // partition, is empty.

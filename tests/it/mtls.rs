@@ -276,14 +276,8 @@ async fn openssl_made_certificates_work() {
         backend_sock.display()
     );
     std::fs::write(d.join("gw.toml"), cfg).unwrap();
-    let gw = ipcgate::Gateway::bind(ipcgate::config::Config::load(&d.join("gw.toml")).unwrap())
-        .await
-        .unwrap();
-    let sock = gw.socket_path().to_owned();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(gw.run(async {
-        let _ = rx.await;
-    }));
+    let gw = Running::start(&d.join("gw.toml")).await;
+    let sock = gw.sock.clone();
 
     let cfg = ipcgate::client::config_from_files(
         &d.join("carol.pem"),
@@ -306,6 +300,5 @@ async fn openssl_made_certificates_work() {
     // ServerStream is not allowed for carol.
     let e = client.server_stream(req(b"x")).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
-    let _ = tx.send(());
-    task.await.unwrap();
+    gw.stop().await;
 }

@@ -567,14 +567,7 @@ fn a_reopen_asked_while_the_audit_queue_is_full_is_kept() {
     let auditor =
         ipcgate::audit::Auditor::start(Some(&path), 4, written.clone(), dropped.clone()).unwrap();
     let pki = Pki::new();
-    let issued = pki
-        .ca
-        .issue(&ipcgate::ca::LeafSpec {
-            spiffe: vec!["spiffe://test.local/alice".into()],
-            client: true,
-            ..Default::default()
-        })
-        .unwrap();
+    let issued = pki.issue_spiffe("spiffe://test.local/alice");
     let peer = Arc::new(ipcgate::identity::Peer::new(&[issued.cert_der], None, None).unwrap());
     let policy = Arc::new(audit_policy("ON_DENY_AND_ALLOW"));
     let event = |method: &str| ipcgate::audit::AuditEvent {

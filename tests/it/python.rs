@@ -2,22 +2,12 @@
 
 use std::process::Command;
 
-use ipcgate::ca::LeafSpec;
-
 use crate::common::*;
 
 #[tokio::test]
 async fn grpcio_client_allowed_and_denied() {
     let h = Harness::start().await;
-    let alice = h
-        .pki
-        .ca
-        .issue(&LeafSpec {
-            spiffe: vec!["spiffe://test.local/alice".into()],
-            client: true,
-            ..Default::default()
-        })
-        .unwrap();
+    let alice = h.pki.issue_spiffe("spiffe://test.local/alice");
     alice.save(&h.pki.path("alice"), false).unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/grpcio_client.py");
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
@@ -78,15 +68,7 @@ fn python_defaults(args: Vec<std::ffi::OsString>) -> std::process::Output {
 #[tokio::test]
 async fn grpcio_default_options_work_through_sidecar_and_gateway() {
     let h = Harness::start().await;
-    let alice = h
-        .pki
-        .ca
-        .issue(&LeafSpec {
-            spiffe: vec!["spiffe://test.local/alice".into()],
-            client: true,
-            ..Default::default()
-        })
-        .unwrap();
+    let alice = h.pki.issue_spiffe("spiffe://test.local/alice");
     alice.save(&h.pki.path("alice"), false).unwrap();
     let config = ipcgate::client::config_from_files(
         &h.pki.path("alice.pem"),

@@ -138,6 +138,17 @@ impl Rig {
         }
     }
 
+    /// The backend swapped for one that takes `streams` calls at a time on
+    /// a connection.
+    fn limit_backend(&mut self, streams: u32) {
+        self.backend = None;
+        self.backend = Some(Backend::start(
+            &self.dir.path().join("echo.sock"),
+            self.echo.clone(),
+            Some(streams),
+        ));
+    }
+
     fn client(&self) -> EchoClient<Channel> {
         let sock = self.sock.clone();
         let ch =
@@ -279,12 +290,7 @@ async fn a_backend_that_is_down_is_unavailable_and_back_when_it_is() {
 async fn backend_max_concurrent_streams_queues_calls_instead_of_failing_them() {
     let mut rig = Rig::start().await;
     // A backend that takes 2 calls at a time.
-    rig.backend = None;
-    rig.backend = Some(Backend::start(
-        &rig.dir.path().join("echo.sock"),
-        rig.echo.clone(),
-        Some(2),
-    ));
+    rig.limit_backend(2);
     let c = rig.client();
     let mut calls = Vec::new();
     for i in 0..6u8 {
@@ -306,48 +312,8 @@ async fn backend_max_concurrent_streams_queues_calls_instead_of_failing_them() {
 #[tokio::test]
 async fn calls_past_a_backends_stream_limit_do_not_starve_an_open_one() {
     let mut rig = Rig::start().await;
-    rig.backend = None;
-    rig.backend = Some(Backend::start(
-        &rig.dir.path().join("echo.sock"),
-        rig.echo.clone(),
-        Some(1),
-    ));
-    let c = rig.client();
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(req(b"a1")).await.unwrap();
-    let mut a = c.clone();
-    let mut replies = a
-        .bidi(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    within("first echo", replies.message())
-        .await
-        .unwrap()
-        .unwrap();
-    let mut uploads = Vec::new();
-    for _ in 0..2 {
-        let mut c = c.clone();
-        let msgs: Vec<_> = (0..20).map(|_| req(&[7u8; 60 << 10])).collect();
-        uploads.push(tokio::spawn(async move {
-            let mut echoes = c.bidi(tokio_stream::iter(msgs)).await?.into_inner();
-            let mut n = 0;
-            while echoes.message().await?.is_some() {
-                n += 1;
-            }
-            Ok::<_, tonic::Status>(n)
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    tx.send(req(b"a2")).await.unwrap();
-    within("the open call's next echo", replies.message())
-        .await
-        .unwrap()
-        .unwrap();
-    drop(tx);
-    for u in uploads {
-        assert_eq!(within("an upload", u).await.unwrap().unwrap(), 20);
-    }
+    rig.limit_backend(1);
+    an_open_call_beside_two_uploads(&rig, false).await;
 }
 
 /// The same when the calls come before the backend's limit is known (its
@@ -356,12 +322,15 @@ async fn calls_past_a_backends_stream_limit_do_not_starve_an_open_one() {
 #[tokio::test]
 async fn calls_given_before_a_backends_limit_is_known_move_on() {
     let mut rig = Rig::start_full(false, Duration::from_millis(300), OPTS).await;
-    rig.backend = None;
-    rig.backend = Some(Backend::start(
-        &rig.dir.path().join("echo.sock"),
-        rig.echo.clone(),
-        Some(1),
-    ));
+    rig.limit_backend(1);
+    an_open_call_beside_two_uploads(&rig, true).await;
+}
+
+/// An open bidi call, then two 1.2 MiB streams beside it on a backend that
+/// takes one stream at a time: the open call's next message still gets its
+/// echo, and the streams end. `early`: the streams start before the first
+/// call's answer, while its backend connection is still dialing.
+async fn an_open_call_beside_two_uploads(rig: &Rig, early: bool) {
     let c = rig.client();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(req(b"a1")).await.unwrap();
@@ -371,29 +340,45 @@ async fn calls_given_before_a_backends_limit_is_known_move_on() {
             .await
             .map(tonic::Response::into_inner)
     });
-    // A's HEADERS first, then the two streams, all while the dial waits.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let mut uploads = Vec::new();
-    for _ in 0..2 {
-        let mut c = c.clone();
-        let msgs: Vec<_> = (0..20).map(|_| req(&[7u8; 60 << 10])).collect();
-        uploads.push(tokio::spawn(async move {
-            let mut echoes = c.bidi(tokio_stream::iter(msgs)).await?.into_inner();
-            let mut n = 0;
-            while echoes.message().await?.is_some() {
-                n += 1;
-            }
-            Ok::<_, tonic::Status>(n)
-        }));
-    }
-    let mut replies = within("the first call's answer", first)
-        .await
-        .unwrap()
-        .unwrap();
-    within("first echo", replies.message())
-        .await
-        .unwrap()
-        .unwrap();
+    type Replies = tonic::Streaming<ipcgate::pb::EchoReply>;
+    let answered = |first: tokio::task::JoinHandle<Result<Replies, tonic::Status>>| async move {
+        let mut replies = within("the first call's answer", first)
+            .await
+            .unwrap()
+            .unwrap();
+        within("first echo", replies.message())
+            .await
+            .unwrap()
+            .unwrap();
+        replies
+    };
+    let uploads = || {
+        (0..2)
+            .map(|_| {
+                let mut c = c.clone();
+                let msgs: Vec<_> = (0..20).map(|_| req(&[7u8; 60 << 10])).collect();
+                tokio::spawn(async move {
+                    let mut echoes = c.bidi(tokio_stream::iter(msgs)).await?.into_inner();
+                    let mut n = 0;
+                    while echoes.message().await?.is_some() {
+                        n += 1;
+                    }
+                    Ok::<_, tonic::Status>(n)
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let (mut replies, uploads) = if early {
+        // A's HEADERS first, then the two streams, all while the dial waits.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let uploads = uploads();
+        (answered(first).await, uploads)
+    } else {
+        let replies = answered(first).await;
+        let uploads = uploads();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        (replies, uploads)
+    };
     tx.send(req(b"a2")).await.unwrap();
     within("the open call's next echo", replies.message())
         .await
@@ -414,12 +399,7 @@ async fn a_one_stream_backend_draws_a_bounded_number_of_connections() {
         ..OPTS
     };
     let mut rig = Rig::start_full(false, Duration::ZERO, opts).await;
-    rig.backend = None;
-    rig.backend = Some(Backend::start(
-        &rig.dir.path().join("echo.sock"),
-        rig.echo.clone(),
-        Some(1),
-    ));
+    rig.limit_backend(1);
     let c = rig.client();
     let calls: Vec<_> = (0..12u8)
         .map(|i| {
@@ -442,12 +422,7 @@ async fn a_one_stream_backend_draws_a_bounded_number_of_connections() {
 #[tokio::test]
 async fn a_backend_taking_no_calls_fails_them() {
     let mut rig = Rig::start().await;
-    rig.backend = None;
-    rig.backend = Some(Backend::start(
-        &rig.dir.path().join("echo.sock"),
-        rig.echo.clone(),
-        Some(0),
-    ));
+    rig.limit_backend(0);
     let c = rig.client();
     let calls: Vec<_> = (0..3u8)
         .map(|i| {
