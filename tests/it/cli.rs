@@ -2,7 +2,7 @@
 //! `policy check` and `demo`.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -479,15 +479,11 @@ async fn same_certificate_two_uids_two_decisions() {
     std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o711)).unwrap();
     std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
     let gid = proc_id("Gid:");
-    let cfg = d.path().join("gw.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[listen]\nuds = \"run/gw.sock\"\nmode = \"0660\"\ngroup = {gid}\n[tls]\ncert = \"gateway.pem\"\nkey = \"gateway.key\"\nclient_ca = \"ca.pem\"\n[policy]\nfile = \"policy.json\"\n[[route]]\nservice = \"*\"\nbackend = \"unix:{}\"\n",
-            backend_sock.display()
-        ),
-    )
-    .unwrap();
+    let cfg = gateway_toml(
+        d.path(),
+        &format!("uds = \"run/gw.sock\"\nmode = \"0660\"\ngroup = {gid}"),
+        &backend_sock,
+    );
     let gw = Running::start(&cfg).await;
     let sock = gw.sock.clone();
     let out = call_as(&sock, d.path(), None, gid).await;
@@ -536,32 +532,11 @@ async fn a_denied_group_held_as_a_supplementary_group_is_still_denied() {
            "allow_rules":[{"name":"alice","source":{"principals":["spiffe://test.local/alice"]}}]}"#,
     )
     .unwrap();
-    let cfg = d.path().join("gw.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[listen]\nuds = \"gw.sock\"\n[tls]\ncert = \"gateway.pem\"\nkey = \"gateway.key\"\nclient_ca = \"ca.pem\"\n[policy]\nfile = \"policy.json\"\n[[route]]\nservice = \"*\"\nbackend = \"unix:{}\"\n",
-            backend_sock.display()
-        ),
-    )
-    .unwrap();
+    let cfg = gateway_toml(d.path(), "uds = \"gw.sock\"", &backend_sock);
     let gw = Running::start(&cfg).await;
     let sock = gw.sock.clone();
     let call = |groups: Vec<libc::gid_t>| {
-        let mut c = Command::new(BIN);
-        c.args([
-            "call",
-            "--socket",
-            sock.to_str().unwrap(),
-            "--method",
-            "/demo.v1.Echo/Unary",
-        ])
-        .arg("--cert")
-        .arg(d.path().join("alice.pem"))
-        .arg("--key")
-        .arg(d.path().join("alice.key"))
-        .arg("--ca")
-        .arg(d.path().join("ca.pem"));
+        let mut c = call_cmd(&sock, d.path());
         use std::os::unix::process::CommandExt;
         c.gid(4300);
         // SAFETY: between fork and exec only `setgroups`, which is
@@ -599,8 +574,23 @@ async fn a_denied_group_held_as_a_supplementary_group_is_still_denied() {
     gw.stop().await;
 }
 
-/// `ipcgate call` as a separate process, optionally as another account.
-async fn call_as(sock: &Path, dir: &Path, uid: Option<u32>, gid: u32) -> std::process::Output {
+/// `dir/gw.toml`: a gateway with `listen` as its `[listen]` table, the
+/// certificates and `policy.json` of `dir`, every service routed to `backend`.
+fn gateway_toml(dir: &Path, listen: &str, backend: &Path) -> PathBuf {
+    let cfg = dir.join("gw.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[listen]\n{listen}\n[tls]\ncert = \"gateway.pem\"\nkey = \"gateway.key\"\nclient_ca = \"ca.pem\"\n[policy]\nfile = \"policy.json\"\n[[route]]\nservice = \"*\"\nbackend = \"unix:{}\"\n",
+            backend.display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// `ipcgate call` of Echo/Unary on `sock` as alice, with `dir`'s files.
+fn call_cmd(sock: &Path, dir: &Path) -> Command {
     let mut c = Command::new(BIN);
     c.args([
         "call",
@@ -615,6 +605,12 @@ async fn call_as(sock: &Path, dir: &Path, uid: Option<u32>, gid: u32) -> std::pr
     .arg(dir.join("alice.key"))
     .arg("--ca")
     .arg(dir.join("ca.pem"));
+    c
+}
+
+/// `ipcgate call` as a separate process, optionally as another account.
+async fn call_as(sock: &Path, dir: &Path, uid: Option<u32>, gid: u32) -> std::process::Output {
+    let mut c = call_cmd(sock, dir);
     if let Some(u) = uid {
         use std::os::unix::process::CommandExt;
         c.uid(u).gid(gid);

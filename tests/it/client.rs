@@ -287,16 +287,7 @@ async fn sidecar_carries_plaintext_clients_to_the_gateway() {
     }));
 
     // A plain h2c client, as a legacy application would be.
-    let path = local.clone();
-    let ch = tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
-            let p = path.clone();
-            async move {
-                tokio::net::UnixStream::connect(p)
-                    .await
-                    .map(hyper_util::rt::TokioIo::new)
-            }
-        }));
+    let ch = h2c_channel(local.clone());
     let mut c = ipcgate::pb::echo_client::EchoClient::new(ch.clone());
     let mut r = tonic::Request::new(req(b"legacy"));
     r.metadata_mut().insert(
@@ -375,15 +366,7 @@ async fn sidecar_refuses_an_impostor_gateway() {
     })
     .unwrap();
     let task = tokio::spawn(sidecar.run(std::future::pending()));
-    let ch = tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
-            let p = local.clone();
-            async move {
-                tokio::net::UnixStream::connect(p)
-                    .await
-                    .map(hyper_util::rt::TokioIo::new)
-            }
-        }));
+    let ch = h2c_channel(local.clone());
     let e = ipcgate::pb::echo_client::EchoClient::new(ch)
         .unary(req(b"x"))
         .await
@@ -489,15 +472,7 @@ async fn sidecar_calls_after_a_goaway_take_a_new_connection() {
     let task = tokio::spawn(sidecar.run(async {
         let _ = rx.await;
     }));
-    let ch = tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
-            let p = local.clone();
-            async move {
-                tokio::net::UnixStream::connect(p)
-                    .await
-                    .map(hyper_util::rt::TokioIo::new)
-            }
-        }));
+    let ch = h2c_channel(local.clone());
     let mut c = ipcgate::pb::echo_client::EchoClient::new(ch);
     // A stream on the first connection, held open across its GOAWAY.
     let _held = within("the held stream's headers", c.server_stream(req(b"held")))

@@ -614,3 +614,14 @@ impl Running {
         self.task.await.unwrap();
     }
 }
+
+/// A plain h2c channel to a Unix socket (a legacy client of the sidecar, a
+/// client of a bare relay).
+pub fn h2c_channel(path: PathBuf) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_static("http://localhost").connect_with_connector_lazy(
+        tower::service_fn(move |_: http::Uri| {
+            let p = path.clone();
+            async move { tokio::net::UnixStream::connect(p).await.map(TokioIo::new) }
+        }),
+    )
+}

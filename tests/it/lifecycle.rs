@@ -33,6 +33,24 @@ fn ipcgate(args: &[&str]) -> std::process::Output {
     Command::new(BIN).args(args).output().unwrap()
 }
 
+/// `ipcgate cert issue` of a client certificate for `id` to `out`.pem/.key.
+fn cli_issue(ca_dir: &str, out: &str, id: &str) {
+    ipcgate_ok(&[
+        "cert", "issue", "--ca-dir", ca_dir, "--out", out, "--spiffe", id, "--client",
+    ]);
+}
+
+/// `ipcgate` that must succeed (its error output shown if not).
+fn ipcgate_ok(args: &[&str]) -> std::process::Output {
+    let out = ipcgate(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn with_crl() -> Opts {
     Opts {
         tls_keys: "crl = [\"ca.crl\"]".into(),
@@ -58,7 +76,7 @@ async fn csr_signed_by_the_ca_works_end_to_end() {
              -addext 'subjectAltName=URI:spiffe://test.local/alice'",
     );
     let dir = d.to_str().unwrap();
-    let out = ipcgate(&[
+    let out = ipcgate_ok(&[
         "cert",
         "sign",
         "--ca-dir",
@@ -71,11 +89,6 @@ async fn csr_signed_by_the_ca_works_end_to_end() {
         "--cn",
         "alice",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     // The operator sees what the requester asked for and got.
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -194,7 +207,7 @@ async fn revocation_refuses_new_handshakes_and_closes_live_connections() {
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let dir = h.pki.dir.path().to_str().unwrap().to_owned();
-    let out = ipcgate(&[
+    ipcgate_ok(&[
         "cert",
         "revoke",
         "--ca-dir",
@@ -204,11 +217,6 @@ async fn revocation_refuses_new_handshakes_and_closes_live_connections() {
         "--reason",
         "key-compromise",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 
     // The file watcher reloads the CRL and closes alice's connection.
     let hh = &h;
@@ -263,7 +271,7 @@ async fn a_certificate_revoked_mid_handshake_gets_no_call() {
             assert!(tls.read_tls(&mut io).unwrap() > 0, "server closed early");
             tls.process_new_packets().unwrap();
         }
-        let out = ipcgate(&[
+        ipcgate_ok(&[
             "cert",
             "revoke",
             "--ca-dir",
@@ -271,11 +279,6 @@ async fn a_certificate_revoked_mid_handshake_gets_no_call() {
             "--cert",
             &format!("{dir}/alice.pem"),
         ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         assert!(reloader.tls.reload().ok);
         // Now the rest of the handshake, and a unary call right behind it.
         let mut msg = vec![0u8];
@@ -458,15 +461,7 @@ async fn stale_crl_is_reported_and_enforced_by_default() {
                 ..CrlSpec::default()
             },
         );
-        let h = Harness::start_in(
-            pki_probe,
-            Opts {
-                tls_keys: keys.into(),
-                files: vec![("old.crl", old)],
-                ..Default::default()
-            },
-        )
-        .await;
+        let h = start_with_tls(pki_probe, keys, vec![("old.crl", old)]).await;
         let stale = h
             .metrics
             .crl_stale
@@ -504,15 +499,7 @@ async fn a_crl_going_stale_closes_live_connections_unless_allowed() {
                 ..CrlSpec::default()
             },
         );
-        let h = Harness::start_in(
-            pki,
-            Opts {
-                tls_keys: keys.into(),
-                files: vec![("soon.crl", soon)],
-                ..Default::default()
-            },
-        )
-        .await;
+        let h = start_with_tls(pki, keys, vec![("soon.crl", soon)]).await;
         let mut alice = h.alice();
         alice.unary(req(b"fresh")).await.unwrap();
         // Past nextUpdate (whole seconds), however long the start took.
@@ -544,6 +531,40 @@ async fn a_crl_going_stale_closes_live_connections_unless_allowed() {
             "{keys}"
         );
     }
+}
+
+/// A harness over `pki` with `tls_keys` in its `[tls]` table and `files`
+/// (CRLs, a bundle) written first.
+async fn start_with_tls(
+    pki: Pki,
+    tls_keys: impl Into<String>,
+    files: Vec<(&'static str, String)>,
+) -> Harness {
+    Harness::start_in(
+        pki,
+        Opts {
+            tls_keys: tls_keys.into(),
+            files,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// Whether the gateway refuses a handshake with this client chain and key.
+async fn refused(h: &Harness, chain_pem: &str, key_pem: &str, ca_pem: &str) -> bool {
+    ipcgate::client::probe(
+        &h.gw_sock,
+        "localhost",
+        client_config(chain_pem, key_pem, ca_pem),
+    )
+    .await
+    .is_err()
+}
+
+/// A CA in memory, ECDSA P-256.
+fn new_ca(cn: &str, ttl: Duration) -> ipcgate::ca::Ca {
+    ipcgate::ca::Ca::generate(cn, ttl, ipcgate::ca::KeyType::EcdsaP256).unwrap()
 }
 
 /// The harness CA as an rcgen issuer, to sign what `ipcgate ca` does not make.
@@ -708,34 +729,14 @@ async fn a_revoked_intermediate_ca_refuses_its_clients() {
             "crl = [\"ca.crl\"]\nrevocation_unknown = \"allow\""
         };
         let ca_pem = pki.ca.cert_pem().to_owned();
-        let h = Harness::start_in(
-            pki,
-            Opts {
-                tls_keys: keys.into(),
-                files,
-                ..Default::default()
-            },
-        )
-        .await;
-        let r = ipcgate::client::probe(
-            &h.gw_sock,
-            "localhost",
-            client_config(&carol, &carol_key, &ca_pem),
-        )
-        .await;
+        let h = start_with_tls(pki, keys, files).await;
         assert!(
-            r.is_err(),
+            refused(&h, &carol, &carol_key, &ca_pem).await,
             "in bundle {in_bundle}: a client of the revoked CA got in"
         );
         // Its chain sent whole: the CA under the revoked one, then that one.
-        let r = ipcgate::client::probe(
-            &h.gw_sock,
-            "localhost",
-            client_config(&erin_chain, &erin_key, &ca_pem),
-        )
-        .await;
         assert!(
-            r.is_err(),
+            refused(&h, &erin_chain, &erin_key, &ca_pem).await,
             "in bundle {in_bundle}: a client of a CA under the revoked one got in"
         );
         // The other intermediate's client, and the root's own, are served.
@@ -847,23 +848,14 @@ async fn of_two_crls_from_one_ca_the_newer_counts() {
             ),
         ];
         let ca_pem = pki.ca.cert_pem().to_owned();
-        let h = Harness::start_in(
+        let h = start_with_tls(
             pki,
-            Opts {
-                tls_keys: format!("crl = [\"{}\", \"{}\"]", order[0], order[1]),
-                files,
-                ..Default::default()
-            },
-        )
-        .await;
-        let r = ipcgate::client::probe(
-            &h.gw_sock,
-            "localhost",
-            client_config(&alice.cert_pem, &alice.key_pem, &ca_pem),
+            format!("crl = [\"{}\", \"{}\"]", order[0], order[1]),
+            files,
         )
         .await;
         assert!(
-            r.is_err(),
+            refused(&h, &alice.cert_pem, &alice.key_pem, &ca_pem).await,
             "{order:?}: the newer CRL's revocation was ignored"
         );
         h.alice().unary(req(b"x")).await.unwrap();
@@ -875,12 +867,7 @@ async fn of_two_crls_from_one_ca_the_newer_counts() {
 #[tokio::test]
 async fn crls_from_two_cas_of_one_name_stop_startup() {
     let pki = Pki::new();
-    let twin = ipcgate::ca::Ca::generate(
-        "test CA",
-        Duration::from_secs(3600),
-        ipcgate::ca::KeyType::EcdsaP256,
-    )
-    .unwrap();
+    let twin = new_ca("test CA", Duration::from_secs(3600));
     let d = tempfile::tempdir().unwrap();
     twin.save(d.path(), false).unwrap();
     twin.reissue_crl(d.path(), ipcgate::ca::CRL_TTL).unwrap();
@@ -890,23 +877,9 @@ async fn crls_from_two_cas_of_one_name_stop_startup() {
         format!("{}{}", pki.ca.cert_pem(), twin.cert_pem()),
     )
     .unwrap();
-    std::fs::write(pki.path("policy.json"), POLICY).unwrap();
-    std::fs::write(
-        pki.path("gw.toml"),
-        config_text_with(
-            &pki,
-            &pki.path("echo.sock"),
-            "",
-            "",
-            "crl = [\"ca.crl\", \"twin.crl\"]",
-        ),
-    )
-    .unwrap();
-    let cfg = ipcgate::config::Config::load(&pki.path("gw.toml")).unwrap();
-    let e = match ipcgate::Gateway::bind(cfg).await {
-        Ok(_) => panic!("CRLs of two CAs of one name were accepted"),
-        Err(e) => e.to_string(),
-    };
+    let e = startup_error(&pki, "crl = [\"ca.crl\", \"twin.crl\"]")
+        .await
+        .expect("CRLs of two CAs of one name were accepted");
     assert!(e.contains("twin.crl") && e.contains("two CAs"), "{e}");
 }
 
@@ -914,12 +887,7 @@ async fn crls_from_two_cas_of_one_name_stop_startup() {
 /// not (so two IDs could name one workload), are never issued.
 #[test]
 fn the_ca_refuses_spiffe_ids_the_spec_forbids() {
-    let ca = ipcgate::ca::Ca::generate(
-        "t",
-        Duration::from_secs(3600),
-        ipcgate::ca::KeyType::EcdsaP256,
-    )
-    .unwrap();
+    let ca = new_ca("t", Duration::from_secs(3600));
     let issue = |id: &str| {
         ca.issue(&LeafSpec {
             spiffe: vec![id.into()],
@@ -964,28 +932,30 @@ fn the_ca_refuses_spiffe_ids_the_spec_forbids() {
     }
 }
 
+/// Why a gateway over `pki` with `tls_keys` in its `[tls]` table does not
+/// start; `None` if it does.
+async fn startup_error(pki: &Pki, tls_keys: &str) -> Option<String> {
+    std::fs::write(pki.path("policy.json"), POLICY).unwrap();
+    std::fs::write(
+        pki.path("gw.toml"),
+        config_text_with(pki, &pki.path("echo.sock"), "", "", tls_keys),
+    )
+    .unwrap();
+    let cfg = ipcgate::config::Config::load(&pki.path("gw.toml")).unwrap();
+    ipcgate::Gateway::bind(cfg)
+        .await
+        .err()
+        .map(|e| e.to_string())
+}
+
 #[tokio::test]
 async fn crl_from_outside_the_bundle_stops_startup() {
     let pki = Pki::new();
     let other = Pki::new();
     std::fs::copy(other.path("ca.crl"), pki.path("foreign.crl")).unwrap();
-    std::fs::write(pki.path("policy.json"), POLICY).unwrap();
-    std::fs::write(
-        pki.path("gw.toml"),
-        config_text_with(
-            &pki,
-            &pki.path("echo.sock"),
-            "",
-            "",
-            "crl = [\"foreign.crl\"]",
-        ),
-    )
-    .unwrap();
-    let cfg = ipcgate::config::Config::load(&pki.path("gw.toml")).unwrap();
-    let e = match ipcgate::Gateway::bind(cfg).await {
-        Ok(_) => panic!("a CRL from another CA was accepted"),
-        Err(e) => e.to_string(),
-    };
+    let e = startup_error(&pki, "crl = [\"foreign.crl\"]")
+        .await
+        .expect("a CRL from another CA was accepted");
     assert!(
         e.contains("foreign.crl") && e.contains("not signed by any CA in the client_ca bundle"),
         "{e}"
@@ -1086,12 +1056,7 @@ async fn a_ca_without_a_crl_is_refused_unless_allowed() {
     ] {
         let pki = Pki::new();
         // A second CA in the bundle, with no CRL configured for it.
-        let other = ipcgate::ca::Ca::generate(
-            "second CA",
-            Duration::from_secs(3600),
-            ipcgate::ca::KeyType::EcdsaP256,
-        )
-        .unwrap();
+        let other = new_ca("second CA", Duration::from_secs(3600));
         let bundle = format!("{}{}", pki.ca.cert_pem(), other.cert_pem());
         let client = other
             .issue(&LeafSpec {
@@ -1101,15 +1066,7 @@ async fn a_ca_without_a_crl_is_refused_unless_allowed() {
             })
             .unwrap();
         let cfg = client_config(&client.cert_pem, &client.key_pem, pki.ca.cert_pem());
-        let h = Harness::start_in(
-            pki,
-            Opts {
-                tls_keys: keys.into(),
-                files: vec![("ca.pem", bundle)],
-                ..Default::default()
-            },
-        )
-        .await;
+        let h = start_with_tls(pki, keys, vec![("ca.pem", bundle)]).await;
         let r = ipcgate::client::probe(&h.gw_sock, "localhost", cfg).await;
         assert_eq!(r.is_err(), refused, "{keys}: {r:?}");
         // The CA with a CRL is served either way.
@@ -1209,7 +1166,7 @@ async fn a_revoked_client_that_ignores_goaway_gets_no_new_call() {
     mute.open(1).await;
 
     let dir = h.pki.dir.path().to_str().unwrap().to_owned();
-    let out = ipcgate(&[
+    ipcgate_ok(&[
         "cert",
         "revoke",
         "--ca-dir",
@@ -1217,11 +1174,6 @@ async fn a_revoked_client_that_ignores_goaway_gets_no_new_call() {
         "--cert",
         &format!("{dir}/mute.pem"),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let hh = &h;
     eventually("revoked connection told to go away", || {
         closed(hh, "no_longer_verifies") == 1
@@ -1323,12 +1275,7 @@ async fn at_shutdown_a_client_that_ignores_goaway_gets_calls_only_for_the_grace(
 fn concurrent_revocations_are_all_kept() {
     use ipcgate::ca::lifecycle::{load_state, read_leaf};
     let d = tempfile::tempdir().unwrap();
-    let ca = ipcgate::ca::Ca::generate(
-        "t",
-        Duration::from_secs(3600),
-        ipcgate::ca::KeyType::EcdsaP256,
-    )
-    .unwrap();
+    let ca = new_ca("t", Duration::from_secs(3600));
     ca.save(d.path(), false).unwrap();
     let leaves: Vec<_> = (0..24)
         .map(|i| {
@@ -1393,14 +1340,7 @@ fn concurrent_revocations_are_all_kept() {
 #[test]
 fn the_ca_directory_is_never_left_half_written() {
     let d = tempfile::tempdir().unwrap();
-    let gen = || {
-        ipcgate::ca::Ca::generate(
-            "t",
-            Duration::from_secs(3600),
-            ipcgate::ca::KeyType::EcdsaP256,
-        )
-        .unwrap()
-    };
+    let gen = || new_ca("t", Duration::from_secs(3600));
     // Only ca.pem there: init is refused and writes no key.
     std::fs::write(d.path().join("ca.pem"), gen().cert_pem()).unwrap();
     assert!(gen().save(d.path(), false).is_err());
@@ -1458,12 +1398,7 @@ fn the_ca_directory_is_never_left_half_written() {
 fn lifetimes_are_bounded() {
     let huge = Duration::from_secs(u64::MAX);
     assert!(ipcgate::ca::Ca::generate("t", huge, ipcgate::ca::KeyType::EcdsaP256).is_err());
-    let ca = ipcgate::ca::Ca::generate(
-        "t",
-        Duration::from_secs(3600),
-        ipcgate::ca::KeyType::EcdsaP256,
-    )
-    .unwrap();
+    let ca = new_ca("t", Duration::from_secs(3600));
     let issue = |ttl| {
         ca.issue(&LeafSpec {
             spiffe: vec!["spiffe://t/a".into()],
@@ -1494,12 +1429,7 @@ fn lifetimes_are_bounded() {
 fn a_renewed_key_keeps_its_owner_and_group_access() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let d = tempfile::tempdir().unwrap();
-    let ca = ipcgate::ca::Ca::generate(
-        "t",
-        Duration::from_secs(86_400),
-        ipcgate::ca::KeyType::EcdsaP256,
-    )
-    .unwrap();
+    let ca = new_ca("t", Duration::from_secs(86_400));
     ca.save(d.path(), false).unwrap();
     let out = d.path().join("gw");
     ca.issue(&LeafSpec {
@@ -1551,18 +1481,7 @@ fn a_key_compromise_revokes_every_certificate_with_that_key() {
     };
     assert!(run(&["ca", "init", "--dir", &dir]).0);
     let alice = format!("{dir}/alice");
-    let issued = run(&[
-        "cert",
-        "issue",
-        "--ca-dir",
-        &dir,
-        "--out",
-        &alice,
-        "--spiffe",
-        "spiffe://t/alice",
-        "--client",
-    ]);
-    assert!(issued.0, "{}", issued.1);
+    cli_issue(&dir, &alice, "spiffe://t/alice");
     let pem = format!("{alice}.pem");
     let first = ipcgate::ca::lifecycle::read_leaf(pem.as_ref())
         .unwrap()
@@ -1601,48 +1520,40 @@ fn a_key_compromise_revokes_every_certificate_with_that_key() {
             "{s} not revoked"
         );
     }
-    // A CSR with the compromised key is refused.
-    sh(
-        d.path(),
-        "openssl req -new -key alice.key -out again.csr -subj '/CN=alice' \
-           -addext 'subjectAltName=URI:spiffe://t/alice'",
-    );
-    let signed = run(&[
-        "cert",
-        "sign",
-        "--ca-dir",
-        &dir,
-        "--csr",
-        &format!("{dir}/again.csr"),
-        "--out",
-        &format!("{dir}/again"),
-        "--client",
-        "--cn",
-        "alice",
-    ]);
-    assert!(
-        !signed.0 && signed.1.contains("compromised"),
-        "{}",
-        signed.1
-    );
-    assert!(!d.path().join("again.pem").exists());
+    // A CSR with the compromised key is refused, and nothing is written.
+    let refused_again = |name: &str| {
+        sh(
+            d.path(),
+            &format!(
+                "openssl req -new -key {name}.key -out {name}-again.csr -subj '/CN={name}' \
+                   -addext 'subjectAltName=URI:spiffe://t/{name}'"
+            ),
+        );
+        let signed = run(&[
+            "cert",
+            "sign",
+            "--ca-dir",
+            &dir,
+            "--csr",
+            &format!("{dir}/{name}-again.csr"),
+            "--out",
+            &format!("{dir}/{name}-again"),
+            "--client",
+            "--cn",
+            name,
+        ]);
+        assert!(
+            !signed.0 && signed.1.contains("compromised"),
+            "{}",
+            signed.1
+        );
+        assert!(!d.path().join(format!("{name}-again.pem")).exists());
+    };
+    refused_again("alice");
     // A certificate revoked first for another reason, then its key reported
     // compromised: the key is refused from then on too.
     let carol = format!("{dir}/carol");
-    assert!(
-        run(&[
-            "cert",
-            "issue",
-            "--ca-dir",
-            &dir,
-            "--out",
-            &carol,
-            "--spiffe",
-            "spiffe://t/carol",
-            "--client",
-        ])
-        .0
-    );
+    cli_issue(&dir, &carol, "spiffe://t/carol");
     let carol_pem = format!("{carol}.pem");
     for reason in ["superseded", "key-compromise"] {
         let r = run(&[
@@ -1650,29 +1561,7 @@ fn a_key_compromise_revokes_every_certificate_with_that_key() {
         ]);
         assert!(r.0, "{}", r.1);
     }
-    sh(
-        d.path(),
-        "openssl req -new -key carol.key -out carol-again.csr -subj '/CN=carol' \
-           -addext 'subjectAltName=URI:spiffe://t/carol'",
-    );
-    let signed = run(&[
-        "cert",
-        "sign",
-        "--ca-dir",
-        &dir,
-        "--csr",
-        &format!("{dir}/carol-again.csr"),
-        "--out",
-        &format!("{dir}/carol-again"),
-        "--client",
-        "--cn",
-        "carol",
-    ]);
-    assert!(
-        !signed.0 && signed.1.contains("compromised"),
-        "{}",
-        signed.1
-    );
+    refused_again("carol");
 }
 
 /// A CA directory its own account owns, used by root now and then (`sudo
@@ -1715,29 +1604,9 @@ fn a_ca_directory_stays_usable_by_its_owner_after_root_used_it() {
     let _ = std::fs::remove_file(ca.join(".lock"));
     // Root issues and revokes in it...
     let alice = format!("{dir}/alice");
-    let out = ipcgate(&[
-        "cert",
-        "issue",
-        "--ca-dir",
-        &dir,
-        "--out",
-        &alice,
-        "--spiffe",
-        "spiffe://t/alice",
-        "--client",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cli_issue(&dir, &alice, "spiffe://t/alice");
     let pem = format!("{alice}.pem");
-    let out = ipcgate(&["cert", "revoke", "--ca-dir", &dir, "--cert", &pem]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ipcgate_ok(&["cert", "revoke", "--ca-dir", &dir, "--cert", &pem]);
     // ...and the CA's account carries on.
     as_nobody(&["crl", "--ca-dir", &dir]);
     as_nobody(&[
@@ -1803,22 +1672,16 @@ async fn partitioned_crls_of_one_ca_are_both_kept() {
         ),
     ];
     let ca_pem = pki.ca.cert_pem().to_owned();
-    let h = Harness::start_in(
+    let h = start_with_tls(
         pki,
-        Opts {
-            tls_keys: "crl = [\"a.crl\", \"b.crl\"]\nrevocation_unknown = \"allow\"".into(),
-            files,
-            ..Default::default()
-        },
+        "crl = [\"a.crl\", \"b.crl\"]\nrevocation_unknown = \"allow\"",
+        files,
     )
     .await;
-    let r = ipcgate::client::probe(
-        &h.gw_sock,
-        "localhost",
-        client_config(&in_a, &in_a_key, &ca_pem),
-    )
-    .await;
-    assert!(r.is_err(), "a certificate its partition revokes got in");
+    assert!(
+        refused(&h, &in_a, &in_a_key, &ca_pem).await,
+        "a certificate its partition revokes got in"
+    );
     h.client(client_config(&in_b, &in_b_key, &ca_pem))
         .unary(req(b"x"))
         .await

@@ -8,14 +8,14 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use hyper_util::rt::TokioIo;
+
 use ipcgate::demo::EchoService;
 use ipcgate::grpc;
 use ipcgate::pb::echo_client::EchoClient;
 use ipcgate::relay::{Decision, Dial, Host, Options, Relay};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::common::{block, block_for, eventually, frame, req, seen, within, Backend, Frames};
@@ -150,17 +150,7 @@ impl Rig {
     }
 
     fn client(&self) -> EchoClient<Channel> {
-        let sock = self.sock.clone();
-        let ch =
-            Endpoint::from_static("http://localhost").connect_with_connector_lazy(
-                tower::service_fn(move |_: http::Uri| {
-                    let sock = sock.clone();
-                    async move {
-                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(sock).await?))
-                    }
-                }),
-            );
-        EchoClient::new(ch)
+        EchoClient::new(crate::common::h2c_channel(self.sock.clone()))
     }
 
     async fn raw(&self) -> Raw {
