@@ -4,8 +4,10 @@
 /// A frame header's length.
 pub(crate) const HEAD: usize = 9;
 /// The frame size every peer allows until it says otherwise, and the only
-/// one the relay allows (it never sends SETTINGS_MAX_FRAME_SIZE).
+/// one the relay allows its clients.
 pub(crate) const DEFAULT_MAX_FRAME: usize = 16 << 10;
+/// The frame size the relay allows its backends (SETTINGS_MAX_FRAME_SIZE).
+pub(crate) const BACKEND_MAX_FRAME: usize = 128 << 10;
 
 pub(crate) const DATA: u8 = 0x0;
 pub(crate) const HEADERS: u8 = 0x1;

@@ -248,7 +248,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Side<T> {
             if let Out::Data(d) = &f {
                 self.out_data -= d.payload().len();
             }
-            self.write.frame(f)?;
+            self.write.frame(f);
             any = true;
         }
         debug_assert_eq!(self.out_data as i64, queued_data(&self.out));
@@ -1520,6 +1520,7 @@ where
                         Side::new(io, CONN_WINDOW, self.opts.max_header_list_size, false);
                     let mut ours = Settings::default();
                     ours.set_initial_window_size(Some(BACKEND_STREAM_WINDOW));
+                    ours.set_max_frame_size(Some(frame::BACKEND_MAX_FRAME as u32));
                     ours.set_enable_push(false);
                     ours.set_max_header_list_size(Some(self.opts.max_header_list_size));
                     side.out.push_back(ours.into());

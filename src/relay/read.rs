@@ -23,8 +23,9 @@ use h2::frame::{
 use tokio::io::AsyncRead;
 
 use super::frame::{
-    ACK, CONTINUATION, DATA, DEFAULT_MAX_FRAME, END_HEADERS, END_STREAM, GOAWAY, HEAD, HEADERS,
-    PADDED, PING, PRIORITY, PRIORITY_FLAG, PUSH_PROMISE, RST_STREAM, SETTINGS, WINDOW_UPDATE,
+    ACK, BACKEND_MAX_FRAME, CONTINUATION, DATA, DEFAULT_MAX_FRAME, END_HEADERS, END_STREAM, GOAWAY,
+    HEAD, HEADERS, PADDED, PING, PRIORITY, PRIORITY_FLAG, PUSH_PROMISE, RST_STREAM, SETTINGS,
+    WINDOW_UPDATE,
 };
 use super::{decode, Head};
 
@@ -104,6 +105,8 @@ pub(crate) struct Reader {
     short: u8,
     /// A backend's reader: `size` follows the reads.
     adapt: bool,
+    /// The largest frame taken.
+    max_frame: usize,
     max_list: usize,
     hpack: decode::Decoder,
     open: Option<Open>,
@@ -119,6 +122,11 @@ impl Reader {
             made: 0,
             short: 0,
             adapt: !strict,
+            max_frame: if strict {
+                DEFAULT_MAX_FRAME
+            } else {
+                BACKEND_MAX_FRAME
+            },
             max_list: max_header_list_size,
             hpack: decode::Decoder::new(strict),
             open: None,
@@ -199,7 +207,7 @@ impl Reader {
             let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
             let (kind, flags) = (h[3], h[4]);
             let id = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
-            if len > DEFAULT_MAX_FRAME {
+            if len > self.max_frame {
                 return Err(Error::GoAway(Reason::FRAME_SIZE_ERROR));
             }
             if self.buf.len() < 9 + len {

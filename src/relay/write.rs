@@ -36,8 +36,10 @@ const ROOM: usize = 16 << 10;
 const CHAINED_ROOM: usize = 64 << 10;
 const CHAINED_MAX: usize = 8;
 // A full writer of relayed frames goes to TLS in one write: it takes a frame
-// while under `CHAINED_ROOM`, and frames read are at most `DEFAULT_MAX_FRAME`
-// (a re-encoded header block or GOAWAY may be larger: one more write then).
+// while under `CHAINED_ROOM`, and frames to a client are at most
+// `DEFAULT_MAX_FRAME` unless it allows more (a backend's larger frames are
+// split to its size; a re-encoded header block or GOAWAY may be larger: one
+// more write then).
 const _: () = assert!(crate::tls::SEND_BUFFER >= CHAINED_ROOM + HEAD + DEFAULT_MAX_FRAME);
 /// Slices per vectored write.
 const SLICES: usize = 64;
@@ -99,25 +101,27 @@ impl Writer {
         self.done == self.buf.len() && self.chained.is_empty()
     }
 
-    /// Encodes a frame. `Err` for a DATA payload larger than the peer's
-    /// frame size: the relay never makes one, so it is a bug, not the peer's.
-    pub(super) fn frame(&mut self, f: Out) -> io::Result<()> {
+    /// Encodes a frame.
+    pub(super) fn frame(&mut self, f: Out) {
         match f {
             Out::Data(d) => {
-                let len = d.payload().len();
-                if len > self.max_frame {
-                    return Err(io::Error::other(format!(
-                        "DATA of {len} bytes exceeds the peer's frame size {}",
-                        self.max_frame
-                    )));
+                let id = d.stream_id().into();
+                let end = if d.is_end_stream() { END_STREAM } else { 0 };
+                let mut payload = d.into_payload();
+                // A backend's frames may be larger than the client's.
+                while payload.len() > self.max_frame {
+                    let part = payload.split_to(self.max_frame);
+                    head(&mut self.buf, part.len(), DATA, 0, id);
+                    self.chained_len += part.len();
+                    self.chained.push_back((self.buf.len(), part));
                 }
-                let flags = if d.is_end_stream() { END_STREAM } else { 0 };
-                head(&mut self.buf, len, DATA, flags, d.stream_id().into());
+                let len = payload.len();
+                head(&mut self.buf, len, DATA, end, id);
                 if len >= CHAIN {
-                    self.chained.push_back((self.buf.len(), d.into_payload()));
+                    self.chained.push_back((self.buf.len(), payload));
                     self.chained_len += len;
                 } else {
-                    self.buf.extend_from_slice(d.payload());
+                    self.buf.extend_from_slice(&payload);
                 }
             }
             Out::Headers(h) => {
@@ -190,7 +194,6 @@ impl Writer {
                 }
             }
         }
-        Ok(())
     }
 
     /// A header block as HEADERS, and CONTINUATION frames if it is larger
@@ -329,6 +332,7 @@ pub(crate) fn head_bytes(len: usize, kind: u8, flags: u8, id: u32) -> [u8; HEAD]
 
 #[cfg(test)]
 mod tests {
+    use super::super::frame::BACKEND_MAX_FRAME;
     use super::*;
     use futures_util::StreamExt as _;
     use h2::frame::{
@@ -420,7 +424,7 @@ mod tests {
             let f: Vec<(&str, &str)> = f.iter().map(|(k, v)| (*k, v.as_str())).collect();
             let id = 1 + 2 * i as u32;
             sent.push(request(id, path, &f));
-            w.frame(Out::head(request(id, path, &f))).unwrap();
+            w.frame(Out::head(request(id, path, &f)));
             sizes.push(wire(&mut w));
         }
         let mut all = Vec::new();
@@ -471,9 +475,9 @@ mod tests {
         let mut t = Headers::trailers(StreamId::from(1), trailers.clone());
         t.set_end_stream();
         for s in statuses {
-            w.frame(Out::head(response(s))).unwrap();
+            w.frame(Out::head(response(s)));
         }
-        w.frame(Out::head(t)).unwrap();
+        w.frame(Out::head(t));
         let bytes = wire(&mut w);
         // Neither the secret nor the big value entered the table: each block
         // carries both again.
@@ -509,14 +513,14 @@ mod tests {
         let changes: [&[usize]; 5] = [&[], &[300], &[], &[0], &[50, 200]];
         for (i, change) in changes.iter().enumerate() {
             for l in *change {
-                w.frame(table_size(*l)).unwrap();
+                w.frame(table_size(*l));
             }
             all.extend_from_slice(&wire(&mut w));
             for j in 0..40 {
                 let v = format!("value-{}-{}", i, j % 7);
                 let f = [("x-k", v.as_str()), ("x-fixed", "same")];
                 sent.push(request(1, "/s.S/M", &f));
-                w.frame(Out::head(request(1, "/s.S/M", &f))).unwrap();
+                w.frame(Out::head(request(1, "/s.S/M", &f)));
                 let b = wire(&mut w);
                 if j == 0 {
                     firsts.push(b[HEAD..HEAD + 3].to_vec());
@@ -554,7 +558,7 @@ mod tests {
         let mut h = request(5, "/big.B/M", &f);
         h.set_end_stream();
         let want = h.fields().clone();
-        w.frame(Out::head(h)).unwrap();
+        w.frame(Out::head(h));
         let bytes = wire(&mut w);
         // HEADERS (END_STREAM, no END_HEADERS), then CONTINUATION frames, the
         // last with END_HEADERS; none larger than the peer's frame size.
@@ -601,8 +605,7 @@ mod tests {
                 end_stream: i % 2 == 0,
                 head,
                 added: std::sync::Arc::new([]),
-            })))
-            .unwrap();
+            })));
         }
         let got = read(&wire(&mut w)).await;
         assert_eq!(got.len(), heads.len());
@@ -634,7 +637,7 @@ mod tests {
             panic!("HEADERS")
         };
         let mut w = Writer::new();
-        w.frame(Out::head(h)).unwrap();
+        w.frame(Out::head(h));
         let bytes = wire(&mut w);
         assert_eq!(bytes[3..5], [HEADERS, END_STREAM | END_HEADERS]);
         let mut again = read(&bytes).await;
@@ -683,7 +686,7 @@ mod tests {
                     header_table_size: Some(rand(5_000) as u32),
                     max_frame_size: Some((16 << 10) + rand(16 << 10) as u32),
                 };
-                w.frame(Out::SettingsAck(ack)).unwrap();
+                w.frame(Out::SettingsAck(ack));
             }
             let mut fields = HeaderMap::new();
             for _ in 0..rand(8) {
@@ -709,7 +712,7 @@ mod tests {
                 fields.clone(),
             );
             sent.push(fields);
-            w.frame(Out::head(h)).unwrap();
+            w.frame(Out::head(h));
             all.extend_from_slice(&wire(&mut w));
         }
         let got: Vec<HeaderMap> = read(&all)
@@ -769,7 +772,7 @@ mod tests {
     async fn every_frame_kind_reads_back_as_written() {
         let mut w = Writer::new();
         for f in every_kind() {
-            w.frame(f).unwrap();
+            w.frame(f);
         }
         let got = read(&wire(&mut w)).await;
         let want = format!(
@@ -799,20 +802,6 @@ mod tests {
             })
             .collect();
         assert_eq!(payloads, [&b"tiny"[..], &[7u8; 16 << 10], &[9u8; 300]]);
-    }
-
-    #[test]
-    fn oversized_data_is_refused() {
-        let mut w = Writer::new();
-        let d = Data::new(StreamId::from(1), Bytes::from(vec![0u8; (16 << 10) + 1]));
-        assert!(w.frame(Out::Data(d)).is_err());
-        w.frame(Out::SettingsAck(Ack {
-            max_frame_size: Some(32 << 10),
-            ..Ack::default()
-        }))
-        .unwrap();
-        let d = Data::new(StreamId::from(1), Bytes::from(vec![0u8; (16 << 10) + 1]));
-        w.frame(Out::Data(d)).unwrap();
     }
 
     /// Takes at most `max` bytes per write (across slices when `vectored`,
@@ -900,7 +889,7 @@ mod tests {
         for n in [31, 32, 33, 40] {
             let mut w = Writer::new();
             for f in many_payloads(n) {
-                w.frame(f).unwrap();
+                w.frame(f);
             }
             let got = read(&wire(&mut w)).await;
             assert_eq!(got.len(), 2 * usize::from(n) + 1, "{n} payloads");
@@ -921,7 +910,7 @@ mod tests {
         };
         let mut whole = Writer::new();
         for f in frames() {
-            whole.frame(f).unwrap();
+            whole.frame(f);
         }
         let want = wire(&mut whole);
         for vectored in [false, true] {
@@ -934,7 +923,7 @@ mod tests {
                 // Frames keep coming while earlier ones are half written.
                 loop {
                     if let Some(f) = kinds.next() {
-                        w.frame(f).unwrap();
+                        w.frame(f);
                     }
                     match w.poll_write(&mut io, &mut cx) {
                         Poll::Ready(Ok(())) if kinds.len() == 0 => break,
@@ -963,13 +952,11 @@ mod tests {
         let (mut sent, mut peak, mut peak_buf, mut peak_chained) = (0usize, 0, 0, 0);
         for _ in 0..40_000 {
             while w.has_room() {
-                w.frame(Out::WindowUpdate(WindowUpdate::new(StreamId::from(1), 1)))
-                    .unwrap();
+                w.frame(Out::WindowUpdate(WindowUpdate::new(StreamId::from(1), 1)));
                 w.frame(Out::Data(Data::new(
                     StreamId::from(1),
                     Bytes::from(vec![1; payload]),
-                )))
-                .unwrap();
+                )));
                 sent += 2 * HEAD + 4 + payload;
             }
             peak = peak.max(w.buf.len() + w.chained_len);
@@ -1013,8 +1000,7 @@ mod tests {
             w.frame(Out::Data(Data::new(
                 StreamId::from(1),
                 Bytes::from(vec![taken as u8; DEFAULT_MAX_FRAME]),
-            )))
-            .unwrap();
+            )));
             taken += 1;
         }
         assert_eq!(taken, CHAINED_ROOM / DEFAULT_MAX_FRAME);
@@ -1026,6 +1012,48 @@ mod tests {
         assert!(w.poll_write(&mut io, &mut cx).is_ready());
         assert_eq!(io.out.len(), taken * (HEAD + DEFAULT_MAX_FRAME));
         assert!(w.is_empty());
+    }
+
+    #[tokio::test]
+    async fn data_larger_than_the_peers_frame_size_is_split() {
+        // A backend may send frames up to BACKEND_MAX_FRAME; the client gets
+        // them in frames of its own size, END_STREAM on the last only.
+        let payload: Vec<u8> = (0..BACKEND_MAX_FRAME).map(|i| (i % 251) as u8).collect();
+        for (max, sizes) in [
+            (None, vec![16 << 10; 8]),
+            (Some(48 << 10), vec![48 << 10, 48 << 10, 32 << 10]),
+            (Some(BACKEND_MAX_FRAME as u32), vec![BACKEND_MAX_FRAME]),
+        ] {
+            let mut w = Writer::new();
+            w.frame(Out::SettingsAck(Ack {
+                max_frame_size: max,
+                ..Ack::default()
+            }));
+            let mut d = Data::new(StreamId::from(3), Bytes::from(payload.clone()));
+            d.set_end_stream(true);
+            w.frame(Out::Data(d));
+            let bytes = wire(&mut w);
+            let mut at = 0;
+            let (mut got, mut lens, mut ends) = (Vec::new(), Vec::new(), Vec::new());
+            while at < bytes.len() {
+                let len = u32::from_be_bytes([0, bytes[at], bytes[at + 1], bytes[at + 2]]);
+                let (kind, flags) = (bytes[at + 3], bytes[at + 4]);
+                let body = &bytes[at + HEAD..at + HEAD + len as usize];
+                at += HEAD + len as usize;
+                if kind == SETTINGS {
+                    continue;
+                }
+                assert_eq!(kind, DATA, "max {max:?}");
+                assert_eq!(bytes[at - len as usize - 1], 3, "stream id");
+                got.extend_from_slice(body);
+                lens.push(len as usize);
+                ends.push(flags & END_STREAM != 0);
+            }
+            assert_eq!(lens, sizes, "max {max:?}");
+            assert_eq!(got, payload, "max {max:?}");
+            let last = ends.len() - 1;
+            assert!(ends.iter().enumerate().all(|(i, &e)| e == (i == last)));
+        }
     }
 
     /// A socket counting the writes made on it, each taken whole (an
@@ -1144,8 +1172,7 @@ mod tests {
             w.frame(Out::Data(Data::new(
                 StreamId::from(1),
                 Bytes::from(payload),
-            )))
-            .unwrap();
+            )));
         }
         let before = tls.get_ref().0.writes;
         std::future::poll_fn(|cx| w.poll_write(&mut tls, cx))
@@ -1166,11 +1193,11 @@ mod tests {
         let mut w = Writer::new();
         let f = [("x-k", "v")];
         // A block queued before the acknowledgement indexes (table 4096)...
-        w.frame(Out::head(request(1, "/s.S/M", &f))).unwrap();
-        w.frame(table_size(0)).unwrap();
-        w.frame(Out::head(request(3, "/s.S/M", &f))).unwrap();
-        w.frame(table_size(4096)).unwrap();
-        w.frame(Out::head(request(5, "/s.S/M", &f))).unwrap();
+        w.frame(Out::head(request(1, "/s.S/M", &f)));
+        w.frame(table_size(0));
+        w.frame(Out::head(request(3, "/s.S/M", &f)));
+        w.frame(table_size(4096));
+        w.frame(Out::head(request(5, "/s.S/M", &f)));
         let bytes = wire(&mut w);
         let mut frames = Vec::new();
         let mut at = 0;
@@ -1197,10 +1224,8 @@ mod tests {
             w.frame(Out::SettingsAck(Ack {
                 max_frame_size: max,
                 ..Ack::default()
-            }))
-            .unwrap();
-            w.frame(Out::head(request(1, "/b.B/M", &[("x-big", &big)])))
-                .unwrap();
+            }));
+            w.frame(Out::head(request(1, "/b.B/M", &[("x-big", &big)])));
             let bytes = wire(&mut w);
             let mut at = HEAD;
             let mut n = 0;

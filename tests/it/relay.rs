@@ -1370,3 +1370,88 @@ async fn malformed_trailers_from_a_backend_reset_both_sides() {
     // The backend is told its stream is over.
     assert_eq!(within("backend", resets.recv()).await, Some(1));
 }
+
+/// A backend that answers every request with one gRPC message of `len`
+/// bytes in a single DATA frame (what h2 sends once allowed frames that
+/// large), and reports the SETTINGS_MAX_FRAME_SIZE the relay allowed it.
+async fn large_frame_backend(
+    listener: tokio::net::UnixListener,
+    message: Vec<u8>,
+    allowed: tokio::sync::mpsc::UnboundedSender<Option<u32>>,
+) {
+    while let Ok((s, _)) = listener.accept().await {
+        let (allowed, message) = (allowed.clone(), message.clone());
+        tokio::spawn(async move {
+            let Some(mut raw) = backend_side(s).await else {
+                return;
+            };
+            while let Some((kind, flags, id, p)) = raw.next().await {
+                if kind == 0x4 && flags & 0x1 == 0 {
+                    let max = p
+                        .chunks_exact(6)
+                        .find(|s| s[..2] == [0, 5])
+                        .map(|s| u32::from_be_bytes([s[2], s[3], s[4], s[5]]));
+                    let _ = allowed.send(max);
+                }
+                if kind != 0x0 || flags & 0x1 == 0 {
+                    continue;
+                }
+                let mut trailers = vec![0x00, 11];
+                trailers.extend_from_slice(b"grpc-status");
+                trailers.extend_from_slice(&[1, b'0']);
+                let mut out = frame(0x1, 0x4, id, &grpc_head());
+                out.extend(frame(0x0, 0, id, &message));
+                out.extend(frame(0x1, 0x1 | 0x4, id, &trailers));
+                raw.send(out).await;
+            }
+        });
+    }
+}
+
+#[tokio::test]
+async fn a_backends_large_frames_reach_the_client_in_its_frame_size() {
+    // The relay allows its backends 128 KiB frames, so a streamed 64 KiB
+    // message is one write for the backend instead of five. A client that
+    // allows only HTTP/2's default 16 KiB (or 32 KiB) gets the same bytes
+    // in frames of that size: one larger would be a connection error there.
+    let mut rig = Rig::start().await;
+    rig.backend = None;
+    let listener = tokio::net::UnixListener::bind(rig.dir.path().join("echo.sock")).unwrap();
+    let body: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+    let mut message = vec![0];
+    message.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+    message.extend_from_slice(&body);
+    let (tx, mut allowed) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(large_frame_backend(listener, message.clone(), tx));
+    // SETTINGS_INITIAL_WINDOW_SIZE 1 MiB, and SETTINGS_MAX_FRAME_SIZE.
+    let window = [0, 4, 0, 0x10, 0, 0];
+    for (settings, most) in [
+        (window.to_vec(), 16 << 10),
+        ([&window[..], &[0, 5, 0, 0, 0x80, 0]].concat(), 32 << 10),
+    ] {
+        let mut raw = rig.raw_with(&settings).await;
+        raw.send(frame(0x8, 0, 0, &(1u32 << 20).to_be_bytes()))
+            .await;
+        raw.send(frame(0x1, 0x4, 1, &block(UNARY, &[]))).await;
+        raw.send(frame(0x0, 0x1, 1, &EMPTY)).await;
+        let mut got = Vec::new();
+        let mut sizes = Vec::new();
+        loop {
+            match within("the response", raw.next()).await {
+                Some((0x0, _, 1, p)) => {
+                    sizes.push(p.len());
+                    got.extend_from_slice(&p);
+                }
+                Some((0x1, flags, 1, _)) if flags & 0x1 != 0 => break,
+                Some((0x3 | 0x7, _, _, p)) => panic!("reset or GOAWAY: {p:?}"),
+                None => panic!("closed"),
+                Some(_) => {}
+            }
+        }
+        assert_eq!(got, message);
+        assert!(sizes.iter().all(|&n| n <= most), "{sizes:?}");
+        assert_eq!(sizes.len(), message.len().div_ceil(most), "{sizes:?}");
+        let max = within("the backend's SETTINGS", allowed.recv()).await;
+        assert_eq!(max, Some(Some(128 << 10)));
+    }
+}

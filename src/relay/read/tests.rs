@@ -418,8 +418,7 @@ async fn what_the_relay_writes_reads_back_exactly() {
             w.frame(Out::SettingsAck(write::Ack {
                 max_frame_size: None,
                 header_table_size: Some(r.below(5000) as u32),
-            }))
-            .unwrap();
+            }));
             // The ACK itself is not wanted here: skip its bytes.
             assert!(w.poll_write(&mut Vec::new(), &mut cx).is_ready());
         }
@@ -438,7 +437,7 @@ async fn what_the_relay_writes_reads_back_exactly() {
             h
         };
         want.push(canon_headers(head()));
-        w.frame(Out::head(head())).unwrap();
+        w.frame(Out::head(head()));
         assert!(w.poll_write(&mut wire, &mut cx).is_ready());
     }
     let got: Vec<String> = ours(&wire, 1000, 1 << 20)
@@ -517,6 +516,45 @@ fn streamed_frames_are_read_in_a_bounded_buffer() {
                 );
             }
         }
+    }
+}
+
+#[test]
+fn backends_may_send_larger_frames_than_clients() {
+    // The relay tells its backends SETTINGS_MAX_FRAME_SIZE = BACKEND_MAX_FRAME
+    // (a 64 KiB message and its prefix in one frame) and its clients nothing.
+    let waker = futures_util::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    let read = |client: bool, len: usize, cx: &mut Context<'_>| {
+        let wire = frame(DATA, END_STREAM, 1, &vec![7; len]);
+        let mut r = Reader::new(16 << 10, client);
+        let mut io = Chunks {
+            data: &wire,
+            chunk: 5000,
+            reads: 0,
+        };
+        let got = match r.poll_next(&mut io, cx) {
+            Poll::Ready(Some(Ok(Frame::Data { payload, .. }))) => {
+                assert!(payload.len() == len && payload.iter().all(|&b| b == 7));
+                "data".to_string()
+            }
+            Poll::Ready(Some(Err(e))) => format!("{e:?}"),
+            other => panic!("{other:?}"),
+        };
+        // The buffer holds the frame, its head and one read's room.
+        assert!(r.buf.capacity() <= len + 2 * HEAD + BACKEND_READ);
+        got
+    };
+    for (client, len, want) in [
+        (true, DEFAULT_MAX_FRAME, "data"),
+        (true, DEFAULT_MAX_FRAME + 1, "FRAME_SIZE_ERROR"),
+        (false, DEFAULT_MAX_FRAME + 1, "data"),
+        (false, (64 << 10) + 5, "data"),
+        (false, BACKEND_MAX_FRAME, "data"),
+        (false, BACKEND_MAX_FRAME + 1, "FRAME_SIZE_ERROR"),
+    ] {
+        let got = read(client, len, &mut cx);
+        assert!(got.contains(want), "client {client}, {len} bytes: {got}");
     }
 }
 
