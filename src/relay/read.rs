@@ -434,13 +434,15 @@ fn fragment(
     let Some(o) = open else {
         return Err(Error::GoAway(Reason::PROTOCOL_ERROR));
     };
+    if o.fragment.len() + range.len() > limit {
+        // Also a block whole in one frame: a backend's may be 128 KiB, and
+        // a client's 16 KiB frame is over a small list limit's.
+        return Err(Error::GoAway(Reason::ENHANCE_YOUR_CALM));
+    }
     if flags & END_HEADERS != 0 && o.fragment.is_empty() {
         return Ok(Parsed::Block(Some(range)));
     }
     let p = &p[range];
-    if o.fragment.len() + p.len() > limit {
-        return Err(Error::GoAway(Reason::ENHANCE_YOUR_CALM));
-    }
     o.fragment.extend_from_slice(p);
     if flags & END_HEADERS != 0 {
         return Ok(Parsed::Block(None));

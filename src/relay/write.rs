@@ -36,10 +36,10 @@ const ROOM: usize = 16 << 10;
 const CHAINED_ROOM: usize = 64 << 10;
 const CHAINED_MAX: usize = 8;
 // A full writer of relayed frames goes to TLS in one write: it takes a frame
-// while under `CHAINED_ROOM`, and frames to a client are at most
-// `DEFAULT_MAX_FRAME` unless it allows more (a backend's larger frames are
-// split to its size; a re-encoded header block or GOAWAY may be larger: one
-// more write then).
+// while under `CHAINED_ROOM`, and a client's frames are at most
+// `DEFAULT_MAX_FRAME`. A backend's DATA may be larger (up to
+// `BACKEND_MAX_FRAME`, split here to the client's frame size), and so may a
+// re-encoded header block or GOAWAY: one more write then.
 const _: () = assert!(crate::tls::SEND_BUFFER >= CHAINED_ROOM + HEAD + DEFAULT_MAX_FRAME);
 /// Slices per vectored write.
 const SLICES: usize = 64;
@@ -1018,12 +1018,22 @@ mod tests {
     async fn data_larger_than_the_peers_frame_size_is_split() {
         // A backend may send frames up to BACKEND_MAX_FRAME; the client gets
         // them in frames of its own size, END_STREAM on the last only.
-        let payload: Vec<u8> = (0..BACKEND_MAX_FRAME).map(|i| (i % 251) as u8).collect();
-        for (max, sizes) in [
-            (None, vec![16 << 10; 8]),
-            (Some(48 << 10), vec![48 << 10, 48 << 10, 32 << 10]),
-            (Some(BACKEND_MAX_FRAME as u32), vec![BACKEND_MAX_FRAME]),
+        // (a remainder under CHAIN is copied, not chained).
+        for (len, max, sizes) in [
+            (BACKEND_MAX_FRAME, None, vec![16 << 10; 8]),
+            (
+                BACKEND_MAX_FRAME,
+                Some(48 << 10),
+                vec![48 << 10, 48 << 10, 32 << 10],
+            ),
+            (
+                BACKEND_MAX_FRAME,
+                Some(BACKEND_MAX_FRAME as u32),
+                vec![BACKEND_MAX_FRAME],
+            ),
+            ((32 << 10) + 100, None, vec![16 << 10, 16 << 10, 100]),
         ] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             let mut w = Writer::new();
             w.frame(Out::SettingsAck(Ack {
                 max_frame_size: max,
@@ -1044,7 +1054,8 @@ mod tests {
                     continue;
                 }
                 assert_eq!(kind, DATA, "max {max:?}");
-                assert_eq!(bytes[at - len as usize - 1], 3, "stream id");
+                let id = &bytes[at - len as usize - 4..at - len as usize];
+                assert_eq!(id, 3u32.to_be_bytes(), "stream id");
                 got.extend_from_slice(body);
                 lens.push(len as usize);
                 ends.push(flags & END_STREAM != 0);

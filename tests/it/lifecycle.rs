@@ -1391,6 +1391,39 @@ fn the_ca_directory_is_never_left_half_written() {
     assert!(e.to_string().contains("cannot revoke itself"), "{e}");
 }
 
+/// `issued.jsonl` planted as a symlink in the CA directory (say, to a file
+/// the CA's account may write, such as its own key) is not followed: the
+/// issue fails naming it, and the target is untouched.
+#[test]
+fn the_issued_record_is_never_written_through_a_symlink() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().to_str().unwrap().to_owned();
+    ipcgate_ok(&["ca", "init", "--dir", &dir]);
+    let victim = d.path().join("victim");
+    std::fs::write(&victim, "keep").unwrap();
+    std::os::unix::fs::symlink(&victim, d.path().join("issued.jsonl")).unwrap();
+    let out = ipcgate(&[
+        "cert",
+        "issue",
+        "--ca-dir",
+        &dir,
+        "--out",
+        &format!("{dir}/alice"),
+        "--spiffe",
+        "spiffe://t/alice",
+        "--client",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "issued through a symlink: {err}");
+    assert!(err.contains("issued.jsonl"), "{err}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+    // Without the link it is written.
+    std::fs::remove_file(d.path().join("issued.jsonl")).unwrap();
+    cli_issue(&dir, &format!("{dir}/bob"), "spiffe://t/bob");
+    let record = std::fs::read_to_string(d.path().join("issued.jsonl")).unwrap();
+    assert_eq!(record.lines().count(), 1, "{record}");
+}
+
 /// Lifetimes: one too long to represent is an error, not a panic; a leaf
 /// never outlives its CA; a CRL that would go stale within the hour is
 /// refused.

@@ -1428,6 +1428,8 @@ async fn a_backends_large_frames_reach_the_client_in_its_frame_size() {
     for (settings, most) in [
         (window.to_vec(), 16 << 10),
         ([&window[..], &[0, 5, 0, 0, 0x80, 0]].concat(), 32 << 10),
+        // A client allowing 1 MiB frames gets the backend's as they came.
+        ([&window[..], &[0, 5, 0, 0x10, 0, 0]].concat(), 1 << 20),
     ] {
         let mut raw = rig.raw_with(&settings).await;
         raw.send(frame(0x8, 0, 0, &(1u32 << 20).to_be_bytes()))

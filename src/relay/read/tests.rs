@@ -906,6 +906,31 @@ fn continuation_floods_and_huge_blocks_are_cut_off() {
         ours(&wire, 9, 16 << 10)[..],
         [Ok(Frame::Headers(..))]
     ));
+    // A block past the bound in a single frame (a client's 16 KiB frame
+    // over a 1,000-byte list limit, a backend's 128 KiB one over 16 KiB) is
+    // refused for its size before any of it is decoded: its first byte, a
+    // bad index, would be COMPRESSION_ERROR.
+    let waker = futures_util::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    for (client, list, len) in [(true, 1000, 4001), (false, 16 << 10, (64 << 10) + 1)] {
+        let mut block = vec![0x80 | 70];
+        block.resize(len, 0);
+        let wire = frame(HEADERS, END_HEADERS, 1, &block);
+        let mut r = Reader::new(list, client);
+        let mut io = Chunks {
+            data: &wire,
+            chunk: usize::MAX,
+            reads: 0,
+        };
+        let got = r.poll_next(&mut io, &mut cx);
+        assert!(
+            matches!(
+                got,
+                Poll::Ready(Some(Err(Error::GoAway(Reason::ENHANCE_YOUR_CALM))))
+            ),
+            "client {client}: {got:?}"
+        );
+    }
 }
 
 #[test]
