@@ -43,8 +43,10 @@ struct RuleSet {
     suffix: ByLen,
     any_path: Vec<u32>,
     /// For each path the policy names exactly: every rule whose paths can match
-    /// it (exact, prefix, suffix), in file order — one probe per call.
-    candidates: Map<Box<[u32]>>,
+    /// it (exact, prefix, suffix), in file order, with its source id — one
+    /// probe per call, and a candidate whose source does not hold is passed
+    /// over without reading anything else.
+    candidates: Map<Box<[(u32, u32)]>>,
     /// Each rule's source (principals, uids, gids) as an id: rules sharing a
     /// source share its check, so a connection decides each distinct source
     /// once, however many rules repeat it (a policy grows by methods, not by
@@ -220,7 +222,8 @@ impl RuleSet {
             if used > budget {
                 break;
             }
-            candidates.insert(path.clone(), c.into_boxed_slice());
+            let c = c.iter().map(|&i| (i, self.source_of[i as usize]));
+            candidates.insert(path.clone(), c.collect());
         }
         self.candidates = candidates;
     }
@@ -271,8 +274,8 @@ impl RuleSet {
     /// whether a header condition took part in finding it. With `src`, the
     /// sources are already decided for this peer and only the request
     /// conditions remain.
-    fn first_index(
-        &self,
+    fn first_index<'s>(
+        &'s self,
         path: &str,
         headers: &HeaderMap,
         peer: &Peer,
@@ -280,15 +283,15 @@ impl RuleSet {
     ) -> (u32, bool) {
         let mut best = NONE;
         let mut by_headers = false;
-        let mut scan = |list: &[u32]| {
-            for &i in list {
+        let mut scan = |list: &mut dyn Iterator<Item = (u32, u32)>| {
+            for (i, source) in list {
                 if i >= best {
                     break;
                 }
                 let rule = &self.rules[i as usize];
                 let hit = match src {
                     Some(bits) => {
-                        bit(bits, self.source_of[i as usize]) && {
+                        bit(bits, source) && {
                             by_headers |= rule.has_headers();
                             rule.headers_match(headers)
                         }
@@ -304,20 +307,21 @@ impl RuleSet {
                 }
             }
         };
+        let with_source = |l: &'s [u32]| l.iter().map(|&i| (i, self.source_of[i as usize]));
         if let Some(c) = self.candidates.get(path) {
-            scan(c);
-            scan(&self.any_path);
+            scan(&mut c.iter().copied());
+            scan(&mut with_source(&self.any_path));
             return (best, by_headers);
         }
         if let Some(l) = self.exact.get(path) {
-            scan(l);
+            scan(&mut with_source(l));
         }
         for l in self.segments(path) {
-            scan(l);
+            scan(&mut with_source(l));
         }
         for (len, map) in &self.prefix {
             if let Some(l) = path.get(..*len).and_then(|k| map.get(k)) {
-                scan(l);
+                scan(&mut with_source(l));
             }
         }
         for (len, map) in &self.suffix {
@@ -327,10 +331,10 @@ impl RuleSet {
                 .and_then(|s| path.get(s..))
                 .and_then(|k| map.get(k))
             {
-                scan(l);
+                scan(&mut with_source(l));
             }
         }
-        scan(&self.any_path);
+        scan(&mut with_source(&self.any_path));
         (best, by_headers)
     }
 }
