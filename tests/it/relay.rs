@@ -1425,11 +1425,23 @@ async fn a_backends_large_frames_reach_the_client_in_its_frame_size() {
     tokio::spawn(large_frame_backend(listener, message.clone(), tx));
     // SETTINGS_INITIAL_WINDOW_SIZE 1 MiB, and SETTINGS_MAX_FRAME_SIZE.
     let window = [0, 4, 0, 0x10, 0, 0];
-    for (settings, most) in [
-        (window.to_vec(), 16 << 10),
-        ([&window[..], &[0, 5, 0, 0, 0x80, 0]].concat(), 32 << 10),
+    // (settings, the largest frame allowed, whether the window never splits)
+    for (settings, most, whole) in [
+        (window.to_vec(), 16 << 10, true),
+        (
+            [&window[..], &[0, 5, 0, 0, 0x80, 0]].concat(),
+            32 << 10,
+            true,
+        ),
         // A client allowing 1 MiB frames gets the backend's as they came.
-        ([&window[..], &[0, 5, 0, 0x10, 0, 0]].concat(), 1 << 20),
+        (
+            [&window[..], &[0, 5, 0, 0x10, 0, 0]].concat(),
+            1 << 20,
+            true,
+        ),
+        // A stream window of 20,000 bytes, given back frame by frame: the
+        // frame is cut at the window, and each piece again at 16 KiB.
+        (vec![0, 4, 0, 0, 0x4e, 0x20], 16 << 10, false),
     ] {
         let mut raw = rig.raw_with(&settings).await;
         raw.send(frame(0x8, 0, 0, &(1u32 << 20).to_be_bytes()))
@@ -1443,6 +1455,8 @@ async fn a_backends_large_frames_reach_the_client_in_its_frame_size() {
                 Some((0x0, _, 1, p)) => {
                     sizes.push(p.len());
                     got.extend_from_slice(&p);
+                    let n = u32::try_from(p.len()).unwrap();
+                    raw.send(frame(0x8, 0, 1, &n.to_be_bytes())).await;
                 }
                 Some((0x1, flags, 1, _)) if flags & 0x1 != 0 => break,
                 Some((0x3 | 0x7, _, _, p)) => panic!("reset or GOAWAY: {p:?}"),
@@ -1452,7 +1466,12 @@ async fn a_backends_large_frames_reach_the_client_in_its_frame_size() {
         }
         assert_eq!(got, message);
         assert!(sizes.iter().all(|&n| n <= most), "{sizes:?}");
-        assert_eq!(sizes.len(), message.len().div_ceil(most), "{sizes:?}");
+        if whole {
+            assert_eq!(sizes.len(), message.len().div_ceil(most), "{sizes:?}");
+        } else {
+            // Cut at the window too: more pieces than 16 KiB frames alone.
+            assert!(sizes.len() > message.len().div_ceil(most), "{sizes:?}");
+        }
         let max = within("the backend's SETTINGS", allowed.recv()).await;
         assert_eq!(max, Some(Some(128 << 10)));
     }
