@@ -138,6 +138,15 @@ impl Rig {
         }
     }
 
+    /// A rig whose backend socket is `listener`'s, for a backend written
+    /// frame by frame.
+    async fn hand_written() -> (Rig, tokio::net::UnixListener) {
+        let mut rig = Rig::start().await;
+        rig.backend = None;
+        let listener = tokio::net::UnixListener::bind(rig.dir.path().join("echo.sock")).unwrap();
+        (rig, listener)
+    }
+
     /// The backend swapped for one that takes `streams` calls at a time on
     /// a connection.
     fn limit_backend(&mut self, streams: u32) {
@@ -854,10 +863,8 @@ async fn a_response_complete_before_the_backend_resets_is_delivered() {
 }
 
 async fn response_complete_then_reset(more: bool) {
-    let mut rig = Rig::start().await;
     // The tonic backend swapped for the h2 one above.
-    rig.backend = None;
-    let listener = tokio::net::UnixListener::bind(rig.dir.path().join("echo.sock")).unwrap();
+    let (rig, listener) = Rig::hand_written().await;
     let (closed, _) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(h2_backend(listener, true, closed));
     // The client takes no data yet, so the response waits in the relay when
@@ -896,9 +903,7 @@ async fn response_complete_then_reset(more: bool) {
 #[tokio::test]
 async fn an_idle_backend_connection_closes_with_no_one_calling() {
     // No later call, no client frame: the relay's own timer closes it.
-    let mut rig = Rig::start().await;
-    rig.backend = None;
-    let listener = tokio::net::UnixListener::bind(rig.dir.path().join("echo.sock")).unwrap();
+    let (rig, listener) = Rig::hand_written().await;
     let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(h2_backend(listener, false, closed_tx));
     let mut raw = rig.raw().await;
@@ -964,9 +969,7 @@ async fn padding_backend(listener: tokio::net::UnixListener) {
 
 #[tokio::test]
 async fn a_padded_response_header_block_reaches_the_client_intact() {
-    let mut rig = Rig::start().await;
-    rig.backend = None;
-    let listener = tokio::net::UnixListener::bind(rig.dir.path().join("echo.sock")).unwrap();
+    let (rig, listener) = Rig::hand_written().await;
     tokio::spawn(padding_backend(listener));
     let mut c = rig.client();
     for _ in 0..3 {
@@ -1070,9 +1073,7 @@ async fn random_backend_frames_never_panic_the_relay() {
     // SETTINGS edge values, request headers where a response belongs). The
     // relay may fail the calls, but never panics, and once a sane backend is
     // back the next client is served.
-    let mut rig = Rig::start().await;
-    rig.backend = None;
-    let listener = tokio::net::UnixListener::bind(rig.dir.path().join("echo.sock")).unwrap();
+    let (mut rig, listener) = Rig::hand_written().await;
     let random = tokio::spawn(random_backend(listener));
     for _ in 0..150 {
         let mut raw = rig.raw().await;
@@ -1337,9 +1338,7 @@ async fn a_backend_that_overruns_its_window_is_cut_off() {
     // it) and queues what the client has not taken: one byte more must fail
     // the backend connection, not be queued, or a faulty backend could make
     // the gateway buffer without bound for a client that reads nothing.
-    let mut rig = Rig::start().await;
-    rig.backend = None;
-    let listener = tokio::net::UnixListener::bind(rig.dir.path().join("echo.sock")).unwrap();
+    let (rig, listener) = Rig::hand_written().await;
     let (tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(overrunning_backend(listener, (2 << 20) + 1, tx));
     let mut raw = rig.raw_with(&NO_WINDOW).await;
@@ -1354,9 +1353,7 @@ async fn a_backend_that_overruns_its_window_is_cut_off() {
 
 #[tokio::test]
 async fn malformed_trailers_from_a_backend_reset_both_sides() {
-    let mut rig = Rig::start().await;
-    rig.backend = None;
-    let listener = tokio::net::UnixListener::bind(rig.dir.path().join("echo.sock")).unwrap();
+    let (rig, listener) = Rig::hand_written().await;
     let (tx, mut resets) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(malformed_trailers_backend(listener, tx));
     let mut raw = rig.raw().await;
@@ -1414,9 +1411,7 @@ async fn a_backends_large_frames_reach_the_client_in_its_frame_size() {
     // message is one write for the backend instead of five. A client that
     // allows only HTTP/2's default 16 KiB (or 32 KiB) gets the same bytes
     // in frames of that size: one larger would be a connection error there.
-    let mut rig = Rig::start().await;
-    rig.backend = None;
-    let listener = tokio::net::UnixListener::bind(rig.dir.path().join("echo.sock")).unwrap();
+    let (rig, listener) = Rig::hand_written().await;
     let body: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
     let mut message = vec![0];
     message.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
