@@ -930,6 +930,19 @@ fn grpc_head() -> Vec<u8> {
     head
 }
 
+/// A whole answer on stream `id`: the response head, `body` in one DATA
+/// frame, and trailers with status 0 under the field name `status` (only
+/// `grpc-status` is well-formed).
+fn answer(id: u32, body: &[u8], status: &[u8; 11]) -> Vec<u8> {
+    let mut trailers = vec![0x00, 11];
+    trailers.extend_from_slice(status);
+    trailers.extend_from_slice(&[1, b'0']);
+    let mut out = frame(0x1, 0x4, id, &grpc_head());
+    out.extend(frame(0x0, 0, id, body));
+    out.extend(frame(0x1, 0x1 | 0x4, id, &trailers));
+    out
+}
+
 /// The server side of a hand-written backend: the client's preface read, our
 /// (empty) SETTINGS sent.
 async fn backend_side(mut s: UnixStream) -> Option<Raw> {
@@ -1286,13 +1299,7 @@ async fn malformed_trailers_backend(
                 if kind != 0x0 || flags & 0x1 == 0 {
                     continue;
                 }
-                let mut trailers = vec![0x00, 11];
-                trailers.extend_from_slice(b"Grpc-Status");
-                trailers.extend_from_slice(&[1, b'0']);
-                let mut out = frame(0x1, 0x4, id, &grpc_head());
-                out.extend(frame(0x0, 0, id, &EMPTY));
-                out.extend(frame(0x1, 0x1 | 0x4, id, &trailers));
-                raw.send(out).await;
+                raw.send(answer(id, &EMPTY, b"Grpc-Status")).await;
             }
         });
     }
@@ -1393,13 +1400,7 @@ async fn large_frame_backend(
                 if kind != 0x0 || flags & 0x1 == 0 {
                     continue;
                 }
-                let mut trailers = vec![0x00, 11];
-                trailers.extend_from_slice(b"grpc-status");
-                trailers.extend_from_slice(&[1, b'0']);
-                let mut out = frame(0x1, 0x4, id, &grpc_head());
-                out.extend(frame(0x0, 0, id, &message));
-                out.extend(frame(0x1, 0x1 | 0x4, id, &trailers));
-                raw.send(out).await;
+                raw.send(answer(id, &message, b"grpc-status")).await;
             }
         });
     }
