@@ -402,29 +402,22 @@ fn revoked_cas(
     // And what they issued, down the bundle: a CA whose issuer is in the
     // bundle only as dropped ones goes too (R revokes I1, so I2 under I1
     // must not stay an anchor).
+    let named = |j: usize, name: &[u8]| {
+        parsed[j]
+            .as_ref()
+            .is_some_and(|c| c.subject().as_raw() == name)
+    };
     loop {
-        let more: Vec<usize> = parsed
-            .iter()
-            .enumerate()
-            .filter(|(i, ca)| {
-                !dropped.contains(i)
-                    && ca.as_ref().is_some_and(|ca| {
-                        let issuer = ca.issuer().as_raw();
-                        let named = |c: &&Option<X509Certificate<'_>>| {
-                            c.as_ref().is_some_and(|c| c.subject().as_raw() == issuer)
-                        };
-                        issuer != ca.subject().as_raw()
-                            && parsed
-                                .iter()
-                                .enumerate()
-                                .any(|(j, c)| dropped.contains(&j) && named(&c))
-                            && !parsed
-                                .iter()
-                                .enumerate()
-                                .any(|(j, c)| !dropped.contains(&j) && named(&c))
-                    })
-            })
-            .map(|(i, _)| i)
+        let orphaned = |i: usize| {
+            let Some(ca) = &parsed[i] else { return false };
+            let issuer = ca.issuer().as_raw();
+            let (gone, kept): (Vec<usize>, Vec<usize>) = (0..parsed.len())
+                .filter(|&j| named(j, issuer))
+                .partition(|j| dropped.contains(j));
+            issuer != ca.subject().as_raw() && !gone.is_empty() && kept.is_empty()
+        };
+        let more: Vec<usize> = (0..parsed.len())
+            .filter(|&i| !dropped.contains(&i) && orphaned(i))
             .collect();
         if more.is_empty() {
             return dropped;
