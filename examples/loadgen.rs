@@ -68,6 +68,11 @@ struct Args {
     /// Unary: a pause after each call (sparse traffic, e.g. "1ms").
     #[arg(long, value_parser = ipcgate::duration::parse)]
     pause: Option<Duration>,
+    /// Add the latency histogram to the JSON line (`"hist": [[µs, count], ...]`,
+    /// each bucket's highest equivalent value), so runs split into slices can
+    /// be merged into one histogram before their percentiles are read.
+    #[arg(long)]
+    hist: bool,
 }
 
 #[derive(Clone)]
@@ -281,8 +286,17 @@ async fn main() -> anyhow::Result<()> {
         errors += e;
     }
     let secs = a.duration.as_secs_f64();
+    let buckets = if a.hist {
+        let b: Vec<String> = hist
+            .iter_recorded()
+            .map(|v| format!("[{},{}]", v.value_iterated_to(), v.count_at_value()))
+            .collect();
+        format!(",\"hist\":[{}]", b.join(","))
+    } else {
+        String::new()
+    };
     println!(
-        "{{\"label\":{:?},\"mode\":\"{:?}\",\"conns\":{},\"inflight\":{},\"calls\":{},\"calls_total\":{},\"errors\":{},\"rps\":{:.1},\"p50_us\":{},\"p99_us\":{},\"mib_s\":{:.1}}}",
+        "{{\"label\":{:?},\"mode\":\"{:?}\",\"conns\":{},\"inflight\":{},\"calls\":{},\"calls_total\":{},\"errors\":{},\"rps\":{:.1},\"p50_us\":{},\"p99_us\":{},\"mib_s\":{:.1}{}}}",
         a.label,
         a.mode,
         a.conns,
@@ -294,6 +308,7 @@ async fn main() -> anyhow::Result<()> {
         hist.value_at_quantile(0.5),
         hist.value_at_quantile(0.99),
         bytes as f64 / secs / (1024.0 * 1024.0),
+        buckets,
     );
     Ok(())
 }
