@@ -411,10 +411,11 @@ fn revoked_cas(
         let orphaned = |i: usize| {
             let Some(ca) = &parsed[i] else { return false };
             let issuer = ca.issuer().as_raw();
-            let (gone, kept): (Vec<usize>, Vec<usize>) = (0..parsed.len())
-                .filter(|&j| named(j, issuer))
-                .partition(|j| dropped.contains(j));
-            issuer != ca.subject().as_raw() && !gone.is_empty() && kept.is_empty()
+            let mut holders = (0..parsed.len()).filter(|&j| named(j, issuer)).peekable();
+            // Some CA holds the issuer's name, and every one that does is dropped.
+            issuer != ca.subject().as_raw()
+                && holders.peek().is_some()
+                && holders.all(|j| dropped.contains(&j))
         };
         let more: Vec<usize> = (0..parsed.len())
             .filter(|&i| !dropped.contains(&i) && orphaned(i))
