@@ -1,4 +1,4 @@
-# Sourced by scripts/ab, scripts/instr, scripts/pgo and scripts/split: the
+# Sourced by scripts/ab, instr, paired, pgo and split: the
 # certificates, the policy a README reader would write, a gateway config and
 # the payload-only bench backend, all under $W (the caller's work directory;
 # C=$W/certs), and helpers to wait for sockets and read CPU time.
@@ -53,3 +53,22 @@ lab_idle() { awk '{printf "%d", $2 * 100}' /proc/uptime; }
 
 # lab_switches: context switches on the machine so far (/proc/stat).
 lab_switches() { awk '/^ctxt/{print $2}' /proc/stat; }
+
+# lab_gateways A_BIN B_BIN: gateways a and b on $W/a.sock and $W/b.sock, each
+# with its own config; A_ENV / B_ENV (extra environment), A_PREFIX / B_PREFIX
+# (a command to run it under, e.g. "nice -n 5") and A_TOML / B_TOML (config
+# lines appended) change one side. Their pids go to GW[a], GW[b] and PIDS.
+lab_gateways() {
+  declare -gA GW
+  local x bin xenv xpre xtoml
+  for x in a b; do
+    lab_config "$W/$x.sock" "$W/$x.toml"
+    if [ $x = a ]; then bin=$1 xenv=${A_ENV:-} xpre=${A_PREFIX:-} xtoml=${A_TOML:-}
+    else bin=$2 xenv=${B_ENV:-} xpre=${B_PREFIX:-} xtoml=${B_TOML:-}; fi
+    [ -z "$xtoml" ] || printf '%b\n' "$xtoml" >>"$W/$x.toml"
+    # shellcheck disable=SC2086 # the prefix and environment are word lists
+    env $xenv RUST_LOG=warn $xpre "$bin" serve --config "$W/$x.toml" 2>"$W/$x.log" &
+    GW[$x]=$!
+    PIDS+=($!)
+  done
+}
