@@ -29,6 +29,8 @@ pub struct PolicySource {
     /// start one; two at once could each read the file, and the one that read
     /// it first could swap its older policy in last.
     reloading: Mutex<()>,
+    #[cfg(test)]
+    between: Between,
 }
 
 /// What one reload did, per policy kind.
@@ -63,6 +65,8 @@ impl PolicySource {
     pub fn new(cfg: config::Policy, file_logger: bool, metrics: Arc<Metrics>) -> PolicySource {
         PolicySource {
             reloading: Mutex::new(()),
+            #[cfg(test)]
+            between: Mutex::new(None),
             cfg,
             file_logger,
             metrics,
@@ -158,6 +162,8 @@ impl PolicySource {
             .unwrap_or_default();
         match self.load_kind(kind) {
             Ok(p) => {
+                #[cfg(test)]
+                between(&self.between);
                 self.count(kind, "ok");
                 let version = p.version.clone();
                 let changed = version != old_version;
@@ -357,6 +363,8 @@ pub struct TlsSource {
     /// issuer) found stale at the last check, so live connections are
     /// re-verified when one more goes stale, not at every check.
     reloading: Mutex<Vec<(PathBuf, String)>>,
+    #[cfg(test)]
+    between: Between,
 }
 
 /// What a TLS reload did.
@@ -382,6 +390,8 @@ impl TlsSource {
         let tls = crate::tls::server(&cfg)?;
         let s = TlsSource {
             reloading: Mutex::new(Vec::new()),
+            #[cfg(test)]
+            between: Mutex::new(None),
             cfg,
             current: arc_swap::ArcSwap::from_pointee(tls),
             conns,
@@ -416,6 +426,8 @@ impl TlsSource {
         let mut stale = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         match crate::tls::server(&self.cfg) {
             Ok(tls) => {
+                #[cfg(test)]
+                between(&self.between);
                 let tls = Arc::new(tls);
                 self.current.store(tls.clone());
                 let closed = self.conns.recheck(&*tls.verifier);
@@ -520,3 +532,20 @@ impl TlsSource {
         }
     }
 }
+
+/// Tests: runs once, between a reload's reading its files and swapping them
+/// in (the window the `reloading` locks close).
+#[cfg(test)]
+type Between = Mutex<Option<Box<dyn FnOnce() + Send>>>;
+
+#[cfg(test)]
+fn between(b: &Between) {
+    // Taken out first: the hook may start a reload that comes here too.
+    let hook = b.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(hook) = hook {
+        hook();
+    }
+}
+
+#[cfg(test)]
+mod tests;
