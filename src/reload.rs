@@ -29,6 +29,7 @@ pub struct PolicySource {
     /// start one; two at once could each read the file, and the one that read
     /// it first could swap its older policy in last.
     reloading: Mutex<()>,
+    /// Tests: a hook inside a reload's window (see [`between`]).
     #[cfg(test)]
     between: Between,
 }
@@ -363,6 +364,7 @@ pub struct TlsSource {
     /// issuer) found stale at the last check, so live connections are
     /// re-verified when one more goes stale, not at every check.
     reloading: Mutex<Vec<(PathBuf, String)>>,
+    /// Tests: a hook inside a reload's window (see [`between`]).
     #[cfg(test)]
     between: Between,
 }

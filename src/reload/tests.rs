@@ -1,15 +1,19 @@
 //! Two reloads at once, in the order that loses an update unless they are
-//! serialized: the first reads the files, they change, a second reload
-//! starts, and only then does the first swap in what it read.
+//! serialized from before their reads: the first reads the files, they
+//! change, a second reload starts, they change again, and only then does the
+//! first swap in what it read. The second must neither finish nor read while
+//! the first is in its window, so the files' last content ends in force.
 
 use super::*;
 use crate::ca::{lifecycle::read_leaf, Ca, KeyType, LeafSpec, Reason, CA_TTL, CRL_TTL};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-/// How long the first reload waits for the second to finish. Serialized, the
-/// second cannot finish at all before the first returns, so this only bounds
-/// how long a broken lock takes to show (a reload here takes milliseconds).
+/// How long the first reload gives the second before the second edit.
+/// Serialized, the second can neither finish nor read before the first
+/// returns, so a slow machine never fails a correct lock; a broken one shows
+/// if the second reload gets to its read within this (it takes milliseconds
+/// here), and may pass unseen on a machine too loaded for that.
 const GRACE: Duration = Duration::from_millis(300);
 
 /// The second reload, started from inside the first one's window: whether it
@@ -17,11 +21,13 @@ const GRACE: Duration = Duration::from_millis(300);
 type Second<T> = Arc<Mutex<Option<(bool, JoinHandle<T>)>>>;
 
 /// Arms `slot` so the next reload, between its read and its swap, runs
-/// `edit` (a change to the files) and then `second` on another thread.
+/// `edit` (a change to the files), then `second` on another thread, and
+/// after `GRACE` (or once `second` is done) `edit_again`.
 fn race<T: Send + 'static>(
     slot: &Between,
     edit: impl FnOnce() + Send + 'static,
     second: impl FnOnce() -> T + Send + 'static,
+    edit_again: impl FnOnce() + Send + 'static,
 ) -> Second<T> {
     let out: Second<T> = Arc::new(Mutex::new(None));
     let o = out.clone();
@@ -34,11 +40,14 @@ fn race<T: Send + 'static>(
             r
         });
         let finished = rx.recv_timeout(GRACE).is_ok();
+        edit_again();
         *o.lock().unwrap() = Some((finished, handle));
     }));
     out
 }
 
+/// Whether the second reload finished inside the first one's window, and
+/// its result.
 fn taken<T>(second: &Second<T>) -> (bool, T) {
     let (finished, handle) = second
         .lock()
@@ -73,11 +82,12 @@ fn a_policy_read_before_an_edit_is_never_swapped_in_after_it() {
     let authz = Arc::new(Authorizer::new(enforced, None, None, &metrics));
     std::fs::write(&file, policy_text("second")).unwrap();
 
-    let (s, a) = (source.clone(), authz.clone());
+    let (s, a, again) = (source.clone(), authz.clone(), file.clone());
     let second = race(
         &source.between,
         move || std::fs::write(&file, policy_text("third")).unwrap(),
         move || s.reload(&a),
+        move || std::fs::write(&again, policy_text("fourth")).unwrap(),
     );
     let first = source.reload(&authz);
     assert!(first.ok());
@@ -89,7 +99,7 @@ fn a_policy_read_before_an_edit_is_never_swapped_in_after_it() {
     assert!(second.ok() && second.policy.changed);
     assert_eq!(
         authz.enforced().name,
-        "third",
+        "fourth",
         "the policy in force is the file's last content"
     );
 }
@@ -111,14 +121,16 @@ fn crls_read_before_a_revocation_are_never_swapped_in_after_it() {
         },
         "gateway",
     );
-    leaf(
-        LeafSpec {
-            spiffe: vec!["spiffe://t/alice".into()],
-            client: true,
-            ..Default::default()
-        },
-        "alice",
-    );
+    for who in ["alice", "bob"] {
+        leaf(
+            LeafSpec {
+                spiffe: vec![format!("spiffe://t/{who}")],
+                client: true,
+                ..Default::default()
+            },
+            who,
+        );
+    }
     let crl = ca.reissue_crl(&d, CRL_TTL).unwrap();
     let cfg = config::Tls {
         crl: vec![crl],
@@ -139,15 +151,23 @@ fn crls_read_before_a_revocation_are_never_swapped_in_after_it() {
     let revoked = |t: &TlsSource| t.current().crls[0].revoked;
     assert_eq!(revoked(&tls), 0);
 
+    let ca = Arc::new(ca);
+    let revoke = move |who: &str| {
+        let ca = ca.clone();
+        let d = d.clone();
+        let who = who.to_owned();
+        move || {
+            let leaf = read_leaf(&d.join(format!("{who}.pem"))).unwrap();
+            ca.revoke(&d, &leaf, Reason::KeyCompromise, CRL_TTL)
+                .unwrap();
+        }
+    };
     let t = tls.clone();
     let second = race(
         &tls.between,
-        move || {
-            let alice = read_leaf(&d.join("alice.pem")).unwrap();
-            ca.revoke(&d, &alice, Reason::KeyCompromise, CRL_TTL)
-                .unwrap();
-        },
+        revoke("alice"),
         move || t.reload(),
+        revoke("bob"),
     );
     assert!(tls.reload().ok);
     let (finished, second) = taken(&second);
@@ -156,5 +176,5 @@ fn crls_read_before_a_revocation_are_never_swapped_in_after_it() {
         "a second reload finished while the first held CRLs it had read"
     );
     assert!(second.ok);
-    assert_eq!(revoked(&tls), 1, "the revocation is in force");
+    assert_eq!(revoked(&tls), 2, "both revocations are in force");
 }
