@@ -2,7 +2,7 @@
 //! a temporary CA and certificates, the backend, the gateway, then allowed and
 //! denied calls, each checked against what should happen.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -247,6 +247,41 @@ impl Expect {
 /// Runs the demo; returns whether every call behaved as expected.
 ///
 /// # Errors
+/// Issues into `dir` a server certificate for `localhost` (`gateway.pem`,
+/// `gateway.key`) and a client certificate `spiffe://<domain>/<name>` for
+/// each of `clients` (`<name>.pem`, `<name>.key`): the demo's set, which
+/// the reload tests use too.
+///
+/// # Errors
+/// Issuing or writing a certificate.
+pub(crate) fn leaves(
+    ca: &Ca,
+    dir: &Path,
+    domain: &str,
+    clients: &[&str],
+) -> Result<(), crate::ca::CaError> {
+    let issue = |spec: LeafSpec, name: &str| ca.issue(&spec)?.save(&dir.join(name), true).map(drop);
+    issue(
+        LeafSpec {
+            dns: vec!["localhost".into()],
+            server: true,
+            ..Default::default()
+        },
+        "gateway",
+    )?;
+    for who in clients {
+        issue(
+            LeafSpec {
+                spiffe: vec![format!("spiffe://{domain}/{who}")],
+                client: true,
+                ..Default::default()
+            },
+            who,
+        )?;
+    }
+    Ok(())
+}
+
 /// Setup failures (temp dir, certificates, binding).
 pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     let tmp;
@@ -264,28 +299,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
 
     let ca = Ca::generate("ipcgate demo CA", crate::ca::CA_TTL, KeyType::EcdsaP256)?;
     ca.save(&dir, true)?;
-    let issue = |spec: LeafSpec, name: &str| -> anyhow::Result<()> {
-        ca.issue(&spec)?.save(&dir.join(name), true)?;
-        Ok(())
-    };
-    issue(
-        LeafSpec {
-            dns: vec!["localhost".into()],
-            server: true,
-            ..Default::default()
-        },
-        "gateway",
-    )?;
-    for who in ["alice", "mallory"] {
-        issue(
-            LeafSpec {
-                spiffe: vec![format!("spiffe://demo.local/{who}")],
-                client: true,
-                ..Default::default()
-            },
-            who,
-        )?;
-    }
+    leaves(&ca, &dir, "demo.local", &["alice", "mallory"])?;
     let outsider_ca = Ca::generate("some other CA", crate::ca::CA_TTL, KeyType::EcdsaP256)?;
     outsider_ca
         .issue(&LeafSpec {

@@ -5,7 +5,7 @@
 //! the first is in its window, so the files' last content ends in force.
 
 use super::*;
-use crate::ca::{lifecycle::read_leaf, Ca, KeyType, LeafSpec, Reason, CA_TTL, CRL_TTL};
+use crate::ca::{lifecycle::read_leaf, Ca, KeyType, Reason, CA_TTL, CRL_TTL};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
@@ -110,27 +110,7 @@ fn crls_read_before_a_revocation_are_never_swapped_in_after_it() {
     let d = dir.path().to_owned();
     let ca = Ca::generate("reload test CA", CA_TTL, KeyType::EcdsaP256).unwrap();
     ca.save(&d, true).unwrap();
-    let leaf = |spec: LeafSpec, name: &str| {
-        ca.issue(&spec).unwrap().save(&d.join(name), true).unwrap();
-    };
-    leaf(
-        LeafSpec {
-            dns: vec!["localhost".into()],
-            server: true,
-            ..Default::default()
-        },
-        "gateway",
-    );
-    for who in ["alice", "bob"] {
-        leaf(
-            LeafSpec {
-                spiffe: vec![format!("spiffe://t/{who}")],
-                client: true,
-                ..Default::default()
-            },
-            who,
-        );
-    }
+    crate::demo::leaves(&ca, &d, "t", &["alice", "bob"]).unwrap();
     let crl = ca.reissue_crl(&d, CRL_TTL).unwrap();
     let cfg = config::Tls {
         crl: vec![crl],
