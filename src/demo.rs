@@ -244,9 +244,6 @@ impl Expect {
     }
 }
 
-/// Runs the demo; returns whether every call behaved as expected.
-///
-/// # Errors
 /// Issues into `dir` a server certificate for `localhost` (`gateway.pem`,
 /// `gateway.key`) and a client certificate `spiffe://<domain>/<name>` for
 /// each of `clients` (`<name>.pem`, `<name>.key`): the demo's set, which
@@ -282,6 +279,9 @@ pub(crate) fn leaves(
     Ok(())
 }
 
+/// Runs the demo; returns whether every call behaved as expected.
+///
+/// # Errors
 /// Setup failures (temp dir, certificates, binding).
 pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     let tmp;
