@@ -121,6 +121,8 @@ enum Msg {
     Event(Box<AuditEvent>),
     /// Reopen the file (after logrotate moved it).
     Reopen,
+    /// Write out everything queued before this, then answer.
+    Flush(SyncSender<()>),
 }
 
 /// Handle to the audit writer.
@@ -181,6 +183,28 @@ impl Auditor {
                 self.warn_dropped();
             }
         }
+    }
+
+    /// Waits, at most `within`, until every event submitted before this call
+    /// is written. The writer is a detached thread: without this, a process
+    /// that exits after a shutdown would lose the events still queued, the
+    /// last calls' denials among them. False if the time ran out.
+    pub fn flush(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        let (ack, done) = sync_channel(1);
+        let mut msg = Msg::Flush(ack);
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                    msg = m;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(_) => return false,
+            }
+        }
+        done.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_ok()
     }
 
     /// Asks the writer to reopen the audit file.
@@ -246,6 +270,7 @@ fn writer(
     let mut pending = 0u64;
     let mut torn = false;
     let mut last_error: Option<Instant> = None;
+    let mut flushed: Option<SyncSender<()>> = None;
     loop {
         // Batch: take what is queued, then write and flush once.
         let msg = if pending == 0 {
@@ -282,6 +307,7 @@ fn writer(
                     continue;
                 }
             }
+            Some(Msg::Flush(ack)) => flushed = Some(ack),
             None => {}
         }
         if asked.swap(false, Ordering::Acquire) {
@@ -327,5 +353,8 @@ fn writer(
         file_buf.clear();
         out_buf.clear();
         pending = 0;
+        if let Some(ack) = flushed.take() {
+            let _ = ack.try_send(());
+        }
     }
 }

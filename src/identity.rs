@@ -53,6 +53,10 @@ pub enum IdentityError {
     NoCertificate,
     #[error("the client certificate cannot be parsed: {0}")]
     Parse(String),
+    /// An X509-SVID carries one SPIFFE ID. With two, a principal could match
+    /// the second while the audit log and XFCC name the first.
+    #[error("the client certificate carries {0} SPIFFE IDs (an X509-SVID has exactly one)")]
+    SpiffeIds(usize),
 }
 
 impl Peer {
@@ -61,7 +65,8 @@ impl Peer {
     ///
     /// # Errors
     /// No certificate, or a leaf x509-parser cannot read (rustls accepted it, so
-    /// this is rare and refused rather than guessed at).
+    /// this is rare and refused rather than guessed at), or one with more than
+    /// one SPIFFE ID.
     pub fn new(
         chain: &[CertificateDer<'_>],
         cred: Option<PeerCred>,
@@ -106,7 +111,12 @@ impl Peer {
             .next()
             .and_then(|a| a.as_str().ok())
             .map(str::to_owned);
-        let spiffe_id = uris.iter().find(|u| u.starts_with("spiffe://")).cloned();
+        let mut ids = uris.iter().filter(|u| u.starts_with("spiffe://"));
+        let spiffe_id = ids.next().cloned();
+        let more = ids.count();
+        if more > 0 {
+            return Err(IdentityError::SpiffeIds(more + 1));
+        }
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, leaf.as_ref());
         let mut sha256 = [0u8; 32];
         sha256.copy_from_slice(digest.as_ref());

@@ -105,7 +105,8 @@ enum CertCmd {
         server: bool,
         #[arg(long, value_parser = ttl)]
         ttl: Option<Duration>,
-        /// Approve this subject CN (else the CSR's CN must be one of its names).
+        /// The subject CN. A CSR's own CN is refused unless this approves it;
+        /// without it the certificate's subject is empty.
         #[arg(long)]
         cn: Option<String>,
         #[arg(long)]
@@ -164,8 +165,8 @@ struct IssueArgs {
     /// DNS name (DNS SAN), repeatable.
     #[arg(long)]
     dns: Vec<String>,
-    /// Subject common name (defaults to the first DNS name or the last path
-    /// segment of the SPIFFE ID).
+    /// Subject common name (defaults to the first DNS name; never taken from
+    /// a SPIFFE ID).
     #[arg(long)]
     cn: Option<String>,
     /// For clients (clientAuth EKU).

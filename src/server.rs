@@ -245,8 +245,22 @@ impl Gateway {
         if let Some(a) = admin {
             a.abort();
         }
+        // The audit writer is a detached thread: the process must not exit
+        // before it has written the last calls' events.
+        let authz = self.shared.authz.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            authz.auditor().is_none_or(|a| a.flush(AUDIT_FLUSH))
+        })
+        .await
+        .unwrap_or(false);
+        if !written {
+            warn!(within = ?AUDIT_FLUSH, "audit events still queued at exit were not all written");
+        }
     }
 }
+
+/// How long a shutdown waits for the audit writer.
+const AUDIT_FLUSH: Duration = Duration::from_secs(5);
 
 /// Binds one configured listener (or takes it from systemd's sockets).
 // Without systemd (Windows) nothing is taken out of `inherited`.
@@ -407,7 +421,11 @@ async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, repair_author
             Arc::new(p)
         }
         Err(e) => {
-            m.handshake("failed", "unreadable_certificate");
+            let reason = match e {
+                crate::identity::IdentityError::SpiffeIds(_) => "spiffe_ids",
+                _ => "unreadable_certificate",
+            };
+            m.handshake("failed", reason);
             warn!(target: "ipcgate::tls", reason = %e, peer.uid = uid, peer.pid = pid, peer.addr = remote, "handshake failed");
             return;
         }

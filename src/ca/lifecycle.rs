@@ -213,8 +213,9 @@ impl Ca {
 
     /// Signs a CSR. The CA decides what matters: never a CA, EKU, validity and
     /// serial are its own; names come from the CSR only if they pass the CA's
-    /// rules; the CSR's CN is kept only if it is one of those names or `cn`
-    /// approves it.
+    /// rules; the subject is the CA's too: a CN only as `cn` approves it. A CN
+    /// kept because it was one of the CSR's names let `DNS:admin` bring
+    /// `CN=admin`, which a subject principal takes for the operator's word.
     ///
     /// # Errors
     /// A bad CSR signature, a CSR asking to be a CA, a name the CA refuses, an
@@ -280,13 +281,9 @@ impl Ca {
             (Some(approved), _) => Some(approved.to_owned()),
             (None, None) => None,
             (None, Some(asked)) => {
-                let is_a_name = names.dns.iter().chain(&names.spiffe).any(|n| *n == asked);
-                if !is_a_name {
-                    return Err(CaError::Invalid(format!(
-                        "the CSR asks for CN={asked:?}, which is not one of its names; approve it with --cn {asked:?} or leave the CN out of the CSR"
-                    )));
-                }
-                Some(asked)
+                return Err(CaError::Invalid(format!(
+                    "the CSR asks for CN={asked:?}; the CA sets a CN only when you approve it: add --cn {asked:?}, or leave the CN out of the CSR (its names go in the SANs)"
+                )));
             }
         };
         let params = self.leaf_params(&names, cn.as_deref(), client, server, None, ttl)?;

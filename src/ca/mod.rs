@@ -257,9 +257,13 @@ impl Ca {
             dns: spec.dns.clone(),
             ips: Vec::new(),
         };
+        // Without --cn the CN is the first DNS name (what a TLS client that
+        // still reads CNs expects). Only here, the operator's own `cert issue`:
+        // a CSR's or a renewal's CN is never derived from its names.
+        let cn = spec.cn.as_ref().or(names.dns.first());
         let params = self.leaf_params(
             &names,
-            spec.cn.as_deref(),
+            cn.map(String::as_str),
             spec.client,
             spec.server,
             spec.validity,
@@ -286,6 +290,15 @@ impl Ca {
         ttl: Option<Duration>,
     ) -> Result<CertificateParams, CaError> {
         let mut params = CertificateParams::default();
+        // An X509-SVID carries exactly one SPIFFE ID. With two, a policy
+        // principal could match the second while logs and XFCC name the first.
+        if names.spiffe.len() > 1 {
+            return Err(CaError::Invalid(format!(
+                "one SPIFFE ID per certificate (X509-SVID), not {}: {}",
+                names.spiffe.len(),
+                names.spiffe.join(", ")
+            )));
+        }
         for id in &names.spiffe {
             self.check_spiffe(id)?;
             let uri = id
@@ -298,13 +311,18 @@ impl Ca {
             // A wildcard only as a whole leftmost label under at least two
             // more (`*.svc.example.org`): a bare `*` or `*.org` would vouch
             // for names no one here owns.
+            // Labels are never empty: `*.org.` (absolute) or `*..org` would
+            // slip past the label count.
             let plain = name.strip_prefix("*.").unwrap_or(name);
-            if plain.is_empty()
-                || name.len() > 253
+            if name.len() > 253
                 || (plain.len() != name.len() && plain.split('.').count() < 2)
-                || !plain
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                || plain.split('.').any(|label| {
+                    label.is_empty()
+                        || label.len() > 63
+                        || !label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                })
             {
                 return Err(CaError::Invalid(format!("{name:?} is not a DNS name")));
             }
@@ -327,14 +345,15 @@ impl Ca {
                 "say what the certificate is for: --client, --server, or both".into(),
             ));
         }
-        // The CN is what the user asked for, or the first DNS name. It is never
-        // derived from a SPIFFE ID: `spiffe://td/ns/x/admin` must not come out as
-        // `CN=admin` and satisfy a policy principal meant for someone else.
-        params.distinguished_name =
-            match cn.map(str::to_owned).or_else(|| names.dns.first().cloned()) {
-                Some(cn) => dn(&cn),
-                None => DistinguishedName::new(),
-            };
+        // The CN is exactly the one approved (`issue` fills in its DNS name).
+        // It is never derived from a SPIFFE ID: `spiffe://td/ns/x/admin` must
+        // not come out as `CN=admin` and satisfy a principal meant for someone
+        // else. With no CN the subject is empty and rcgen marks the SAN
+        // extension critical (RFC 5280 §4.2.1.6).
+        params.distinguished_name = match cn {
+            Some(cn) => dn(cn),
+            None => DistinguishedName::new(),
+        };
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         if client {

@@ -241,3 +241,30 @@ fn admin_takes_a_socket_and_mode_only() {
         assert!(e.contains("[admin] takes uds"), "{bad}: {e}");
     }
 }
+
+/// The revocation switches take exactly "deny" or "allow": a typo must not be
+/// read as either, least of all as "allow".
+#[test]
+fn revocation_switches_refuse_anything_but_deny_or_allow() {
+    let tls = "client_ca = \"certs/ca.pem\"";
+    for key in ["crl_expired", "revocation_unknown"] {
+        for typo in ["Deny", "alow", "", "true"] {
+            let e = error_of(&GOOD.replace(tls, &format!("{tls}\n{key} = \"{typo}\"")));
+            assert!(
+                e.starts_with("gw.toml:10:") && e.contains(key) && e.contains("\"deny\""),
+                "{key} = {typo:?}: {e}"
+            );
+        }
+    }
+    let c = |lines: &str| {
+        Config::parse(
+            &GOOD.replace(tls, &format!("{tls}\n{lines}")),
+            Path::new("gw.toml"),
+        )
+        .unwrap()
+    };
+    let d = c("");
+    assert!(d.tls.crl_expired_deny && d.tls.revocation_unknown_deny);
+    let a = c("crl_expired = \"allow\"\nrevocation_unknown = \"allow\"");
+    assert!(!a.tls.crl_expired_deny && !a.tls.revocation_unknown_deny);
+}

@@ -84,3 +84,74 @@ fn no_certificate_is_an_error() {
         Err(IdentityError::Parse(_))
     ));
 }
+
+/// One SPIFFE ID per certificate: two make the identity ambiguous; one
+/// beside another kind of URI does not.
+#[test]
+fn two_spiffe_ids_are_refused() {
+    let with = |uris: &[&str]| {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = uris
+            .iter()
+            .map(|u| rcgen::SanType::URI((*u).try_into().unwrap()))
+            .collect();
+        let key = KeyPair::generate().unwrap();
+        let der = params.self_signed(&key).unwrap().der().clone();
+        Peer::new(&[der], None, None)
+    };
+    assert!(matches!(
+        with(&["spiffe://td/bob", "spiffe://td/admin"]),
+        Err(IdentityError::SpiffeIds(2))
+    ));
+    let p = with(&["https://example.org/x", "spiffe://td/bob"]).unwrap();
+    assert_eq!(p.spiffe_id.as_deref(), Some("spiffe://td/bob"));
+}
+
+/// DER: `tag`, a short length, `content`.
+fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut v = vec![tag, u8::try_from(content.len()).unwrap()];
+    v.extend_from_slice(content);
+    v
+}
+
+/// A SAN extension read only in part is refused, not taken as the names
+/// before the break: a deny rule on a later name would not match.
+#[test]
+fn a_san_read_only_in_part_is_refused() {
+    let spiffe = tlv(0x86, b"spiffe://t/a");
+    for (what, san) in [
+        (
+            "an entry that is no GeneralName",
+            tlv(0x30, &[spiffe.clone(), tlv(0x0c, b"x")].concat()),
+        ),
+        (
+            "bytes after the names",
+            [tlv(0x30, &spiffe), vec![0x05, 0x00]].concat(),
+        ),
+        (
+            "a URI that is not UTF-8",
+            tlv(0x30, &tlv(0x86, b"spiffe://t/\xff")),
+        ),
+    ] {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(
+            &[2, 5, 29, 17],
+            san,
+        )];
+        let key = KeyPair::generate().unwrap();
+        let der = params.self_signed(&key).unwrap().der().clone();
+        assert!(
+            matches!(Peer::new(&[der], None, None), Err(IdentityError::Parse(_))),
+            "{what}: read"
+        );
+    }
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(
+        &[2, 5, 29, 17],
+        tlv(0x30, &spiffe),
+    )];
+    let key = KeyPair::generate().unwrap();
+    let der = params.self_signed(&key).unwrap().der().clone();
+    let p = Peer::new(&[der], None, None).unwrap();
+    assert_eq!(p.spiffe_id.as_deref(), Some("spiffe://t/a"));
+}

@@ -151,6 +151,10 @@ fn principals_match_uri_dns_and_subject_but_never_the_empty_principal() {
         );
     }
     assert_eq!(ev(&p, "/a.B/NoCert", &h, &p1), (false, None));
+    // Nor against an empty subject, which `""` would match as a pattern.
+    let bare = peer(&["spiffe://t/x"], &[], None);
+    assert_eq!(bare.subject, "");
+    assert_eq!(ev(&p, "/a.B/NoCert", &h, &bare), (false, None));
     let p2 = peer(&["spiffe://t/other/x"], &["db.svc.evil"], Some("dave2"));
     for m in ["Uri", "Dns", "Subj"] {
         assert_eq!(ev(&p, &format!("/a.B/{m}"), &h, &p2), (false, None), "{m}");

@@ -616,6 +616,91 @@ fn a_reopen_asked_while_the_audit_queue_is_full_is_kept() {
     panic!("the event after the rotation did not reach the new audit file");
 }
 
+/// A shutdown flushes the audit writer, a detached thread: `flush` returns
+/// only once every event queued before it is written, and says so honestly
+/// when the sink will not take them (here a FIFO nobody reads yet).
+#[test]
+fn a_flush_waits_for_the_queued_audit_events() {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("audit.jsonl");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .unwrap()
+        .success());
+    let mut reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+        .unwrap();
+    let c = prometheus_client::metrics::counter::Counter::default;
+    let (written, dropped) = (c(), c());
+    let auditor =
+        ipcgate::audit::Auditor::start(Some(&path), 64, written.clone(), dropped.clone()).unwrap();
+    let pki = Pki::new();
+    let issued = pki.issue_spiffe("spiffe://test.local/alice");
+    let peer = Arc::new(ipcgate::identity::Peer::new(&[issued.cert_der], None, None).unwrap());
+    let policy = Arc::new(audit_policy("ON_DENY_AND_ALLOW"));
+    let event = || ipcgate::audit::AuditEvent {
+        time: std::time::SystemTime::now(),
+        method: "/a.B/C".into(),
+        peer: peer.clone(),
+        policy: policy.clone(),
+        rule: None,
+        authorized: false,
+        shadow: None,
+        stdout: false,
+        file: true,
+    };
+    // Until the pipe is full: the writer stuck in a write, the queue full
+    // behind it and still full 100 ms later.
+    let mut submitted = 0u64;
+    let mut last = 0;
+    loop {
+        auditor.submit(event());
+        submitted += 1;
+        if dropped.get() > last {
+            std::thread::sleep(Duration::from_millis(100));
+            last = dropped.get();
+            auditor.submit(event());
+            submitted += 1;
+            if dropped.get() > last {
+                break;
+            }
+        }
+    }
+    assert!(
+        !auditor.flush(Duration::from_millis(300)),
+        "a flush claimed events were written that the sink never took"
+    );
+    // Someone reads: the writer drains the queue, and the flush says so once
+    // all of them are written.
+    let draining = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut total = 0usize;
+        let mut quiet = 0;
+        while quiet < 100 {
+            match reader.read(&mut buf) {
+                Ok(n) if n > 0 => {
+                    total += n;
+                    quiet = 0;
+                }
+                _ => {
+                    quiet += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+        total
+    });
+    assert!(auditor.flush(Duration::from_secs(20)), "not flushed");
+    assert_eq!(written.get() + dropped.get(), submitted);
+    assert!(written.get() > 64, "only {} written", written.get());
+    assert!(draining.join().unwrap() > 0);
+}
+
 /// A symbolic link planted at the audit file's path is not followed.
 #[test]
 fn the_audit_file_is_never_opened_through_a_symlink() {

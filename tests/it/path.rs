@@ -1,5 +1,9 @@
 //! Only `POST /Service/Method` reaches policy and routing; every other spelling is
 //! UNIMPLEMENTED and never reaches the backend.
+//!
+//! The backend answers an unknown method with UNIMPLEMENTED too, so these tests
+//! stop it first: a call forwarded then fails UNAVAILABLE (14), and a 12 can
+//! only be the gateway's own.
 
 use std::sync::atomic::Ordering;
 
@@ -7,9 +11,22 @@ use http::Method;
 
 use crate::common::*;
 
+/// Stops the backend and checks that a call the gateway forwards now fails
+/// UNAVAILABLE.
+async fn backend_gone(h: &mut Harness) {
+    h.stop_backend();
+    assert_eq!(
+        h.raw(Method::POST, "/demo.v1.Echo/Unary")
+            .await
+            .1
+            .as_deref(),
+        Some("14")
+    );
+}
+
 #[tokio::test]
 async fn non_canonical_paths_are_unimplemented() {
-    let h = Harness::start().await;
+    let mut h = Harness::start().await;
     // Sanity: the canonical path is served by the same raw client.
     assert_eq!(
         h.raw(Method::POST, "/demo.v1.Echo/Unary")
@@ -19,6 +36,7 @@ async fn non_canonical_paths_are_unimplemented() {
         Some("0")
     );
     let calls = h.echo.calls.load(Ordering::SeqCst);
+    backend_gone(&mut h).await;
     for p in [
         "//demo.v1.Echo/Unary",
         "/demo.v1.Echo//Unary",
@@ -46,7 +64,8 @@ async fn non_canonical_paths_are_unimplemented() {
 #[tokio::test]
 async fn deny_rule_cannot_be_bypassed_by_path_spelling() {
     // deny-secret matches "*/Secret"; alice-echo would allow /demo.v1.Echo/*.
-    let h = Harness::start().await;
+    let mut h = Harness::start().await;
+    backend_gone(&mut h).await;
     assert_eq!(
         h.raw(Method::POST, "/demo.v1.Echo/Secret")
             .await
@@ -67,7 +86,8 @@ async fn deny_rule_cannot_be_bypassed_by_path_spelling() {
 #[tokio::test]
 async fn service_without_route_is_unimplemented() {
     // alice-echo allows /other.v1.Svc/*, but no route names other.v1.Svc.
-    let h = Harness::start().await;
+    let mut h = Harness::start().await;
+    backend_gone(&mut h).await;
     assert_eq!(
         h.raw(Method::POST, "/other.v1.Svc/Get").await.1.as_deref(),
         Some("12")

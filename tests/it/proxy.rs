@@ -162,14 +162,24 @@ async fn request_metadata_and_grpc_timeout_reach_the_backend() {
 async fn client_cancel_and_deadline_reset_the_backend_call() {
     let h = Harness::start().await;
     let mut c = h.alice();
-    // Cancel: drop the call while the backend is still working.
-    let call = c.unary(EchoRequest {
-        delay_ms: 10_000,
-        ..req(b"x")
-    });
-    assert!(tokio::time::timeout(Duration::from_millis(300), call)
+    // Connections made first, so the calls below reach the backend at once
+    // even on a loaded machine.
+    c.unary(req(b"warm-up")).await.unwrap();
+    let mut c2 = h.client(h.pki.spiffe("spiffe://test.local/alice"));
+    c2.unary(req(b"warm-up")).await.unwrap();
+    let calls = || h.echo.calls.load(Ordering::SeqCst);
+    // Cancel: drop the call once the backend is working on it.
+    let before = calls();
+    let mut c1 = c.clone();
+    let call = tokio::spawn(async move {
+        c1.unary(EchoRequest {
+            delay_ms: 10_000,
+            ..req(b"x")
+        })
         .await
-        .is_err());
+    });
+    wait_for(|| calls() > before, "the call reached the backend").await;
+    call.abort();
     wait_for(
         || h.echo.cancelled.load(Ordering::SeqCst) == 1,
         "the backend saw the cancel",
@@ -182,7 +192,6 @@ async fn client_cancel_and_deadline_reset_the_backend_call() {
         ..req(b"x")
     });
     r.set_timeout(Duration::from_millis(200));
-    let mut c2 = h.client(h.pki.spiffe("spiffe://test.local/alice"));
     let e = tokio::time::timeout(Duration::from_millis(400), c2.unary(r)).await;
     // Either tonic's deadline error or our own timeout: both drop the call.
     if let Ok(res) = e {

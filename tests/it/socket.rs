@@ -222,3 +222,45 @@ async fn a_second_gateway_on_the_same_path_is_refused() {
     let _c = tokio::net::UnixStream::connect(&p).await.unwrap();
     first.accept().await.unwrap();
 }
+
+/// The lock, not the stale-socket probe, keeps a second gateway out while
+/// the first is between its probe and its bind: with no socket yet, a held
+/// lock alone makes the path in use, and nothing is created.
+#[tokio::test]
+async fn a_held_lock_makes_the_path_in_use() {
+    let d = tmp();
+    let p = d.path().join("gw.sock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(d.path().join("gw.sock.lock"))
+        .unwrap();
+    lock.try_lock().unwrap();
+    assert!(matches!(
+        Uds::bind(&p, 0o600, None),
+        Err(ListenError::InUse(_))
+    ));
+    assert!(std::fs::symlink_metadata(&p).is_err(), "a socket was made");
+    drop(lock);
+    let _uds = Uds::bind(&p, 0o600, None).unwrap();
+}
+
+/// A directory another account owns could have its socket swapped by that
+/// account: refused (only root can make one here to test).
+#[tokio::test]
+async fn a_directory_of_another_account_is_refused() {
+    let d = tmp();
+    if std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(d.path()).unwrap()) != 0 {
+        eprintln!("skipped: needs root to make a directory of another account");
+        return;
+    }
+    let theirs = d.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+    let e = Uds::bind(&theirs.join("gw.sock"), 0o600, None)
+        .err()
+        .expect("a socket was bound in another account's directory");
+    assert!(e.to_string().contains("owned by uid 65534"), "{e}");
+}
