@@ -367,6 +367,7 @@ fn failure_reason(e: &std::io::Error) -> &'static str {
             CertificateError::ExpiredRevocationList
             | CertificateError::ExpiredRevocationListContext { .. } => "crl_expired",
             CertificateError::UnknownRevocationStatus => "revocation_unknown",
+            c if crate::tls::is_path_len(c) => "path_len",
             _ => "invalid_certificate",
         },
         Some(Error::PeerIncompatible(_)) => "incompatible",

@@ -16,6 +16,9 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::config;
 
+mod pathlen;
+pub(crate) use pathlen::is_path_len;
+
 /// A TLS file that could not be used, with the path and what to do.
 #[derive(Debug, thiserror::Error)]
 #[error("{}: {msg}", path.display())]
@@ -281,12 +284,29 @@ pub fn server(cfg: &config::Tls) -> Result<ServerTls, TlsError> {
         .filter_map(|(_, c)| X509Certificate::from_der(c.as_ref()).ok())
         .map(|(_, c)| c.subject().as_raw().to_vec())
         .collect();
+    // Each anchor with its own pathLenConstraint, which webpki does not
+    // keep (`pathlen`). One that does not parse is left to `roots` to report.
+    let limited: Vec<_> = cas
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !revoked.contains(i))
+        .filter_map(|(_, c)| {
+            let anchor = webpki::anchor_from_trusted_cert(c).ok()?.to_owned();
+            let (_, x) = X509Certificate::from_der(c.as_ref()).ok()?;
+            let limit = x
+                .basic_constraints()
+                .ok()
+                .flatten()
+                .and_then(|bc| bc.value.path_len_constraint);
+            Some((anchor, limit))
+        })
+        .collect();
     let roots = Arc::new(roots(&cfg.client_ca, cas, &revoked)?);
     let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
     if !crl_ders.is_empty() {
         // The whole chain: an intermediate CA a client sends is looked up in
         // its issuer's CRL too, so revoking it refuses everything under it.
-        builder = builder.with_crls(crl_ders);
+        builder = builder.with_crls(crl_ders.clone());
         if cfg.crl_expired_deny {
             builder = builder.enforce_revocation_expiration();
         }
@@ -295,6 +315,20 @@ pub fn server(cfg: &config::Tls) -> Result<ServerTls, TlsError> {
         }
     }
     let verifier = builder.build().map_err(|e| {
+        err(
+            &cfg.client_ca,
+            format!("cannot verify clients with this bundle: {e}"),
+        )
+    })?;
+    let verifier = pathlen::PathLen::wrap(
+        verifier,
+        limited,
+        &crl_ders,
+        cfg.revocation_unknown_deny,
+        cfg.crl_expired_deny,
+        provider.signature_verification_algorithms,
+    )
+    .map_err(|e| {
         err(
             &cfg.client_ca,
             format!("cannot verify clients with this bundle: {e}"),

@@ -723,6 +723,28 @@ fn crl_of(
     )
 }
 
+/// The harness CA re-certified, same name and key, with `limit` as its path
+/// length constraint (`None`: none). Everything the harness CA issued chains
+/// to it. `ipcgate ca init` writes `pathlen:0`, which rules out intermediate
+/// CAs: a deployment with intermediates has a root like this instead.
+fn root_with_limit(pki: &Pki, limit: Option<u8>) -> String {
+    let key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(pki.path("ca.key")).unwrap()).unwrap();
+    // The harness CA's name, as `Ca::generate` writes it.
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "test CA");
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    p.is_ca = rcgen::IsCa::Ca(match limit {
+        None => rcgen::BasicConstraints::Unconstrained,
+        Some(n) => rcgen::BasicConstraints::Constrained(n),
+    });
+    p.self_signed(&key).unwrap().pem()
+}
+
 /// An intermediate CA with `serial` under `issuer`, and a client certificate
 /// for `id` under it: (intermediate PEM, its issuer, the client's chain PEM
 /// and key PEM).
@@ -785,8 +807,9 @@ async fn a_revoked_intermediate_ca_refuses_its_clients() {
             "ca.crl",
             crl_of(&root, &[&[0x71]], time::Duration::hours(1), 9),
         )];
+        let unlimited = root_with_limit(&pki, None);
         let keys = if in_bundle {
-            files.push(("ca.pem", format!("{}{i1}{i2}{i3}", pki.ca.cert_pem())));
+            files.push(("ca.pem", format!("{unlimited}{i1}{i2}{i3}")));
             files.push((
                 "i3.crl",
                 crl_of(&i3_issuer, &[], time::Duration::hours(1), 1),
@@ -803,6 +826,7 @@ async fn a_revoked_intermediate_ca_refuses_its_clients() {
         } else {
             // Only the root is trusted; nobody publishes the intermediates'
             // CRLs, so their clients' own status is unknown and allowed.
+            files.push(("ca.pem", unlimited));
             "crl = [\"ca.crl\"]\nrevocation_unknown = \"allow\""
         };
         let ca_pem = pki.ca.cert_pem().to_owned();
@@ -837,7 +861,15 @@ async fn a_connection_does_not_outlive_its_intermediate_ca() {
         Some(time::Duration::seconds(6)),
     );
     let ca_pem = pki.ca.cert_pem().to_owned();
-    let h = Harness::start_in(pki, Opts::default()).await;
+    let unlimited = root_with_limit(&pki, None);
+    let h = Harness::start_in(
+        pki,
+        Opts {
+            files: vec![("ca.pem", unlimited)],
+            ..Default::default()
+        },
+    )
+    .await;
     let mut c = h.client(client_config(&chain, &key, &ca_pem));
     c.unary(req(b"while-valid")).await.unwrap();
     let hh = &h;
@@ -1925,4 +1957,59 @@ fn renewing_an_expired_certificate_with_a_compromised_key_is_refused() {
     // With a new key the renewal goes through.
     ca.renew(d.path(), &a, Some(ipcgate::ca::KeyType::EcdsaP256), None)
         .unwrap();
+}
+
+/// A root's own path length constraint holds, though webpki keeps none of an
+/// anchor's: under `ipcgate ca init`'s `pathlen:0` no intermediate CA may
+/// vouch for a client; under `pathlen:1` one may, two may not; with no limit
+/// both are served. Counted by the gateway as `reason="path_len"`.
+#[tokio::test]
+async fn a_root_path_length_limit_refuses_longer_chains() {
+    let pki = Pki::new();
+    let root = root_issuer(&pki);
+    let (i1, i1_issuer, one, one_key) =
+        intermediate_and_client(&root, &[0x81], "spiffe://test.local/alice", None);
+    let (_, _, two, two_key) =
+        intermediate_and_client(&i1_issuer, &[0x82], "spiffe://test.local/alice", None);
+    let two = format!("{two}{i1}");
+    let ca_pem = pki.ca.cert_pem().to_owned();
+    let bundles = [
+        ("pathlen:0", pki.ca.cert_pem().to_owned(), [false, false]),
+        ("pathlen:1", root_with_limit(&pki, Some(1)), [true, false]),
+        ("no limit", root_with_limit(&pki, None), [true, true]),
+    ];
+    let dir = pki.dir.path().to_owned();
+    let h = Harness::start_in(pki, Opts::default()).await;
+    for (name, bundle, served) in bundles {
+        std::fs::write(dir.join("ca.pem"), &bundle).unwrap();
+        assert!(h.reloader.tls.reload().ok, "{name}: reload");
+        let before = path_len_refusals(&h);
+        for ((chain, key), want) in [(&one, &one_key), (&two, &two_key)].into_iter().zip(served) {
+            let got = !refused(&h, chain, key, &ca_pem).await;
+            assert_eq!(
+                got,
+                want,
+                "{name}: chain of {} served",
+                chain.matches("BEGIN").count()
+            );
+        }
+        let refusals = served.iter().filter(|s| !**s).count() as u64;
+        let hh = &h;
+        eventually("refusals counted", || {
+            path_len_refusals(hh) == before + refusals
+        })
+        .await;
+        // A client straight under the root is served under every limit.
+        h.alice().unary(req(name.as_bytes())).await.unwrap();
+    }
+}
+
+fn path_len_refusals(h: &Harness) -> u64 {
+    h.metrics
+        .handshakes
+        .get_or_create(&ipcgate::metrics::HandshakeLabels {
+            result: "failed",
+            reason: "path_len",
+        })
+        .get()
 }
