@@ -111,7 +111,12 @@ impl Peer {
             .next()
             .and_then(|a| a.as_str().ok())
             .map(str::to_owned);
-        let mut ids = uris.iter().filter(|u| u.starts_with("spiffe://"));
+        // The scheme's case does not matter (RFC 3986): `SPIFFE://td/admin`
+        // is a second SPIFFE ID too.
+        let mut ids = uris.iter().filter(|u| {
+            u.get(..9)
+                .is_some_and(|s| s.eq_ignore_ascii_case("spiffe://"))
+        });
         let spiffe_id = ids.next().cloned();
         let more = ids.count();
         if more > 0 {

@@ -103,6 +103,10 @@ fn two_spiffe_ids_are_refused() {
         with(&["spiffe://td/bob", "spiffe://td/admin"]),
         Err(IdentityError::SpiffeIds(2))
     ));
+    assert!(matches!(
+        with(&["spiffe://td/bob", "SPIFFE://td/admin"]),
+        Err(IdentityError::SpiffeIds(2))
+    ));
     let p = with(&["https://example.org/x", "spiffe://td/bob"]).unwrap();
     assert_eq!(p.spiffe_id.as_deref(), Some("spiffe://td/bob"));
 }

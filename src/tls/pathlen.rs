@@ -27,8 +27,8 @@ use webpki::{
 pub(crate) struct PathLen {
     inner: Arc<dyn ClientCertVerifier>,
     anchors: Vec<TrustAnchor<'static>>,
-    /// (index in `anchors`, the most intermediates allowed under it).
-    limits: Vec<(usize, usize)>,
+    /// The most intermediates allowed under each of `anchors`.
+    limits: Vec<Option<usize>>,
     crls: Vec<CertRevocationList<'static>>,
     unknown: UnknownStatusPolicy,
     expired: ExpirationPolicy,
@@ -61,12 +61,11 @@ impl PathLen {
         expired_deny: bool,
         algs: WebPkiSupportedAlgorithms,
     ) -> Result<Arc<dyn ClientCertVerifier>, webpki::Error> {
-        let limits: Vec<(usize, usize)> = anchors
+        let limits: Vec<Option<usize>> = anchors
             .iter()
-            .enumerate()
-            .filter_map(|(i, (_, n))| Some((i, usize::try_from((*n)?).unwrap_or(usize::MAX))))
+            .map(|(_, n)| n.map(|n| usize::try_from(n).unwrap_or(usize::MAX)))
             .collect();
-        if limits.is_empty() {
+        if limits.iter().all(Option::is_none) {
             return Ok(inner);
         }
         let crls = crls
@@ -92,14 +91,13 @@ impl PathLen {
         }))
     }
 
-    /// The limit of the anchor `path` ends at, if it has one.
+    /// The limit of the anchor `path` ends at, if it has one. By identity,
+    /// not by name and key: the old `pathlen:0` root beside its re-certified
+    /// copy without a limit (a migration) are two anchors with two limits.
     fn limit(&self, path: &VerifiedPath<'_>) -> Option<usize> {
         let a = path.anchor();
-        self.limits.iter().find_map(|&(i, n)| {
-            let b = &self.anchors[i];
-            (b.subject == a.subject && b.subject_public_key_info == a.subject_public_key_info)
-                .then_some(n)
-        })
+        let i = self.anchors.iter().position(|b| std::ptr::eq(a, b))?;
+        self.limits[i]
     }
 }
 
@@ -140,13 +138,15 @@ impl ClientCertVerifier for PathLen {
                 .with_expiration_policy(self.expired)
                 .build()
         });
+        let too_long = std::cell::Cell::new(false);
         let within = |path: &VerifiedPath<'_>| match self.limit(path) {
             Some(n) if path.intermediate_certificates().count() > n => {
+                too_long.set(true);
                 Err(webpki::Error::PathLenConstraintViolated)
             }
             _ => Ok(()),
         };
-        cert.verify_for_usage(
+        match cert.verify_for_usage(
             self.algs.all,
             &self.anchors,
             intermediates,
@@ -154,9 +154,14 @@ impl ClientCertVerifier for PathLen {
             KeyUsage::client_auth(),
             revocation,
             Some(&within),
-        )
-        .map_err(refused)?;
-        Ok(verified)
+        ) {
+            Ok(_) => Ok(verified),
+            // The first pass found a valid path, so a path turned down for its
+            // length is why, whatever error webpki ranks higher (an expired
+            // cross-signed copy sent along, say).
+            Err(_) if too_long.get() => Err(refused(webpki::Error::PathLenConstraintViolated)),
+            Err(e) => Err(refused(e)),
+        }
     }
 
     fn verify_tls12_signature(
