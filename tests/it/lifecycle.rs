@@ -138,6 +138,19 @@ fn sign(dir: &str, csr: &str, extra: &[&str]) -> std::process::Output {
     ipcgate(&args)
 }
 
+/// `sign`, which must succeed: the certificate it wrote.
+fn signed(dir: &str, csr: &str, extra: &[&str]) -> rustls::pki_types::CertificateDer<'static> {
+    use rustls::pki_types::pem::PemObject;
+    let out = sign(dir, csr, extra);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pem = std::fs::read(format!("{dir}/out.pem")).unwrap();
+    rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap()
+}
+
 #[tokio::test]
 async fn the_ca_refuses_what_a_csr_should_not_get() {
     let d = tempfile::tempdir().unwrap();
@@ -201,12 +214,7 @@ async fn a_tampered_csr_fails_its_signature_check() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("signature does not verify"), "{err}");
     assert!(!d.path().join("out.pem").exists());
-    let out = sign(dir, &format!("{dir}/ok.csr"), &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    signed(dir, &format!("{dir}/ok.csr"), &[]);
 }
 
 /// What a CSR asks for beyond its names is the CA's to decide: the purpose,
@@ -215,7 +223,6 @@ async fn a_tampered_csr_fails_its_signature_check() {
 /// a CSR with `DNS:admin` and no CN gets no `CN=admin` either.
 #[tokio::test]
 async fn a_csr_gets_only_what_the_ca_decides() {
-    use rustls::pki_types::pem::PemObject;
     use x509_parser::prelude::{FromDer, X509Certificate};
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().to_str().unwrap();
@@ -228,14 +235,7 @@ async fn a_csr_gets_only_what_the_ca_decides() {
           -addext 'extendedKeyUsage=serverAuth,codeSigning' \
           -addext 'keyUsage=critical,digitalSignature,keyCertSign,cRLSign'",
     );
-    let out = sign(dir, &format!("{dir}/asks.csr"), &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let pem = std::fs::read(d.path().join("out.pem")).unwrap();
-    let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
+    let der = signed(dir, &format!("{dir}/asks.csr"), &[]);
     let (_, c) = X509Certificate::from_der(der.as_ref()).unwrap();
     assert_eq!(c.subject().iter().count(), 0, "subject {}", c.subject());
     let eku = c.extended_key_usage().unwrap().unwrap().value;
@@ -247,14 +247,7 @@ async fn a_csr_gets_only_what_the_ca_decides() {
     let san = c.subject_alternative_name().unwrap().unwrap();
     assert!(san.critical);
     // Approved, the CN is the operator's.
-    let out = sign(dir, &format!("{dir}/asks.csr"), &["--cn", "eve", "--force"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let pem = std::fs::read(d.path().join("out.pem")).unwrap();
-    let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
+    let der = signed(dir, &format!("{dir}/asks.csr"), &["--cn", "eve", "--force"]);
     let (_, c) = X509Certificate::from_der(der.as_ref()).unwrap();
     assert_eq!(c.subject().to_string(), "CN=eve");
 }

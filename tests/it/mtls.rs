@@ -251,25 +251,31 @@ async fn sessions_are_never_resumed() {
     }
 }
 
+/// Why the gateway does not start with the harness CA and `extra` (PEM) as
+/// its client CA bundle.
+async fn bundle_error(pki: &Pki, extra: &str) -> String {
+    std::fs::write(
+        pki.path("bundle.pem"),
+        format!("{}{extra}", pki.ca.cert_pem()),
+    )
+    .unwrap();
+    std::fs::write(pki.path("policy.json"), POLICY).unwrap();
+    let text = config_text(pki, &pki.path("echo.sock"), "")
+        .replace("client_ca = \"ca.pem\"", "client_ca = \"bundle.pem\"");
+    std::fs::write(pki.path("gw.toml"), text).unwrap();
+    let cfg = ipcgate::config::Config::load(&pki.path("gw.toml")).unwrap();
+    match ipcgate::Gateway::bind(cfg).await {
+        Ok(_) => panic!("the bundle was accepted"),
+        Err(e) => e.to_string(),
+    }
+}
+
 #[tokio::test]
 async fn leaf_certificate_in_the_client_ca_bundle_is_refused() {
     // `cat ca.pem alice.pem > bundle.pem` would make alice's key a CA.
     let pki = Pki::new();
     let alice = pki.ca.issue(&alice_spec()).unwrap();
-    std::fs::write(
-        pki.path("bundle.pem"),
-        format!("{}{}", pki.ca.cert_pem(), alice.cert_pem),
-    )
-    .unwrap();
-    std::fs::write(pki.path("policy.json"), POLICY).unwrap();
-    let text = config_text(&pki, &pki.path("echo.sock"), "")
-        .replace("client_ca = \"ca.pem\"", "client_ca = \"bundle.pem\"");
-    std::fs::write(pki.path("gw.toml"), text).unwrap();
-    let cfg = ipcgate::config::Config::load(&pki.path("gw.toml")).unwrap();
-    let e = match ipcgate::Gateway::bind(cfg).await {
-        Ok(_) => panic!("a leaf in the CA bundle was accepted"),
-        Err(e) => e.to_string(),
-    };
+    let e = bundle_error(&pki, &alice.cert_pem).await;
     assert!(
         e.contains("bundle.pem") && e.contains("certificate #2") && e.contains("not a CA"),
         "{e}"
@@ -290,20 +296,7 @@ async fn a_ca_without_key_cert_sign_in_the_bundle_is_refused() {
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
     let limited = params.self_signed(&key).unwrap();
-    std::fs::write(
-        pki.path("bundle.pem"),
-        format!("{}{}", pki.ca.cert_pem(), limited.pem()),
-    )
-    .unwrap();
-    std::fs::write(pki.path("policy.json"), POLICY).unwrap();
-    let text = config_text(&pki, &pki.path("echo.sock"), "")
-        .replace("client_ca = \"ca.pem\"", "client_ca = \"bundle.pem\"");
-    std::fs::write(pki.path("gw.toml"), text).unwrap();
-    let cfg = ipcgate::config::Config::load(&pki.path("gw.toml")).unwrap();
-    let e = match ipcgate::Gateway::bind(cfg).await {
-        Ok(_) => panic!("a CA without keyCertSign was trusted"),
-        Err(e) => e.to_string(),
-    };
+    let e = bundle_error(&pki, &limited.pem()).await;
     assert!(
         e.contains("bundle.pem") && e.contains("certificate #2") && e.contains("keyCertSign"),
         "{e}"
