@@ -474,6 +474,14 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
 }
 
 /// Polls until `f` holds (or the hang guard fires).
+/// The gateway's handshake count for `result` and `reason` (its metric).
+pub fn handshakes(h: &Harness, result: &'static str, reason: &'static str) -> u64 {
+    h.metrics
+        .handshakes
+        .get_or_create(&ipcgate::metrics::HandshakeLabels { result, reason })
+        .get()
+}
+
 pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     within(what, async {
         while !f() {

@@ -391,15 +391,7 @@ async fn a_certificate_revoked_mid_handshake_gets_no_call() {
     assert!(!saw_response, "the revoked client got an answer");
     assert_ne!(read, "timeout", "the connection was left open");
     assert_eq!(h.echo.calls.load(Ordering::SeqCst), 0);
-    let refused = h
-        .metrics
-        .handshakes
-        .get_or_create(&ipcgate::metrics::HandshakeLabels {
-            result: "failed",
-            reason: "no_longer_verifies",
-        })
-        .get();
-    assert_eq!(refused, 1);
+    assert_eq!(handshakes(&h, "failed", "no_longer_verifies"), 1);
 }
 
 #[tokio::test]
@@ -2012,11 +2004,5 @@ async fn a_root_path_length_limit_refuses_longer_chains() {
 }
 
 fn path_len_refusals(h: &Harness) -> u64 {
-    h.metrics
-        .handshakes
-        .get_or_create(&ipcgate::metrics::HandshakeLabels {
-            result: "failed",
-            reason: "path_len",
-        })
-        .get()
+    handshakes(h, "failed", "path_len")
 }

@@ -21,15 +21,7 @@ async fn probe(h: &Harness, cfg: Arc<ClientConfig>) -> Result<(), String> {
 /// reason: a refusal for some other cause (a broken test certificate) must
 /// not pass for the rule under test.
 async fn refused(h: &Harness, want: &[(&'static str, u64)]) {
-    let count = |reason: &'static str| {
-        h.metrics
-            .handshakes
-            .get_or_create(&ipcgate::metrics::HandshakeLabels {
-                result: "failed",
-                reason,
-            })
-            .get()
-    };
+    let count = |reason: &'static str| handshakes(h, "failed", reason);
     eventually("the refusals counted", || {
         want.iter().all(|&(r, n)| count(r) >= n)
     })

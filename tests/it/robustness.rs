@@ -147,15 +147,11 @@ async fn http1_over_tls_is_dropped() {
     );
     assert!(!buf.starts_with(b"HTTP/"));
     assert_eq!(h.echo.calls.load(std::sync::atomic::Ordering::SeqCst), 0);
-    let ok = h
-        .metrics
-        .handshakes
-        .get_or_create(&ipcgate::metrics::HandshakeLabels {
-            result: "ok",
-            reason: "",
-        })
-        .get();
-    assert_eq!(ok, 1, "the handshake itself succeeded");
+    assert_eq!(
+        handshakes(&h, "ok", ""),
+        1,
+        "the handshake itself succeeded"
+    );
 }
 
 #[tokio::test]
