@@ -120,5 +120,101 @@ fn load(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decisions, load);
+/// 10,000 rules against 10, paired: criterion measures one case after the
+/// other, seconds apart, and this VM's speed drifts by more than the 10%
+/// the target allows within that time. Here each round times a block of
+/// each case back to back (the order alternating), and the verdict is the
+/// median of the rounds' ratios, as `scripts/bench` pairs its targets.
+fn paired(_c: &mut Criterion) {
+    const ROUNDS: usize = 101;
+    const BLOCK: usize = 20_000;
+    let headers = HeaderMap::new();
+    let caller = peer("spiffe://bench/c2");
+    let cases: Vec<_> = [10usize, 10_000]
+        .into_iter()
+        .map(|n| {
+            let p = Policy::from_json(&policy_json(n), Path::new("bench.json")).unwrap();
+            let i = if n == 10 { 9 } else { 9998 };
+            (p, format!("/svc.S{}/M{i}", i % 13))
+        })
+        .collect();
+    let denied = "/other.Svc/Nope";
+    // ns per call of `f` over a block; `setup` values made before the clock.
+    fn block<S>(setup: impl Fn() -> S, mut f: impl FnMut(&mut S)) -> f64 {
+        let mut inputs: Vec<S> = (0..BLOCK).map(|_| setup()).collect();
+        let t = std::time::Instant::now();
+        for s in &mut inputs {
+            f(s);
+        }
+        t.elapsed().as_nanos() as f64 / BLOCK as f64
+    }
+    let run = |name: &str, one: &mut dyn FnMut(usize) -> f64| {
+        let mut ratios: Vec<f64> = (0..ROUNDS)
+            .map(|r| {
+                let (a, b) = if r % 2 == 0 {
+                    let a = one(0);
+                    (a, one(1))
+                } else {
+                    let b = one(1);
+                    (one(0), b)
+                };
+                b / a
+            })
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let within = ratios.iter().filter(|r| **r <= 1.10).count();
+        println!(
+            "paired {name}: 10,000 / 10 rules = {:.3} (median of {ROUNDS} rounds; {:.3}-{:.3}; within 10% in {within})",
+            ratios[ROUNDS / 2],
+            ratios[0],
+            ratios[ROUNDS - 1],
+        );
+    };
+    // A connection's repeated calls: its source match and memo kept.
+    let mut srcs: Vec<_> = cases.iter().map(|(p, _)| p.source_match(&caller)).collect();
+    for (name, path) in [("decide_allow", None), ("decide_deny", Some(denied))] {
+        run(name, &mut |k| {
+            let (p, allowed) = &cases[k];
+            let path = path.unwrap_or(allowed);
+            let src = &mut srcs[k];
+            block(
+                || (),
+                |()| {
+                    black_box(
+                        p.evaluate_for(black_box(path), &headers, &caller, src)
+                            .allowed(),
+                    );
+                },
+            )
+        });
+    }
+    // A connection's first call to a method: a fresh source match, no memo.
+    for (name, path) in [
+        ("first_call_allow", None),
+        ("first_call_deny", Some(denied)),
+    ] {
+        run(name, &mut |k| {
+            let (p, allowed) = &cases[k];
+            let path = path.unwrap_or(allowed);
+            block(
+                || p.source_match(&caller),
+                |src| {
+                    black_box(
+                        p.evaluate_for(black_box(path), &headers, &caller, src)
+                            .allowed(),
+                    );
+                },
+            )
+        });
+    }
+    run("source_match", &mut |k| {
+        let (p, _) = &cases[k];
+        block(
+            || (),
+            |()| drop(black_box(p.source_match(black_box(&caller)))),
+        )
+    });
+}
+
+criterion_group!(benches, decisions, paired, load);
 criterion_main!(benches);
