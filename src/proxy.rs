@@ -493,7 +493,7 @@ impl<B> Service<Request<B>> for Route {
 /// Flow control is end to end: a frame's window is released to the client only
 /// once it is handed to the backend stream, and the next frame is taken only
 /// when that stream has room, so the gateway holds little beyond what the
-/// backend accepted: one frame, or up to [`OVERDRAFT`] (at most 16 frames)
+/// backend accepted: one frame, or up to `OVERDRAFT` (at most 16 frames)
 /// while a new stream waits for its first window.
 pub struct Pump {
     recv: RecvStream,

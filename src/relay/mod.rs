@@ -1,9 +1,9 @@
 //! One client connection's HTTP/2, relayed frame by frame to backend connections
 //! of its own.
 //!
-//! [`read`](mod@read) reads both sides (framing, CONTINUATION and its limits,
-//! HPACK decoding with RFC 9113's field rules in [`decode`]); [`write`](mod@write)
-//! writes them, with an HPACK encoder of its own ([`hpack`]). h2's codec did
+//! `read` reads both sides (framing, CONTINUATION and its limits,
+//! HPACK decoding with RFC 9113's field rules in `decode`); `write`
+//! writes them, with an HPACK encoder of its own (`hpack`). h2's codec did
 //! both, and its HPACK coding was over a third of the gateway's instructions
 //! per call. The connection layer is here, because h2's — a stream store behind a mutex, a
 //! waker, send queue and flow-control account per stream handle — was most of
@@ -112,7 +112,7 @@ pub struct Options {
     /// away for a reset flood.
     pub drain: Duration,
     /// An unparseable `:authority` becomes `localhost` instead of failing the
-    /// stream (see [`request_head`]).
+    /// stream (see `request_head`).
     pub repair_authority: bool,
 }
 
