@@ -297,23 +297,29 @@ async fn a_failing_audit_sink_drops_and_counts_but_never_fails_calls() {
     .await;
 }
 
+/// A FIFO at `path` with a reader that never blocks (opened first, so a
+/// writer's open does not wait): an audit sink that takes nothing until read.
+fn fifo_with_reader(path: &std::path::Path) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    assert!(std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap()
+        .success());
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_slow_audit_sink_never_blocks_calls() {
     // A FIFO nobody reads: the writer blocks once the pipe buffer is full; the
     // queue (16) fills; further events are dropped and counted, calls go on.
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("audit.fifo");
-    assert!(std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap()
-        .success());
-    use std::os::unix::fs::OpenOptionsExt;
-    let _reader = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(&fifo)
-        .unwrap();
+    let _reader = fifo_with_reader(&fifo);
     let h = Harness::start_with(Opts {
         admin: true,
         extra: format!("\n[audit]\nfile = \"{}\"\nqueue = 16\n", fifo.display()),
@@ -547,19 +553,9 @@ async fn busy_poll_spins_between_calls_and_stops_when_quiet() {
 #[test]
 fn a_reopen_asked_while_the_audit_queue_is_full_is_kept() {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
     let d = tempfile::tempdir().unwrap();
     let path = d.path().join("audit.jsonl");
-    let ok = std::process::Command::new("mkfifo")
-        .arg(&path)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let mut reader = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(&path)
-        .unwrap();
+    let mut reader = fifo_with_reader(&path);
     let (written, dropped) = (
         prometheus_client::metrics::counter::Counter::default(),
         prometheus_client::metrics::counter::Counter::default(),
@@ -622,19 +618,9 @@ fn a_reopen_asked_while_the_audit_queue_is_full_is_kept() {
 #[test]
 fn a_flush_waits_for_the_queued_audit_events() {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
     let d = tempfile::tempdir().unwrap();
     let path = d.path().join("audit.jsonl");
-    assert!(std::process::Command::new("mkfifo")
-        .arg(&path)
-        .status()
-        .unwrap()
-        .success());
-    let mut reader = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(&path)
-        .unwrap();
+    let mut reader = fifo_with_reader(&path);
     let c = prometheus_client::metrics::counter::Counter::default;
     let (written, dropped) = (c(), c());
     let auditor =
