@@ -275,32 +275,26 @@ pub fn server(cfg: &config::Tls) -> Result<ServerTls, TlsError> {
             "a CA in the client_ca bundle is revoked by its issuer's CRL: it is not trusted, and its clients are refused (remove it from the bundle)"
         );
     }
-    // Subject names as x509-parser gives them (with their DER header, unlike
-    // webpki's anchors), to compare with the chains' issuer names.
-    let anchors = cas
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !revoked.contains(i))
-        .filter_map(|(_, c)| X509Certificate::from_der(c.as_ref()).ok())
-        .map(|(_, c)| c.subject().as_raw().to_vec())
-        .collect();
-    // Each anchor with its own pathLenConstraint, which webpki does not
-    // keep (`pathlen`). One that does not parse is left to `roots` to report.
-    let limited: Vec<_> = cas
+    // Per trusted CA, in one parse: its subject name as x509-parser gives it
+    // (with the DER header, unlike webpki's anchors) to compare with the
+    // chains' issuer names, and its anchor with its own pathLenConstraint,
+    // which webpki does not keep (`pathlen`). One that does not parse is left
+    // to `roots` to report.
+    let (anchors, limited): (Vec<_>, Vec<_>) = cas
         .iter()
         .enumerate()
         .filter(|(i, _)| !revoked.contains(i))
         .filter_map(|(_, c)| {
-            let anchor = webpki::anchor_from_trusted_cert(c).ok()?.to_owned();
             let (_, x) = X509Certificate::from_der(c.as_ref()).ok()?;
+            let anchor = webpki::anchor_from_trusted_cert(c).ok()?.to_owned();
             let limit = x
                 .basic_constraints()
                 .ok()
                 .flatten()
                 .and_then(|bc| bc.value.path_len_constraint);
-            Some((anchor, limit))
+            Some((x.subject().as_raw().to_vec(), (anchor, limit)))
         })
-        .collect();
+        .unzip();
     let roots = Arc::new(roots(&cfg.client_ca, cas, &revoked)?);
     let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
     if !crl_ders.is_empty() {
@@ -314,12 +308,13 @@ pub fn server(cfg: &config::Tls) -> Result<ServerTls, TlsError> {
             builder = builder.allow_unknown_revocation_status();
         }
     }
-    let verifier = builder.build().map_err(|e| {
+    let unusable = |e: &dyn std::fmt::Display| {
         err(
             &cfg.client_ca,
             format!("cannot verify clients with this bundle: {e}"),
         )
-    })?;
+    };
+    let verifier = builder.build().map_err(|e| unusable(&e))?;
     let verifier = pathlen::PathLen::wrap(
         verifier,
         limited,
@@ -328,12 +323,7 @@ pub fn server(cfg: &config::Tls) -> Result<ServerTls, TlsError> {
         cfg.crl_expired_deny,
         provider.signature_verification_algorithms,
     )
-    .map_err(|e| {
-        err(
-            &cfg.client_ca,
-            format!("cannot verify clients with this bundle: {e}"),
-        )
-    })?;
+    .map_err(|e| unusable(&e))?;
     let chain = load_certs(&cfg.cert)?;
     let by = first_uri_san(&chain[0]);
     let key = load_key(&cfg.key)?;
