@@ -24,8 +24,9 @@ use crate::tls::{self, TlsError};
 /// `sha256` must be set; a CA alone is not enough without a name to check.
 #[derive(Clone, Default)]
 pub struct ServerTrust {
-    /// Verify the gateway's chain against these CAs.
-    pub ca: Option<RootCertStore>,
+    /// Verify the gateway's chain against these CAs (within each one's own
+    /// path length limit).
+    pub ca: Option<tls::Roots>,
     /// With `ca`: the gateway's certificate must carry this URI SAN (instead
     /// of the DNS name given to [`connect`]).
     pub spiffe_id: Option<String>,
@@ -60,7 +61,7 @@ pub fn parse_fingerprint(s: &str) -> Result<[u8; 32], String> {
 pub fn config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
-    roots: RootCertStore,
+    roots: tls::Roots,
 ) -> Result<Arc<ClientConfig>, rustls::Error> {
     config_with(
         chain,
@@ -93,7 +94,8 @@ pub fn config_with(
     }
     let provider = tls::provider();
     let verifier = Arc::new(GatewayVerifier {
-        roots: trust.ca.map(Arc::new),
+        path_len: trust.ca.as_ref().and_then(tls::Limits::of),
+        roots: trust.ca.map(|r| Arc::new(r.store().clone())),
         spiffe_id: trust.spiffe_id,
         sha256: trust.sha256,
         provider: provider.clone(),
@@ -127,6 +129,8 @@ pub fn config_from_files(
 /// SPIFFE ID, and/or the pinned fingerprint — every check given must pass.
 struct GatewayVerifier {
     roots: Option<Arc<RootCertStore>>,
+    /// The limits of `roots`, if any has one.
+    path_len: Option<tls::Limits>,
     spiffe_id: Option<String>,
     sha256: Option<[u8; 32]>,
     provider: Arc<CryptoProvider>,
@@ -176,6 +180,16 @@ impl ServerCertVerifier for GatewayVerifier {
                 now,
                 self.provider.signature_verification_algorithms.all,
             )?;
+            if let Some(limits) = &self.path_len {
+                limits.verify(
+                    end_entity,
+                    intermediates,
+                    now,
+                    webpki::KeyUsage::server_auth(),
+                    None,
+                    self.provider.signature_verification_algorithms.all,
+                )?;
+            }
             match &self.spiffe_id {
                 None => rustls::client::verify_server_name(&cert, server_name)?,
                 Some(want) => {

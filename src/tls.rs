@@ -17,7 +17,7 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 use crate::config;
 
 mod pathlen;
-pub(crate) use pathlen::is_path_len;
+pub(crate) use pathlen::{is_path_len, Limits};
 
 /// A TLS file that could not be used, with the path and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +84,67 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
+/// A trust bundle as the verifiers take it: the anchors, and each one's own
+/// pathLenConstraint, which webpki's anchors do not keep (`pathlen`), so
+/// that the gateway and its clients both take a root's limit at its word.
+#[derive(Clone, Debug)]
+pub struct Roots {
+    store: RootCertStore,
+    /// Beside `store.roots`, one for one.
+    limits: Vec<Option<u32>>,
+    /// The subject names as x509-parser gives them (with the DER header,
+    /// unlike webpki's anchors), to compare with the chains' issuer names.
+    subjects: Vec<Vec<u8>>,
+}
+
+impl Roots {
+    /// The anchors of CA certificates, each checked as [`load_roots`] does.
+    ///
+    /// # Errors
+    /// A certificate that cannot be a trust anchor, named by its place.
+    pub fn from_certs(
+        certs: impl IntoIterator<Item = CertificateDer<'static>>,
+    ) -> Result<Roots, String> {
+        Self::but(certs, &[])
+    }
+
+    /// The anchors of `certs` but for the indices in `skip` (which are
+    /// checked all the same: they are in the file).
+    fn but(
+        certs: impl IntoIterator<Item = CertificateDer<'static>>,
+        skip: &[usize],
+    ) -> Result<Roots, String> {
+        let mut roots = Roots {
+            store: RootCertStore::empty(),
+            limits: Vec::new(),
+            subjects: Vec::new(),
+        };
+        for (i, cert) in certs.into_iter().enumerate() {
+            let (limit, subject) =
+                check_ca(&cert).map_err(|m| format!("certificate #{} {m}", i + 1))?;
+            if skip.contains(&i) {
+                continue;
+            }
+            roots
+                .store
+                .add(cert)
+                .map_err(|e| format!("certificate #{} is not a usable CA: {e}", i + 1))?;
+            roots.limits.push(limit);
+            roots.subjects.push(subject);
+        }
+        Ok(roots)
+    }
+
+    /// The anchors alone, as rustls takes them.
+    pub fn store(&self) -> &RootCertStore {
+        &self.store
+    }
+
+    pub(crate) fn limits(&self) -> &[Option<u32>] {
+        &self.limits
+    }
+}
+
 /// Reads a trust bundle; every certificate in it becomes a trust anchor.
 ///
 /// Each one must be a CA certificate (basicConstraints CA:TRUE, and keyCertSign
@@ -93,30 +154,8 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 ///
 /// # Errors
 /// Unreadable file, no certificate, or a certificate that cannot be an anchor.
-pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
-    roots(path, load_certs(path)?, &[])
-}
-
-/// The anchors of `certs` (read from `path`), but for the indices in `skip`.
-fn roots(
-    path: &Path,
-    certs: Vec<CertificateDer<'static>>,
-    skip: &[usize],
-) -> Result<RootCertStore, TlsError> {
-    let mut roots = RootCertStore::empty();
-    for (i, cert) in certs.into_iter().enumerate() {
-        check_ca(&cert).map_err(|m| err(path, format!("certificate #{} {m}", i + 1)))?;
-        if skip.contains(&i) {
-            continue;
-        }
-        roots.add(cert).map_err(|e| {
-            err(
-                path,
-                format!("certificate #{} is not a usable CA: {e}", i + 1),
-            )
-        })?;
-    }
-    Ok(roots)
+pub fn load_roots(path: &Path) -> Result<Roots, TlsError> {
+    Roots::from_certs(load_certs(path)?).map_err(|m| err(path, m))
 }
 
 /// The gateway's server side: the rustls config, the verifier it uses (kept to
@@ -275,28 +314,11 @@ pub fn server(cfg: &config::Tls) -> Result<ServerTls, TlsError> {
             "a CA in the client_ca bundle is revoked by its issuer's CRL: it is not trusted, and its clients are refused (remove it from the bundle)"
         );
     }
-    // Per trusted CA, in one parse: its subject name as x509-parser gives it
-    // (with the DER header, unlike webpki's anchors) to compare with the
-    // chains' issuer names, and its anchor with its own pathLenConstraint,
-    // which webpki does not keep (`pathlen`). One that does not parse is left
-    // to `roots` to report.
-    let (anchors, limited): (Vec<_>, Vec<_>) = cas
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !revoked.contains(i))
-        .filter_map(|(_, c)| {
-            let (_, x) = X509Certificate::from_der(c.as_ref()).ok()?;
-            let anchor = webpki::anchor_from_trusted_cert(c).ok()?.to_owned();
-            let limit = x
-                .basic_constraints()
-                .ok()
-                .flatten()
-                .and_then(|bc| bc.value.path_len_constraint);
-            Some((x.subject().as_raw().to_vec(), (anchor, limit)))
-        })
-        .unzip();
-    let roots = Arc::new(roots(&cfg.client_ca, cas, &revoked)?);
-    let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
+    let trusted = Roots::but(cas, &revoked).map_err(|m| err(&cfg.client_ca, m))?;
+    let mut builder = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(trusted.store.clone()),
+        provider.clone(),
+    );
     if !crl_ders.is_empty() {
         // The whole chain: an intermediate CA a client sends is looked up in
         // its issuer's CRL too, so revoking it refuses everything under it.
@@ -317,7 +339,7 @@ pub fn server(cfg: &config::Tls) -> Result<ServerTls, TlsError> {
     let verifier = builder.build().map_err(|e| unusable(&e))?;
     let verifier = pathlen::PathLen::wrap(
         verifier,
-        limited,
+        &trusted,
         &crl_ders,
         cfg.revocation_unknown_deny,
         cfg.crl_expired_deny,
@@ -350,7 +372,7 @@ pub fn server(cfg: &config::Tls) -> Result<ServerTls, TlsError> {
         verifier,
         by,
         crls,
-        anchors,
+        anchors: trusted.subjects,
     })
 }
 
@@ -460,7 +482,9 @@ fn first_uri_san(cert: &CertificateDer<'_>) -> Option<String> {
     })
 }
 
-fn check_ca(cert: &CertificateDer<'_>) -> Result<(), String> {
+/// Whether `cert` can be a trust anchor; its pathLenConstraint and subject
+/// name if so.
+fn check_ca(cert: &CertificateDer<'_>) -> Result<(Option<u32>, Vec<u8>), String> {
     let (_, c) =
         X509Certificate::from_der(cert.as_ref()).map_err(|e| format!("cannot be parsed: {e}"))?;
     let subject = crate::identity::rfc4514(c.subject());
@@ -480,5 +504,10 @@ fn check_ca(cert: &CertificateDer<'_>) -> Result<(), String> {
             ));
         }
     }
-    Ok(())
+    let limit = c
+        .basic_constraints()
+        .ok()
+        .flatten()
+        .and_then(|bc| bc.value.path_len_constraint);
+    Ok((limit, c.subject().as_raw().to_vec()))
 }

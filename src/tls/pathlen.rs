@@ -10,25 +10,109 @@ use std::sync::Arc;
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::SignatureVerificationAlgorithm;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, TrustAnchor, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError};
 use webpki::{
     CertRevocationList, EndEntityCert, ExpirationPolicy, KeyUsage, OwnedCertRevocationList,
-    RevocationCheckDepth, RevocationOptionsBuilder, UnknownStatusPolicy, VerifiedPath,
+    RevocationCheckDepth, RevocationOptions, RevocationOptionsBuilder, UnknownStatusPolicy,
+    VerifiedPath,
 };
 
-/// rustls's verifier, then, for a client that sent intermediates, a second
-/// path search with the same anchors and CRLs that takes only paths within
-/// their anchor's limit. Both must pass, and the second alone proves one
-/// path meets every rule at once (webpki tries the next path when one is
-/// turned down, so a longer path beside a valid short one does no harm).
+use super::Roots;
+
+/// The anchors of a bundle with a limit, and the search that takes only
+/// paths within their anchor's limit. Shared by the gateway's check of its
+/// clients and its clients' check of the gateway.
 #[derive(Debug)]
-pub(crate) struct PathLen {
-    inner: Arc<dyn ClientCertVerifier>,
+pub(crate) struct Limits {
     anchors: Vec<TrustAnchor<'static>>,
     /// The most intermediates allowed under each of `anchors`.
     limits: Vec<Option<usize>>,
+}
+
+impl Limits {
+    /// `None` when no anchor carries a limit: nothing to check.
+    pub(crate) fn of(roots: &Roots) -> Option<Limits> {
+        if roots.limits().iter().all(Option::is_none) {
+            return None;
+        }
+        Some(Limits {
+            anchors: roots.store().roots.clone(),
+            limits: roots
+                .limits()
+                .iter()
+                .map(|n| n.map(|n| usize::try_from(n).unwrap_or(usize::MAX)))
+                .collect(),
+        })
+    }
+
+    /// The limit of the anchor `path` ends at, if it has one. By identity,
+    /// not by name and key: the old `pathlen:0` root beside its re-certified
+    /// copy without a limit (a migration) are two anchors with two limits.
+    fn limit(&self, path: &VerifiedPath<'_>) -> Option<usize> {
+        let a = path.anchor();
+        let i = self.anchors.iter().position(|b| std::ptr::eq(a, b))?;
+        self.limits[i]
+    }
+
+    /// A second path search, after a verifier found one path: this one takes
+    /// only paths within their anchor's limit. Both passing proves one path
+    /// meets every rule at once (webpki tries the next path when one is
+    /// turned down, so a longer path beside a valid short one does no harm).
+    /// With nothing sent above the leaf no path has an intermediate, so that
+    /// passes without a search.
+    pub(crate) fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        usage: KeyUsage,
+        revocation: Option<RevocationOptions<'_>>,
+        algs: &[&dyn SignatureVerificationAlgorithm],
+    ) -> Result<(), rustls::Error> {
+        if intermediates.is_empty() {
+            return Ok(());
+        }
+        let cert = EndEntityCert::try_from(end_entity).map_err(refused)?;
+        let too_long = std::cell::Cell::new(false);
+        let within = |path: &VerifiedPath<'_>| match self.limit(path) {
+            Some(n) if path.intermediate_certificates().count() > n => {
+                too_long.set(true);
+                Err(webpki::Error::PathLenConstraintViolated)
+            }
+            _ => Ok(()),
+        };
+        match cert.verify_for_usage(
+            algs,
+            &self.anchors,
+            intermediates,
+            now,
+            usage,
+            revocation,
+            Some(&within),
+        ) {
+            Ok(_) => Ok(()),
+            // The first pass found a valid path, so a path turned down for its
+            // length is why, whatever error webpki ranks higher (an expired
+            // cross-signed copy sent along, say).
+            Err(_) if too_long.get() => Err(refused(webpki::Error::PathLenConstraintViolated)),
+            Err(e) => Err(refused(e)),
+        }
+    }
+}
+
+fn refused(e: webpki::Error) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+}
+
+/// rustls's verifier, then, for a client that sent intermediates, a second
+/// path search ([`Limits::verify`]) with the same anchors, CRLs and policies.
+#[derive(Debug)]
+pub(crate) struct PathLen {
+    inner: Arc<dyn ClientCertVerifier>,
+    limits: Limits,
     crls: Vec<CertRevocationList<'static>>,
     unknown: UnknownStatusPolicy,
     expired: ExpirationPolicy,
@@ -48,33 +132,26 @@ pub(crate) fn is_path_len(e: &CertificateError) -> bool {
 }
 
 impl PathLen {
-    /// `inner` unchanged when no anchor carries a limit.
-    ///
-    /// `anchors` pairs each trust anchor with its certificate's
-    /// pathLenConstraint; `crls` are the ones `inner` checks, with the same
+    /// `inner` unchanged when no anchor of `roots` (the ones `inner` trusts)
+    /// carries a limit. `crls` are the ones `inner` checks, with the same
     /// policies.
     pub(crate) fn wrap(
         inner: Arc<dyn ClientCertVerifier>,
-        anchors: Vec<(TrustAnchor<'static>, Option<u32>)>,
+        roots: &Roots,
         crls: &[CertificateRevocationListDer<'static>],
         unknown_deny: bool,
         expired_deny: bool,
         algs: WebPkiSupportedAlgorithms,
     ) -> Result<Arc<dyn ClientCertVerifier>, webpki::Error> {
-        let limits: Vec<Option<usize>> = anchors
-            .iter()
-            .map(|(_, n)| n.map(|n| usize::try_from(n).unwrap_or(usize::MAX)))
-            .collect();
-        if limits.iter().all(Option::is_none) {
+        let Some(limits) = Limits::of(roots) else {
             return Ok(inner);
-        }
+        };
         let crls = crls
             .iter()
             .map(|c| OwnedCertRevocationList::from_der(c.as_ref()).map(CertRevocationList::from))
             .collect::<Result<_, _>>()?;
         Ok(Arc::new(PathLen {
             inner,
-            anchors: anchors.into_iter().map(|(a, _)| a).collect(),
             limits,
             crls,
             unknown: if unknown_deny {
@@ -89,15 +166,6 @@ impl PathLen {
             },
             algs,
         }))
-    }
-
-    /// The limit of the anchor `path` ends at, if it has one. By identity,
-    /// not by name and key: the old `pathlen:0` root beside its re-certified
-    /// copy without a limit (a migration) are two anchors with two limits.
-    fn limit(&self, path: &VerifiedPath<'_>) -> Option<usize> {
-        let a = path.anchor();
-        let i = self.anchors.iter().position(|b| std::ptr::eq(a, b))?;
-        self.limits[i]
     }
 }
 
@@ -123,14 +191,6 @@ impl ClientCertVerifier for PathLen {
         let verified = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        // With nothing sent above the leaf no path has an intermediate.
-        if intermediates.is_empty() {
-            return Ok(verified);
-        }
-        let refused = |e: webpki::Error| {
-            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
-        };
-        let cert = EndEntityCert::try_from(end_entity).map_err(refused)?;
         let crls: Vec<&CertRevocationList<'_>> = self.crls.iter().collect();
         let revocation = RevocationOptionsBuilder::new(&crls).ok().map(|b| {
             b.with_depth(RevocationCheckDepth::Chain)
@@ -138,30 +198,15 @@ impl ClientCertVerifier for PathLen {
                 .with_expiration_policy(self.expired)
                 .build()
         });
-        let too_long = std::cell::Cell::new(false);
-        let within = |path: &VerifiedPath<'_>| match self.limit(path) {
-            Some(n) if path.intermediate_certificates().count() > n => {
-                too_long.set(true);
-                Err(webpki::Error::PathLenConstraintViolated)
-            }
-            _ => Ok(()),
-        };
-        match cert.verify_for_usage(
-            self.algs.all,
-            &self.anchors,
+        self.limits.verify(
+            end_entity,
             intermediates,
             now,
             KeyUsage::client_auth(),
             revocation,
-            Some(&within),
-        ) {
-            Ok(_) => Ok(verified),
-            // The first pass found a valid path, so a path turned down for its
-            // length is why, whatever error webpki ranks higher (an expired
-            // cross-signed copy sent along, say).
-            Err(_) if too_long.get() => Err(refused(webpki::Error::PathLenConstraintViolated)),
-            Err(e) => Err(refused(e)),
-        }
+            self.algs.all,
+        )?;
+        Ok(verified)
     }
 
     fn verify_tls12_signature(

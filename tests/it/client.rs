@@ -20,10 +20,8 @@ fn alice(pki: &Pki) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
     )
 }
 
-fn roots(pki: &Pki) -> rustls::RootCertStore {
-    let mut r = rustls::RootCertStore::empty();
-    r.add(pki.ca.cert_der().clone()).unwrap();
-    r
+fn roots(pki: &Pki) -> ipcgate::tls::Roots {
+    ipcgate::tls::Roots::from_certs([pki.ca.cert_der().clone()]).unwrap()
 }
 
 fn gateway_sha256(h: &Harness) -> [u8; 32] {
@@ -164,8 +162,7 @@ async fn the_client_verifies_the_gateway_every_configured_way() {
         ipcgate::ca::KeyType::EcdsaP256,
     )
     .unwrap();
-    let mut other_roots = rustls::RootCertStore::empty();
-    other_roots.add(other.cert_der().clone()).unwrap();
+    let other_roots = ipcgate::tls::Roots::from_certs([other.cert_der().clone()]).unwrap();
     let e = try_call(
         &h,
         ServerTrust {

@@ -124,10 +124,10 @@ pub fn client_config(cert_pem: &str, key_pem: &str, ca_pem: &str) -> Arc<ClientC
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
+    let roots = ipcgate::tls::Roots::from_certs(
+        CertificateDer::pem_slice_iter(ca_pem.as_bytes()).map(Result::unwrap),
+    )
+    .unwrap();
     ipcgate::client::config(chain, key, roots).unwrap()
 }
 

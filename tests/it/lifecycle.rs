@@ -2003,6 +2003,64 @@ async fn a_root_path_length_limit_refuses_longer_chains() {
     }
 }
 
+/// The gateway's clients (`ipcgate call`, `ipcgate connect`, the library)
+/// hold a root's limit too: a gateway certificate under an intermediate CA
+/// is refused under `pathlen:0`, and served under `pathlen:1` or none.
+#[tokio::test]
+async fn clients_hold_a_root_path_length_limit_on_the_gateway() {
+    use rustls::pki_types::pem::PemObject;
+    let pki = Pki::new();
+    let root = root_issuer(&pki);
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "sub CA for servers");
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let sub_key = rcgen::KeyPair::generate().unwrap();
+    let sub_cert = p.signed_by(&sub_key, &root).unwrap();
+    let sub = rcgen::Issuer::new(p, sub_key);
+    let mut leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf_cert = leaf.signed_by(&leaf_key, &sub).unwrap();
+    std::fs::write(
+        pki.path("gateway.pem"),
+        format!("{}{}", leaf_cert.pem(), sub_cert.pem()),
+    )
+    .unwrap();
+    std::fs::write(pki.path("gateway.key"), leaf_key.serialize_pem()).unwrap();
+    let bundles = [
+        ("pathlen:0", pki.ca.cert_pem().to_owned(), false),
+        ("pathlen:1", root_with_limit(&pki, Some(1)), true),
+        ("no limit", root_with_limit(&pki, None), true),
+    ];
+    let h = Harness::start_in(pki, Opts::default()).await;
+    let alice = h.pki.issue_spiffe("spiffe://test.local/alice");
+    for (name, bundle, served) in bundles {
+        let roots = ipcgate::tls::Roots::from_certs(
+            rustls::pki_types::CertificateDer::pem_slice_iter(bundle.as_bytes())
+                .map(Result::unwrap),
+        )
+        .unwrap();
+        let config = ipcgate::client::config(
+            vec![alice.cert_der.clone()],
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(alice.key_pem.as_bytes()).unwrap(),
+            roots,
+        )
+        .unwrap();
+        let got = ipcgate::client::probe(&h.gw_sock, "localhost", config).await;
+        if served {
+            got.unwrap_or_else(|e| panic!("{name}: {e}"));
+        } else {
+            let e = got.expect_err(name).to_string();
+            assert!(e.contains("PathLenConstraintViolated"), "{name}: {e}");
+        }
+    }
+}
+
 fn path_len_refusals(h: &Harness) -> u64 {
     handshakes(h, "failed", "path_len")
 }
