@@ -25,7 +25,8 @@ use crate::tls::{self, TlsError};
 #[derive(Clone, Default)]
 pub struct ServerTrust {
     /// Verify the gateway's chain against these CAs (within each one's own
-    /// path length limit).
+    /// path length limit). [`tls::Roots`] takes only CA certificates, as the
+    /// gateway's own `client_ca` does.
     pub ca: Option<tls::Roots>,
     /// With `ca`: the gateway's certificate must carry this URI SAN (instead
     /// of the DNS name given to [`connect`]).
@@ -181,14 +182,21 @@ impl ServerCertVerifier for GatewayVerifier {
                 self.provider.signature_verification_algorithms.all,
             )?;
             if let Some(limits) = &self.path_len {
-                limits.verify(
-                    end_entity,
-                    intermediates,
-                    now,
-                    webpki::KeyUsage::server_auth(),
-                    None,
-                    self.provider.signature_verification_algorithms.all,
-                )?;
+                limits
+                    .verify(
+                        end_entity,
+                        intermediates,
+                        now,
+                        webpki::KeyUsage::server_auth(),
+                        None,
+                        self.provider.signature_verification_algorithms.all,
+                    )
+                    .map_err(|e| match &e {
+                        rustls::Error::InvalidCertificate(c) if tls::is_path_len(c) => refused(
+                            "the gateway's chain goes through more intermediate CAs than its root's pathLenConstraint allows (PathLenConstraintViolated): the root must allow them, or the gateway's certificate must come from the root itself".into(),
+                        ),
+                        _ => e,
+                    })?;
             }
             match &self.spiffe_id {
                 None => rustls::client::verify_server_name(&cert, server_name)?,

@@ -488,15 +488,15 @@ fn check_ca(cert: &CertificateDer<'_>) -> Result<(Option<u32>, Vec<u8>), String>
     let (_, c) =
         X509Certificate::from_der(cert.as_ref()).map_err(|e| format!("cannot be parsed: {e}"))?;
     let subject = crate::identity::rfc4514(c.subject());
-    let is_ca = c
+    let bc = c
         .basic_constraints()
         .map_err(|e| format!("({subject}) has a bad basicConstraints: {e}"))?
-        .is_some_and(|bc| bc.value.ca);
-    if !is_ca {
+        .filter(|bc| bc.value.ca);
+    let Some(bc) = bc else {
         return Err(format!(
             "({subject}) is not a CA certificate (no basicConstraints CA:TRUE); a trust bundle holds only CA certificates — remove it, or use the CA that issued it"
         ));
-    }
+    };
     if let Ok(Some(ku)) = c.key_usage() {
         if !ku.value.key_cert_sign() {
             return Err(format!(
@@ -504,10 +504,5 @@ fn check_ca(cert: &CertificateDer<'_>) -> Result<(Option<u32>, Vec<u8>), String>
             ));
         }
     }
-    let limit = c
-        .basic_constraints()
-        .ok()
-        .flatten()
-        .and_then(|bc| bc.value.path_len_constraint);
-    Ok((limit, c.subject().as_raw().to_vec()))
+    Ok((bc.value.path_len_constraint, c.subject().as_raw().to_vec()))
 }

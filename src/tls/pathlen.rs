@@ -22,8 +22,8 @@ use webpki::{
 
 use super::Roots;
 
-/// The anchors of a bundle with a limit, and the search that takes only
-/// paths within their anchor's limit. Shared by the gateway's check of its
+/// All the anchors of a bundle in which at least one has a limit, and the
+/// search that takes only paths within their anchor's limit. Shared by the gateway's check of its
 /// clients and its clients' check of the gateway.
 #[derive(Debug)]
 pub(crate) struct Limits {
@@ -53,8 +53,10 @@ impl Limits {
     /// copy without a limit (a migration) are two anchors with two limits.
     fn limit(&self, path: &VerifiedPath<'_>) -> Option<usize> {
         let a = path.anchor();
-        let i = self.anchors.iter().position(|b| std::ptr::eq(a, b))?;
-        self.limits[i]
+        // webpki hands back an item of the slice `verify` gave it.
+        let i = self.anchors.iter().position(|b| std::ptr::eq(a, b));
+        debug_assert!(i.is_some(), "a path ends at an anchor not ours");
+        self.limits[i?]
     }
 
     /// A second path search, after a verifier found one path: this one takes
@@ -77,6 +79,9 @@ impl Limits {
         }
         let cert = EndEntityCert::try_from(end_entity).map_err(refused)?;
         let too_long = std::cell::Cell::new(false);
+        // Every intermediate counts, a self-issued one (a root key's rollover
+        // link) too: as in Go's crypto/x509, stricter than RFC 5280 and
+        // OpenSSL, which skip those.
         let within = |path: &VerifiedPath<'_>| match self.limit(path) {
             Some(n) if path.intermediate_certificates().count() > n => {
                 too_long.set(true);

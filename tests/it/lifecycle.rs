@@ -2032,10 +2032,23 @@ async fn clients_hold_a_root_path_length_limit_on_the_gateway() {
     )
     .unwrap();
     std::fs::write(pki.path("gateway.key"), leaf_key.serialize_pem()).unwrap();
+    let other = new_ca("other root", Duration::from_secs(3600));
     let bundles = [
         ("pathlen:0", pki.ca.cert_pem().to_owned(), false),
         ("pathlen:1", root_with_limit(&pki, Some(1)), true),
         ("no limit", root_with_limit(&pki, None), true),
+        // A migration: each anchor keeps its own limit.
+        (
+            "pathlen:0 beside its copy without a limit",
+            format!("{}{}", pki.ca.cert_pem(), root_with_limit(&pki, None)),
+            true,
+        ),
+        // An unrelated root without a limit lends none to the limited one.
+        (
+            "another root without a limit, then pathlen:0",
+            format!("{}{}", other.cert_pem(), pki.ca.cert_pem()),
+            false,
+        ),
     ];
     let h = Harness::start_in(pki, Opts::default()).await;
     let alice = h.pki.issue_spiffe("spiffe://test.local/alice");
@@ -2056,7 +2069,7 @@ async fn clients_hold_a_root_path_length_limit_on_the_gateway() {
             got.unwrap_or_else(|e| panic!("{name}: {e}"));
         } else {
             let e = got.expect_err(name).to_string();
-            assert!(e.contains("PathLenConstraintViolated"), "{name}: {e}");
+            assert!(e.contains("pathLenConstraint allows"), "{name}: {e}");
         }
     }
 }
