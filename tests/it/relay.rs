@@ -686,12 +686,28 @@ async fn a_client_that_stops_answering_pings_is_closed_and_one_that_answers_is_k
 
 #[tokio::test]
 async fn a_backend_connection_is_reused_while_busy_and_closed_when_idle() {
-    let rig = Rig::start().await;
-    let mut c = rig.client();
+    // Busy means the backend connection never sat without a call for the
+    // relay's backend idle timeout (250 ms). Any such spell lies within two
+    // calls running, so a run where two calls took that long proves nothing
+    // and is tried again (three such stalls running are no CI machine's).
+    let mut tries = 0;
+    let (rig, mut c) = loop {
+        tries += 1;
+        let rig = Rig::start().await;
+        let mut c = rig.client();
+        let mut longest = Duration::ZERO;
+        let mut previous = tokio::time::Instant::now();
+        for i in 0..50u8 {
+            let started = tokio::time::Instant::now();
+            within("call", c.unary(req(&[i]))).await.unwrap();
+            longest = longest.max(previous.elapsed());
+            previous = started;
+        }
+        if longest < Duration::from_millis(250) || tries == 3 {
+            break (rig, c);
+        }
+    };
     let conns = || rig.echo.connections.load(Ordering::SeqCst);
-    for i in 0..50u8 {
-        within("call", c.unary(req(&[i]))).await.unwrap();
-    }
     assert_eq!(conns(), 1, "one backend connection for a busy client");
     // Idle past the relay's backend idle timeout (250 ms): the backend
     // connection is dropped, and the next call dials a new one.
