@@ -23,8 +23,8 @@ use webpki::{
 use super::Roots;
 
 /// All the anchors of a bundle in which at least one has a limit, and the
-/// search that takes only paths within their anchor's limit. Shared by the gateway's check of its
-/// clients and its clients' check of the gateway.
+/// search that takes only paths within their anchor's limit. Shared by the
+/// gateway's check of its clients and its clients' check of the gateway.
 #[derive(Debug)]
 pub(crate) struct Limits {
     anchors: Vec<TrustAnchor<'static>>,
