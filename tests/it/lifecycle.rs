@@ -730,20 +730,12 @@ fn root_with_limit(pki: &Pki, limit: Option<u8>) -> String {
     p.self_signed(&key).unwrap().pem()
 }
 
-/// An intermediate CA with `serial` under `issuer`, and a client certificate
-/// for `id` under it: (intermediate PEM, its issuer, the client's chain PEM
-/// and key PEM).
-fn intermediate_and_client(
+/// An intermediate CA with `serial` under `issuer`: its PEM and its issuer.
+fn intermediate(
     issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
     serial: &[u8],
-    id: &str,
     expires_in: Option<time::Duration>,
-) -> (
-    String,
-    rcgen::Issuer<'static, rcgen::KeyPair>,
-    String,
-    String,
-) {
+) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
     let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     p.distinguished_name
         .push(rcgen::DnType::CommonName, format!("sub CA {serial:?}"));
@@ -758,18 +750,30 @@ fn intermediate_and_client(
     }
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = p.signed_by(&key, issuer).unwrap();
-    let sub = rcgen::Issuer::new(p, key);
+    (cert.pem(), rcgen::Issuer::new(p, key))
+}
+
+/// An [`intermediate`] CA, and a client certificate for `id` under it:
+/// (intermediate PEM, its issuer, the client's chain PEM and key PEM).
+fn intermediate_and_client(
+    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+    serial: &[u8],
+    id: &str,
+    expires_in: Option<time::Duration>,
+) -> (
+    String,
+    rcgen::Issuer<'static, rcgen::KeyPair>,
+    String,
+    String,
+) {
+    let (cert, sub) = intermediate(issuer, serial, expires_in);
     let mut leaf = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     leaf.subject_alt_names = vec![rcgen::SanType::URI(id.try_into().unwrap())];
     leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     let leaf_key = rcgen::KeyPair::generate().unwrap();
     let leaf_cert = leaf.signed_by(&leaf_key, &sub).unwrap();
-    (
-        cert.pem(),
-        sub,
-        format!("{}{}", leaf_cert.pem(), cert.pem()),
-        leaf_key.serialize_pem(),
-    )
+    let chain = format!("{}{}", leaf_cert.pem(), cert);
+    (cert, sub, chain, leaf_key.serialize_pem())
 }
 
 /// Revoking an intermediate CA refuses every client under it: whether the
@@ -2010,25 +2014,14 @@ async fn a_root_path_length_limit_refuses_longer_chains() {
 async fn clients_hold_a_root_path_length_limit_on_the_gateway() {
     use rustls::pki_types::pem::PemObject;
     let pki = Pki::new();
-    let root = root_issuer(&pki);
-    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name
-        .push(rcgen::DnType::CommonName, "sub CA for servers");
-    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    p.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    let sub_key = rcgen::KeyPair::generate().unwrap();
-    let sub_cert = p.signed_by(&sub_key, &root).unwrap();
-    let sub = rcgen::Issuer::new(p, sub_key);
+    let (sub_cert, sub) = intermediate(&root_issuer(&pki), &[0x91], None);
     let mut leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
     leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     let leaf_key = rcgen::KeyPair::generate().unwrap();
     let leaf_cert = leaf.signed_by(&leaf_key, &sub).unwrap();
     std::fs::write(
         pki.path("gateway.pem"),
-        format!("{}{}", leaf_cert.pem(), sub_cert.pem()),
+        format!("{}{sub_cert}", leaf_cert.pem()),
     )
     .unwrap();
     std::fs::write(pki.path("gateway.key"), leaf_key.serialize_pem()).unwrap();
