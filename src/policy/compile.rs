@@ -4,7 +4,10 @@
 //! decision touches only the rules that can match the path, and allocates nothing.
 //! Sources (principals, uids, gids) are deduplicated: a connection checks each
 //! distinct source once, so neither it nor a decision grows with the number of
-//! rules that repeat a caller.
+//! rules that repeat a caller. Each index entry keeps, per source, its first
+//! rule without header conditions, so a decision looks up the few sources its
+//! caller holds rather than walking past other callers' rules: it does not
+//! grow with the number of callers either.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -24,29 +27,51 @@ use crate::metrics::{MethodLabels, Metrics, RuleLabels};
 /// from the policy file, lookups from clients.
 type Map<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
 
-/// Rule indexes by affix, grouped by affix length: a lookup slices the path once
-/// per distinct length and does one hash probe.
-type ByLen = Vec<(usize, Map<Vec<u32>>)>;
+/// Rule indexes by path pattern, over what an entry holds: rule numbers while
+/// the policy is read, [`List`]s once it is compiled.
+#[derive(Debug, Default)]
+struct Paths<L> {
+    exact: Map<L>,
+    /// `/pkg.Service/*`: keyed by `/pkg.Service/`, one probe whatever the
+    /// number of services.
+    by_service: Map<L>,
+    /// `*/Method`: keyed by `/Method`.
+    by_method: Map<L>,
+    /// Other prefixes and suffixes, grouped by length: a lookup slices the
+    /// path once per distinct length and does one hash probe.
+    prefix: Vec<(usize, Map<L>)>,
+    suffix: Vec<(usize, Map<L>)>,
+    any_path: L,
+}
+
+/// The rules of one index entry, ready for both ways of deciding.
+#[derive(Debug, Default)]
+struct List {
+    /// (rule, source id) in file order: the plain scan, for a peer whose
+    /// sources are not decided up front.
+    all: Box<[(u32, u32)]>,
+    /// (source id, rule): each source's first rule without header conditions,
+    /// by source id. No later rule with that source can be the first match,
+    /// so a connection looks up the few sources it holds here instead of
+    /// walking past every other caller's rules (a policy grows by callers).
+    first: Box<[(u32, u32)]>,
+    /// `first` as a hash map, when it is long (a service granted to many
+    /// callers): one probe instead of a binary search's cache misses. Boxed
+    /// because most lists are short and have none: a `List` stays 56 bytes.
+    #[allow(clippy::box_collection)]
+    first_map: Option<Box<HashMap<u32, u32, foldhash::fast::RandomState>>>,
+    /// (rule, source id) of the rules with header conditions, in file order.
+    headers: Box<[(u32, u32)]>,
+}
 
 /// Rules of one kind (deny or allow) with their indexes.
 #[derive(Debug, Default)]
 struct RuleSet {
     rules: Vec<Rule>,
-    exact: Map<Vec<u32>>,
-    /// `/pkg.Service/*`: keyed by `/pkg.Service/`, one probe whatever the
-    /// number of services.
-    by_service: Map<Vec<u32>>,
-    /// `*/Method`: keyed by `/Method`.
-    by_method: Map<Vec<u32>>,
-    /// Other prefixes and suffixes, by length.
-    prefix: ByLen,
-    suffix: ByLen,
-    any_path: Vec<u32>,
+    paths: Paths<List>,
     /// For each path the policy names exactly: every rule whose paths can match
-    /// it (exact, prefix, suffix), in file order, with its source id — one
-    /// probe per call, and a candidate whose source does not hold is passed
-    /// over without reading anything else.
-    candidates: Map<Box<[(u32, u32)]>>,
+    /// it (exact, prefix, suffix) — one probe per call instead of one per index.
+    candidates: Map<List>,
     /// Each rule's source (principals, uids, gids) as an id: rules sharing a
     /// source share its check, so a connection decides each distinct source
     /// once, however many rules repeat it (a policy grows by methods, not by
@@ -71,8 +96,10 @@ struct RuleSet {
 /// of a map the size of the methods it uses, however large the policy.
 #[derive(Debug)]
 pub struct SourceMatch {
-    deny: Box<[u64]>,
-    allow: Box<[u64]>,
+    /// The source ids that hold, sorted: a caller holds a few, whatever the
+    /// number of sources.
+    deny: Vec<u32>,
+    allow: Vec<u32>,
     memo: Map<Memoized>,
 }
 
@@ -82,6 +109,8 @@ pub struct SourceMatch {
 const MEMO_PATHS: usize = 32;
 const MEMO_PATH_LEN: usize = 128;
 const NONE: u32 = u32::MAX;
+/// Sources in a list past which a lookup goes through a hash map.
+const LONG_LIST: usize = 32;
 
 /// The deny and allow rule (`NONE` if none) that decided a path, and its
 /// method counters.
@@ -92,18 +121,13 @@ struct Memoized {
     counters: MethodCounters,
 }
 
-fn bit(bits: &[u64], i: u32) -> bool {
-    bits.get(i as usize / 64)
-        .is_some_and(|w| w & (1 << (i % 64)) != 0)
-}
-
 fn add(list: &mut Vec<u32>, i: u32) {
     if list.last() != Some(&i) {
         list.push(i);
     }
 }
 
-fn by_len(v: &mut ByLen, key: &str, i: u32) {
+fn by_len(v: &mut Vec<(usize, Map<Vec<u32>>)>, key: &str, i: u32) {
     let pos = match v.iter().position(|(l, _)| *l == key.len()) {
         Some(p) => p,
         None => {
@@ -127,21 +151,8 @@ fn is_method(suffix: &str) -> bool {
     suffix.len() > 1 && suffix.starts_with('/') && !suffix[1..].contains('/')
 }
 
-fn lookup<'m>(v: &'m ByLen, path: &str, prefix: bool) -> impl Iterator<Item = &'m Vec<u32>> + 'm {
-    let path = path.to_owned();
-    v.iter().filter_map(move |(len, map)| {
-        let key = if prefix {
-            path.get(..*len)
-        } else {
-            path.len().checked_sub(*len).and_then(|s| path.get(s..))
-        };
-        key.and_then(|k| map.get(k))
-    })
-}
-
-impl RuleSet {
-    fn push(&mut self, rule: Rule) {
-        let i = self.rules.len() as u32;
+impl Paths<Vec<u32>> {
+    fn push(&mut self, i: u32, rule: &Rule) {
         if rule.paths.is_empty() {
             add(&mut self.any_path, i);
         }
@@ -161,7 +172,173 @@ impl RuleSet {
                 Pattern::Exact(_) => add(self.exact.entry(t.into()).or_default(), i),
             }
         }
-        self.rules.push(rule);
+    }
+}
+
+impl<L> Paths<L> {
+    /// The entries whose pattern matches `path`, but for the any-path one.
+    fn matching<'s>(&'s self, path: &'s str) -> impl Iterator<Item = &'s L> + 's {
+        // The `/Service/*` and `*/Method` entries of a canonical
+        // `/Service/Method`.
+        let (service, method) = match path.rfind('/') {
+            Some(i) if i > 0 => (
+                self.by_service.get(&path[..=i]),
+                self.by_method.get(&path[i..]),
+            ),
+            _ => (None, None),
+        };
+        let prefix = self
+            .prefix
+            .iter()
+            .filter_map(move |(len, map)| path.get(..*len).and_then(|k| map.get(k)));
+        let suffix = self.suffix.iter().filter_map(move |(len, map)| {
+            let start = path.len().checked_sub(*len)?;
+            path.get(start..).and_then(|k| map.get(k))
+        });
+        self.exact
+            .get(path)
+            .into_iter()
+            .chain(service)
+            .chain(method)
+            .chain(prefix)
+            .chain(suffix)
+    }
+
+    fn map<M>(self, mut f: impl FnMut(L) -> M) -> Paths<M> {
+        let mut map = |m: Map<L>| m.into_iter().map(|(k, v)| (k, f(v))).collect::<Map<M>>();
+        let exact = map(self.exact);
+        let by_service = map(self.by_service);
+        let by_method = map(self.by_method);
+        let prefix = self.prefix.into_iter().map(|(l, m)| (l, map(m))).collect();
+        let suffix = self.suffix.into_iter().map(|(l, m)| (l, map(m))).collect();
+        Paths {
+            exact,
+            by_service,
+            by_method,
+            prefix,
+            suffix,
+            any_path: f(self.any_path),
+        }
+    }
+}
+
+impl List {
+    /// `rules`: rule numbers in file order.
+    fn new(rules: &[u32], set: &[Rule], source_of: &[u32]) -> List {
+        let all: Box<[(u32, u32)]> = rules.iter().map(|&i| (i, source_of[i as usize])).collect();
+        let headed = |i: u32| set[i as usize].has_headers();
+        let headers: Box<[(u32, u32)]> = all.iter().filter(|e| headed(e.0)).copied().collect();
+        // By source, then rule: the first of each source is its first rule.
+        let mut first: Vec<(u32, u32)> = all
+            .iter()
+            .filter(|e| !headed(e.0))
+            .map(|&(i, s)| (s, i))
+            .collect();
+        first.sort_unstable();
+        first.dedup_by_key(|e| e.0);
+        let first_map =
+            (first.len() > LONG_LIST).then(|| Box::new(first.iter().copied().collect()));
+        List {
+            all,
+            first: first.into(),
+            first_map,
+            headers,
+        }
+    }
+
+    /// Lowers `best` to this list's first rule that matches, for a peer whose
+    /// sources are decided (`held`, sorted). Costs a lookup per source the
+    /// peer holds, whatever the number of other callers' rules, and a walk
+    /// of the header rules ahead of the match.
+    fn first_held(
+        &self,
+        rules: &[Rule],
+        held: &[u32],
+        headers: &HeaderMap,
+        best: &mut u32,
+        by_headers: &mut bool,
+    ) {
+        if held.len() <= self.first.len() {
+            for s in held {
+                let rule = match &self.first_map {
+                    Some(map) => map.get(s).copied(),
+                    None => (self.first.binary_search_by_key(s, |e| e.0))
+                        .ok()
+                        .map(|k| self.first[k].1),
+                };
+                if let Some(i) = rule {
+                    *best = (*best).min(i);
+                }
+            }
+        } else {
+            for &(s, i) in self.first.iter() {
+                if i < *best && held.binary_search(&s).is_ok() {
+                    *best = i;
+                }
+            }
+        }
+        for &(i, s) in self.headers.iter() {
+            if i >= *best {
+                break;
+            }
+            if held.binary_search(&s).is_ok() {
+                *by_headers = true;
+                if rules[i as usize].headers_match(headers) {
+                    *best = i;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// [`List::first_held`] with each rule's source checked as it comes.
+    fn first_plain(
+        &self,
+        rules: &[Rule],
+        headers: &HeaderMap,
+        peer: &Peer,
+        best: &mut u32,
+        by_headers: &mut bool,
+    ) {
+        for &(i, _) in self.all.iter() {
+            if i >= *best {
+                break;
+            }
+            let rule = &rules[i as usize];
+            *by_headers |= rule.has_headers();
+            if rule.matches(headers, peer) {
+                *best = i;
+                break;
+            }
+        }
+    }
+}
+
+impl RuleSet {
+    fn new(rules: Vec<Rule>) -> RuleSet {
+        let mut set = RuleSet {
+            rules,
+            ..RuleSet::default()
+        };
+        set.index_sources();
+        let mut paths = Paths::<Vec<u32>>::default();
+        for (i, rule) in set.rules.iter().enumerate() {
+            paths.push(i as u32, rule);
+        }
+        let candidates = set.candidates(&paths);
+        // A path with candidates is never looked up in `exact` again.
+        paths.exact.retain(|path, _| !candidates.contains_key(path));
+        let list = |l: Vec<u32>| List::new(&l, &set.rules, &set.source_of);
+        let candidates = candidates.into_iter().map(|(k, v)| (k, list(v))).collect();
+        let paths = paths.map(list);
+        set.candidates = candidates;
+        set.paths = paths;
+        set
+    }
+
+    /// The paths the rules name exactly.
+    fn named_paths(&self) -> impl Iterator<Item = &Box<str>> {
+        self.candidates.keys().chain(self.paths.exact.keys())
     }
 
     /// Gives each distinct source an id and indexes the sources by principal.
@@ -190,30 +367,21 @@ impl RuleSet {
         }
     }
 
-    /// Indexes the sources, then builds the per-path candidate lists, once all
-    /// rules are in. Bounded: a
+    /// The per-path candidate lists (rule numbers, in file order). Bounded: a
     /// policy whose lists would grow past the budget falls back to probing the
-    /// affix indexes for the remaining paths.
-    fn finish(&mut self) {
-        self.index_sources();
+    /// path indexes for the remaining paths.
+    fn candidates(&self, paths: &Paths<Vec<u32>>) -> Map<Vec<u32>> {
         let budget = 4 * self.rules.len() + 65_536;
         let mut used = 0;
         let mut candidates = Map::default();
         let mut seen = std::collections::HashSet::new();
-        for (path, exact) in &self.exact {
-            let mut c = exact.clone();
-            for l in lookup(&self.prefix, path, true)
-                .chain(lookup(&self.suffix, path, false))
-                .chain(self.segments(path))
-            {
-                c.extend_from_slice(l);
-            }
+        for path in paths.exact.keys() {
+            let mut c: Vec<u32> = paths.matching(path).flatten().copied().collect();
             c.sort_unstable();
             c.dedup();
             // Every candidate matches this path, so a rule without header
             // conditions matches exactly when its source holds: a later rule
-            // with the same source can never be the first match. Each source
-            // then costs one test per path, however many methods repeat it.
+            // with the same source can never be the first match.
             seen.clear();
             c.retain(|&i| {
                 self.rules[i as usize].has_headers() || seen.insert(self.source_of[i as usize])
@@ -222,37 +390,23 @@ impl RuleSet {
             if used > budget {
                 break;
             }
-            let c = c.iter().map(|&i| (i, self.source_of[i as usize]));
-            candidates.insert(path.clone(), c.collect());
+            candidates.insert(path.clone(), c);
         }
-        self.candidates = candidates;
+        candidates
     }
 
-    /// The `/Service/*` and `*/Method` rules for a canonical `/Service/Method`.
-    fn segments<'s>(&'s self, path: &str) -> impl Iterator<Item = &'s Vec<u32>> + 's {
-        let (service, method) = match path.rfind('/') {
-            Some(i) if i > 0 => (
-                self.by_service.get(&path[..=i]),
-                self.by_method.get(&path[i..]),
-            ),
-            _ => (None, None),
-        };
-        service.into_iter().chain(method)
-    }
-
-    /// The sources (by id) that hold for `peer`.
-    fn source_bits(&self, peer: &Peer) -> Box<[u64]> {
-        let mut bits = vec![0u64; self.source_rule.len().div_ceil(64)];
-        let mut set = |s: u32| bits[s as usize / 64] |= 1 << (s % 64);
+    /// The sources (by id, sorted) that hold for `peer`.
+    fn held_sources(&self, peer: &Peer) -> Vec<u32> {
+        let mut held = Vec::new();
         let rule = |s: u32| &self.rules[self.source_rule[s as usize] as usize];
         for &s in &self.any_principal {
             if rule(s).cred_matches(peer) {
-                set(s);
+                held.push(s);
             }
         }
         for &s in &self.wildcard_principal {
             if rule(s).source_matches(peer) {
-                set(s);
+                held.push(s);
             }
         }
         let ids = peer
@@ -263,78 +417,37 @@ impl RuleSet {
         for id in ids {
             for &s in self.by_principal.get(id.as_str()).into_iter().flatten() {
                 if rule(s).cred_matches(peer) {
-                    set(s);
+                    held.push(s);
                 }
             }
         }
-        bits.into_boxed_slice()
+        held.sort_unstable();
+        held.dedup();
+        held
     }
 
     /// The first rule, in file order, that matches (`NONE` if none), and
-    /// whether a header condition took part in finding it. With `src`, the
+    /// whether a header condition took part in finding it. With `held`, the
     /// sources are already decided for this peer and only the request
     /// conditions remain.
-    fn first_index<'s>(
-        &'s self,
+    fn first_index(
+        &self,
         path: &str,
         headers: &HeaderMap,
         peer: &Peer,
-        src: Option<&[u64]>,
+        held: Option<&[u32]>,
     ) -> (u32, bool) {
         let mut best = NONE;
         let mut by_headers = false;
-        let mut scan = |list: &mut dyn Iterator<Item = (u32, u32)>| {
-            for (i, source) in list {
-                if i >= best {
-                    break;
-                }
-                let rule = &self.rules[i as usize];
-                let hit = match src {
-                    Some(bits) => {
-                        bit(bits, source) && {
-                            by_headers |= rule.has_headers();
-                            rule.headers_match(headers)
-                        }
-                    }
-                    None => {
-                        by_headers |= rule.has_headers();
-                        rule.matches(headers, peer)
-                    }
-                };
-                if hit {
-                    best = i;
-                    break;
-                }
-            }
+        let mut visit = |l: &List| match held {
+            Some(held) => l.first_held(&self.rules, held, headers, &mut best, &mut by_headers),
+            None => l.first_plain(&self.rules, headers, peer, &mut best, &mut by_headers),
         };
-        let with_source = |l: &'s [u32]| l.iter().map(|&i| (i, self.source_of[i as usize]));
-        if let Some(c) = self.candidates.get(path) {
-            scan(&mut c.iter().copied());
-            scan(&mut with_source(&self.any_path));
-            return (best, by_headers);
+        match self.candidates.get(path) {
+            Some(c) => visit(c),
+            None => self.paths.matching(path).for_each(&mut visit),
         }
-        if let Some(l) = self.exact.get(path) {
-            scan(&mut with_source(l));
-        }
-        for l in self.segments(path) {
-            scan(&mut with_source(l));
-        }
-        for (len, map) in &self.prefix {
-            if let Some(l) = path.get(..*len).and_then(|k| map.get(k)) {
-                scan(&mut with_source(l));
-            }
-        }
-        for (len, map) in &self.suffix {
-            if let Some(l) = path
-                .len()
-                .checked_sub(*len)
-                .and_then(|s| path.get(s..))
-                .and_then(|k| map.get(k))
-            {
-                scan(&mut with_source(l));
-            }
-        }
-        scan(&mut with_source(&self.any_path));
+        visit(&self.paths.any_path);
         (best, by_headers)
     }
 }
@@ -510,8 +623,8 @@ impl Policy {
             }),
             None => Counter::default(),
         };
-        let mut deny = RuleSet::default();
-        let mut allow = RuleSet::default();
+        let mut deny = Vec::new();
+        let mut allow = Vec::new();
         for (kind, decision, rules, set) in [
             ("deny_rules", "deny", &raw.deny_rules, &mut deny),
             ("allow_rules", "allow", &raw.allow_rules, &mut allow),
@@ -524,8 +637,8 @@ impl Policy {
                 set.push(rule);
             }
         }
-        deny.finish();
-        allow.finish();
+        let deny = RuleSet::new(deny);
+        let allow = RuleSet::new(allow);
         let audit =
             compile_audit(raw.audit_logging_options.as_ref(), ctx).map_err(|(f, m)| err(f, m))?;
 
@@ -539,7 +652,7 @@ impl Policy {
             None => Counter::default(),
         };
         let mut methods = Map::default();
-        for path in deny.exact.keys().chain(allow.exact.keys()) {
+        for path in deny.named_paths().chain(allow.named_paths()) {
             methods
                 .entry(path.clone())
                 .or_insert_with(|| MethodCounters {
@@ -584,8 +697,8 @@ impl Policy {
     /// Which rules' sources match this peer; valid for this policy only.
     pub fn source_match(&self, peer: &Peer) -> SourceMatch {
         SourceMatch {
-            deny: self.deny.source_bits(peer),
-            allow: self.allow.source_bits(peer),
+            deny: self.deny.held_sources(peer),
+            allow: self.allow.held_sources(peer),
             memo: Map::default(),
         }
     }
