@@ -589,27 +589,30 @@ fn a_reopen_asked_while_the_audit_queue_is_full_is_kept() {
     }
     auditor.reopen();
     std::fs::rename(&path, d.path().join("audit.jsonl.1")).unwrap();
-    // The reader catches up: the writer unblocks and drains the queue.
+    // The reader catches up: the writer unblocks and drains the queue. A
+    // flush answered means every event queued so far is written, however
+    // long the writer waited for a core on a loaded machine.
     let mut buf = vec![0u8; 1 << 16];
-    let mut quiet = 0;
-    while quiet < 20 {
-        match reader.read(&mut buf) {
-            Ok(n) if n > 0 => quiet = 0,
-            _ => {
-                quiet += 1;
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-    }
-    auditor.submit(event("/a.B/Marker"));
-    for _ in 0..500 {
-        if std::fs::read_to_string(&path).is_ok_and(|t| t.contains("/a.B/Marker")) {
-            return;
-        }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !auditor.flush(Duration::from_millis(10)) {
         let _ = reader.read(&mut buf);
-        std::thread::sleep(Duration::from_millis(10));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the audit writer never drained its queue"
+        );
     }
-    panic!("the event after the rotation did not reach the new audit file");
+    let before = dropped.get();
+    auditor.submit(event("/a.B/Marker"));
+    assert_eq!(dropped.get(), before, "the queue is empty after a flush");
+    assert!(
+        auditor.flush(Duration::from_secs(30)),
+        "the marker was not written"
+    );
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        text.contains("/a.B/Marker"),
+        "the event after the rotation did not reach the new audit file"
+    );
 }
 
 /// A shutdown flushes the audit writer, a detached thread: `flush` returns
