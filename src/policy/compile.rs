@@ -44,12 +44,9 @@ struct Paths<L> {
     any_path: L,
 }
 
-/// The rules of one index entry, ready for both ways of deciding.
+/// The rules of one index entry that can be a first match.
 #[derive(Debug, Default)]
 struct List {
-    /// (rule, source id) in file order: the plain scan, for a peer whose
-    /// sources are not decided up front.
-    all: Box<[(u32, u32)]>,
     /// (source id, rule): each source's first rule without header conditions,
     /// by source id. No later rule with that source can be the first match,
     /// so a connection looks up the few sources it holds here instead of
@@ -57,7 +54,7 @@ struct List {
     first: Box<[(u32, u32)]>,
     /// `first` as a hash map, when it is long (a service granted to many
     /// callers): one probe instead of a binary search's cache misses. Boxed
-    /// because most lists are short and have none: a `List` stays 56 bytes.
+    /// because most lists are short and have none: a `List` stays 40 bytes.
     #[allow(clippy::box_collection)]
     first_map: Option<Box<HashMap<u32, u32, foldhash::fast::RandomState>>>,
     /// (rule, source id) of the rules with header conditions, in file order.
@@ -225,21 +222,23 @@ impl<L> Paths<L> {
 impl List {
     /// `rules`: rule numbers in file order.
     fn new(rules: &[u32], set: &[Rule], source_of: &[u32]) -> List {
-        let all: Box<[(u32, u32)]> = rules.iter().map(|&i| (i, source_of[i as usize])).collect();
         let headed = |i: u32| set[i as usize].has_headers();
-        let headers: Box<[(u32, u32)]> = all.iter().filter(|e| headed(e.0)).copied().collect();
-        // By source, then rule: the first of each source is its first rule.
-        let mut first: Vec<(u32, u32)> = all
+        let headers: Box<[(u32, u32)]> = rules
             .iter()
-            .filter(|e| !headed(e.0))
-            .map(|&(i, s)| (s, i))
+            .filter(|&&i| headed(i))
+            .map(|&i| (i, source_of[i as usize]))
+            .collect();
+        // By source, then rule: the first of each source is its first rule.
+        let mut first: Vec<(u32, u32)> = rules
+            .iter()
+            .filter(|&&i| !headed(i))
+            .map(|&i| (source_of[i as usize], i))
             .collect();
         first.sort_unstable();
         first.dedup_by_key(|e| e.0);
         let first_map =
             (first.len() > LONG_LIST).then(|| Box::new(first.iter().copied().collect()));
         List {
-            all,
             first: first.into(),
             first_map,
             headers,
@@ -300,13 +299,17 @@ impl List {
         best: &mut u32,
         by_headers: &mut bool,
     ) {
-        for &(i, _) in self.all.iter() {
+        for &(_, i) in self.first.iter() {
+            if i < *best && rules[i as usize].matches(headers, peer) {
+                *best = i;
+            }
+        }
+        for &(i, _) in self.headers.iter() {
             if i >= *best {
                 break;
             }
-            let rule = &rules[i as usize];
-            *by_headers |= rule.has_headers();
-            if rule.matches(headers, peer) {
+            *by_headers = true;
+            if rules[i as usize].matches(headers, peer) {
                 *best = i;
                 break;
             }
@@ -328,9 +331,7 @@ impl RuleSet {
         let candidates = set.candidates(&paths);
         // A path with candidates is never looked up in `exact` again.
         paths.exact.retain(|path, _| !candidates.contains_key(path));
-        let list = |l: Vec<u32>| List::new(&l, &set.rules, &set.source_of);
-        let candidates = candidates.into_iter().map(|(k, v)| (k, list(v))).collect();
-        let paths = paths.map(list);
+        let paths = paths.map(|l| List::new(&l, &set.rules, &set.source_of));
         set.candidates = candidates;
         set.paths = paths;
         set
@@ -367,10 +368,10 @@ impl RuleSet {
         }
     }
 
-    /// The per-path candidate lists (rule numbers, in file order). Bounded: a
+    /// The per-path candidate lists. Bounded: a
     /// policy whose lists would grow past the budget falls back to probing the
     /// path indexes for the remaining paths.
-    fn candidates(&self, paths: &Paths<Vec<u32>>) -> Map<Vec<u32>> {
+    fn candidates(&self, paths: &Paths<Vec<u32>>) -> Map<List> {
         let budget = 4 * self.rules.len() + 65_536;
         let mut used = 0;
         let mut candidates = Map::default();
@@ -390,7 +391,7 @@ impl RuleSet {
             if used > budget {
                 break;
             }
-            candidates.insert(path.clone(), c);
+            candidates.insert(path.clone(), List::new(&c, &self.rules, &self.source_of));
         }
         candidates
     }
