@@ -824,6 +824,12 @@ impl Policy {
         }
     }
 
+    /// Paths with a candidate list, deny and allow.
+    #[cfg(test)]
+    pub(super) fn candidate_lists(&self) -> (usize, usize) {
+        (self.deny.candidates.len(), self.allow.candidates.len())
+    }
+
     /// Number of (deny, allow) rules.
     pub fn rule_counts(&self) -> (usize, usize) {
         (self.deny.rules.len(), self.allow.rules.len())

@@ -858,3 +858,68 @@ fn a_service_granted_to_many_callers_finds_each_callers_first_rule() {
     assert_eq!(ev(&p, "/s.C/M", &h, &last), (true, Some("h")));
     assert_eq!(ev(&p, "/s.C/M", &h, &first), (false, None));
 }
+
+#[test]
+fn paths_past_the_candidate_budget_are_decided_through_the_pattern_indexes() {
+    // 400 callers on a whole service and 300 methods named exactly: each
+    // method's candidate list would hold 401 rules, past the budget, so
+    // some paths get no list and fall back to the exact and pattern indexes.
+    let mut rules = Vec::new();
+    for i in 0..400 {
+        rules.push(format!(
+            r#"{{"name":"s{i}","source":{{"principals":["spiffe://t/c{i}"]}},"request":{{"paths":["/s.A/*"]}}}}"#
+        ));
+    }
+    for k in 0..300 {
+        rules.push(format!(
+            r#"{{"name":"x{k}","source":{{"principals":["spiffe://t/e"]}},"request":{{"paths":["/s.A/M{k}"]}}}}"#
+        ));
+    }
+    let json = format!(r#"{{"name":"over","allow_rules":[{}]}}"#, rules.join(","));
+    let p = policy(&json);
+    let (_, lists) = p.candidate_lists();
+    assert!(
+        (1..300).contains(&lists),
+        "some paths fall back ({lists} candidate lists)"
+    );
+    let h = HeaderMap::new();
+    let e = peer(&["spiffe://t/e"], &[], None);
+    let last = peer(&["spiffe://t/c399"], &[], None);
+    let stranger = peer(&["spiffe://t/z"], &[], None);
+    for k in 0..300 {
+        let path = format!("/s.A/M{k}");
+        let want = format!("x{k}");
+        assert_eq!(ev(&p, &path, &h, &e), (true, Some(want.as_str())));
+        assert_eq!(ev(&p, &path, &h, &last), (true, Some("s399")));
+        assert_eq!(ev(&p, &path, &h, &stranger), (false, None));
+    }
+}
+
+#[test]
+fn long_deny_lists_keep_each_sources_first_rule() {
+    // 40 callers, three deny rules each, interleaved, on one service (past
+    // the length where a list is looked up in a hash map), then an allow for
+    // everyone: each caller is denied by its own first rule.
+    let mut deny = Vec::new();
+    for round in 0..3 {
+        for i in 0..40 {
+            deny.push(format!(
+                r#"{{"name":"d{i}-{round}","source":{{"principals":["spiffe://t/c{i}"]}},"request":{{"paths":["/s.A/*"]}}}}"#
+            ));
+        }
+    }
+    let json = format!(
+        r#"{{"name":"deny-many","deny_rules":[{}],"allow_rules":[{{"name":"all","request":{{"paths":["*"]}}}}]}}"#,
+        deny.join(",")
+    );
+    let p = policy(&json);
+    let h = HeaderMap::new();
+    for i in [0, 17, 39] {
+        let who = peer(&[&format!("spiffe://t/c{i}")], &[], None);
+        let want = format!("d{i}-0");
+        assert_eq!(ev(&p, "/s.A/M", &h, &who), (false, Some(want.as_str())));
+        assert_eq!(ev(&p, "/s.B/M", &h, &who), (true, Some("all")));
+    }
+    let other = peer(&["spiffe://t/c40"], &[], None);
+    assert_eq!(ev(&p, "/s.A/M", &h, &other), (true, Some("all")));
+}
