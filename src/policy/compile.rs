@@ -375,23 +375,19 @@ impl RuleSet {
         let budget = 4 * self.rules.len() + 65_536;
         let mut used = 0;
         let mut candidates = Map::default();
-        let mut seen = std::collections::HashSet::new();
         for path in paths.exact.keys() {
             let mut c: Vec<u32> = paths.matching(path).flatten().copied().collect();
             c.sort_unstable();
             c.dedup();
-            // Every candidate matches this path, so a rule without header
-            // conditions matches exactly when its source holds: a later rule
-            // with the same source can never be the first match.
-            seen.clear();
-            c.retain(|&i| {
-                self.rules[i as usize].has_headers() || seen.insert(self.source_of[i as usize])
-            });
-            used += c.len();
+            // Every candidate matches this path, so the list keeps only what
+            // can be a first match: the header rules and each source's first
+            // plain rule.
+            let list = List::new(&c, &self.rules, &self.source_of);
+            used += list.first.len() + list.headers.len();
             if used > budget {
                 break;
             }
-            candidates.insert(path.clone(), List::new(&c, &self.rules, &self.source_of));
+            candidates.insert(path.clone(), list);
         }
         candidates
     }
