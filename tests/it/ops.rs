@@ -615,6 +615,83 @@ fn a_reopen_asked_while_the_audit_queue_is_full_is_kept() {
     );
 }
 
+/// The gateway's shutdown waits for its audit writer: the events of the last
+/// calls are still queued behind a sink that is not reading (a FIFO), and a
+/// gateway that returned at once would leave them to a detached thread its
+/// process is about to take down. The wait is bounded (5 s), so while nobody
+/// reads, the shutdown must still be waiting well inside that bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_waits_until_the_last_calls_are_audited() {
+    use std::io::Read;
+    const CALLS: u64 = 400;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("audit.fifo");
+    let mut reader = fifo_with_reader(&fifo);
+    let h = Harness::start_with(Opts {
+        extra: format!("\n[audit]\nfile = \"{}\"\nqueue = 4096\n", fifo.display()),
+        ..Default::default()
+    })
+    .await;
+    h.authz.set_enforced(audit_policy("ON_DENY_AND_ALLOW"));
+    let metrics = h.metrics.clone();
+    {
+        let mut alice = h.alice();
+        for _ in 0..CALLS {
+            within("an audited call", alice.unary(req(b"x")))
+                .await
+                .unwrap();
+        }
+    }
+    // The pipe (64 KiB) holds about a hundred lines: the rest wait in the
+    // queue, behind a writer stuck in its write.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let written = metrics.audit_events.get();
+    assert!(
+        written < CALLS,
+        "precondition: the sink took all {written} events without being read"
+    );
+    assert_eq!(metrics.audit_dropped.get(), 0, "precondition: none dropped");
+    let stopping = tokio::spawn(h.shutdown());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !stopping.is_finished(),
+        "the shutdown returned with {} of {CALLS} events unwritten",
+        CALLS - metrics.audit_events.get()
+    );
+    // Someone reads: the writer drains the queue and the shutdown ends.
+    let done = Arc::new(AtomicBool::new(false));
+    let draining = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            let mut text = Vec::new();
+            loop {
+                match reader.read(&mut buf) {
+                    Ok(n) if n > 0 => text.extend_from_slice(&buf[..n]),
+                    _ if done.load(Ordering::Acquire) => break,
+                    _ => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            text
+        })
+    };
+    within("the shutdown, once the sink reads", stopping)
+        .await
+        .unwrap();
+    assert_eq!(
+        metrics.audit_events.get(),
+        CALLS,
+        "the shutdown ended before every call was audited"
+    );
+    done.store(true, Ordering::Release);
+    let text = String::from_utf8(draining.join().unwrap()).unwrap();
+    assert_eq!(
+        text.lines().count() as u64,
+        CALLS,
+        "lines read from the sink"
+    );
+}
+
 /// A shutdown flushes the audit writer, a detached thread: `flush` returns
 /// only once every event queued before it is written, and says so honestly
 /// when the sink will not take them (here a FIFO nobody reads yet).
