@@ -1183,7 +1183,13 @@ where
         }
         let mut map = HeaderMap::with_capacity(fields.len());
         for (n, v) in fields {
-            map.append(n, v);
+            // `host` agreed with `:authority` (above), but the backend gets
+            // the URI's authority: the route's when the client sent none, or
+            // `localhost` for a repaired one. Forwarded beside that, a `host`
+            // would name another target to a backend that routes by it.
+            if n != http::header::HOST {
+                map.append(n, v);
+            }
         }
         let Some(head) = request_head(pseudo, map, self.opts.repair_authority, &mut self.last_uri)
         else {
@@ -2033,8 +2039,8 @@ fn request_head(
 
 /// Whether a request's `host` fields agree with its `:authority`: a `host`
 /// naming another entity makes the request malformed (RFC 9113 §8.3.1), and
-/// so do two. Both would reach the backend, and one that routes by `host`
-/// would serve another target than the one `:authority` names. A compare per
+/// so do two. (A `host` is not forwarded either way: the backend gets
+/// `:authority` alone.) A compare per
 /// field, before the fields become a map (a lookup there cost ~140
 /// instructions a call).
 fn hosts_agree(authority: Option<&str>, fields: &[(HeaderName, HeaderValue)]) -> bool {

@@ -107,6 +107,78 @@ async fn forged_identity_headers_are_replaced() {
 /// HPACK table on the first call, then sent as a one-byte table reference on
 /// the second; and both identity headers spelled with `_` for `-`, which
 /// CGI-style servers read as the same headers.
+/// The backend learns the call's target from `:authority` alone. A `host`
+/// agreeing with the client's `:authority` is still not forwarded: when the
+/// client sent no `:authority` the route fills in the backend's own, and a
+/// socket-path authority is repaired to `localhost`, so a `host` beside
+/// either would name a target the policy and the route never saw.
+#[tokio::test]
+async fn a_host_field_never_reaches_the_backend() {
+    use prost::Message;
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::start().await;
+    let mut f = Frames::open(alice_tls(&h).await, &[]).await;
+    let mut message = vec![0u8; 5];
+    message.extend(req(b"x").encode_to_vec());
+    let len = u32::try_from(message.len() - 5).unwrap();
+    message[1..5].copy_from_slice(&len.to_be_bytes());
+    let path = b"/demo.v1.Echo/Unary";
+    let without_authority = |host: &[u8]| {
+        let mut b = block(path, &[(b"host", host)]);
+        // `block` writes `:authority localhost` right after `:path`.
+        let at = 2 + 2 + path.len();
+        assert_eq!(&b[at..at + 2], &[0x01, 9]);
+        b.drain(at..at + 2 + 9);
+        b
+    };
+    let cases: [(&str, Vec<u8>, bool); 4] = [
+        ("no :authority", without_authority(b"admin.internal"), true),
+        (
+            "a repaired socket-path :authority",
+            block_for(path, b"/run/app.sock", &[(b"host", b"/run/app.sock")]),
+            true,
+        ),
+        (
+            "the same :authority",
+            block(path, &[(b"host", b"localhost")]),
+            true,
+        ),
+        (
+            "another :authority",
+            block(path, &[(b"host", b"admin.internal")]),
+            false,
+        ),
+    ];
+    for (i, (case, block, answered)) in cases.into_iter().enumerate() {
+        let id = 1 + 2 * u32::try_from(i).unwrap();
+        f.io.write_all(&frame(0x1, 0x4, id, &block)).await.unwrap();
+        f.io.write_all(&frame(0x0, 0x1, id, &message))
+            .await
+            .unwrap();
+        let got = within("the reply", async {
+            loop {
+                match f.next().await {
+                    Some((0x0, _, s, p)) if s == id && !p.is_empty() => return Ok(p),
+                    Some((0x3, _, s, p)) if s == id => return Err(p),
+                    None => panic!("{case}: connection closed"),
+                    Some(_) => {}
+                }
+            }
+        })
+        .await;
+        match got {
+            Ok(data) if answered => {
+                let reply = ipcgate::pb::EchoReply::decode(&data[5..]).unwrap();
+                assert_eq!(seen(&reply, "host"), Vec::<&str>::new(), "{case}");
+                assert_eq!(seen(&reply, "x-forwarded-client-cert").len(), 1, "{case}");
+            }
+            // PROTOCOL_ERROR: a malformed request (RFC 9113 §8.3.1).
+            Err(code) if !answered => assert_eq!(code, [0, 0, 0, 1], "{case}"),
+            other => panic!("{case}: {other:?}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn forged_identity_headers_split_indexed_or_underscored_are_removed() {
     use prost::Message;
