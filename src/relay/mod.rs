@@ -1198,7 +1198,12 @@ where
         };
         let content_length = match head.headers.get(http::header::CONTENT_LENGTH) {
             None => None,
-            Some(v) => match v.to_str().ok().and_then(|s| s.parse::<u64>().ok()) {
+            // Digits only: `parse` would take a sign (`+5`), which a
+            // backend may read otherwise.
+            Some(v) => match Some(v.as_bytes())
+                .filter(|b| !b.is_empty() && b.iter().all(u8::is_ascii_digit))
+                .and_then(|b| std::str::from_utf8(b).ok()?.parse::<u64>().ok())
+            {
                 Some(n) if !eos || n == 0 => Some(n),
                 _ => {
                     self.client_reset(id, Reason::PROTOCOL_ERROR);
@@ -2004,6 +2009,11 @@ fn request_head(
             l.uri.clone()
         }
         _ => {
+            // A fragment has no place in a request target (RFC 9113 §8.3.1),
+            // and `Uri` would drop it unseen: refused, not cut.
+            if path.as_bytes().contains(&b'#') {
+                return None;
+            }
             let mut uri = http::Uri::builder().path_and_query(path.as_bytes());
             // `:authority` is optional (RFC 9113 §8.3.1): without it the
             // URI is origin-form, as h2 builds it, and the route fills in
@@ -2131,7 +2141,9 @@ mod tests {
 
     #[test]
     fn request_heads_without_what_a_request_needs_are_refused() {
-        let text = |s: &str| h2::frame::BytesStr::try_from(Bytes::from(s.to_string())).unwrap();
+        fn text(s: &str) -> h2::frame::BytesStr {
+            h2::frame::BytesStr::try_from(Bytes::from(s.to_string())).unwrap()
+        }
         let good = || Pseudo {
             method: Some(Method::POST),
             scheme: Some(text("http")),
@@ -2142,8 +2154,10 @@ mod tests {
         let head = |p| request_head(p, HeaderMap::new(), false, &mut None);
         assert!(head(good()).is_some());
         type Change = fn(&mut Pseudo);
-        let cases: [(&str, Change); 6] = [
+        let cases: [(&str, Change); 8] = [
             (":status", |p| p.status = Some(StatusCode::OK)),
+            ("a fragment", |p| p.path = Some(text("/s.S/M#x"))),
+            ("an empty fragment", |p| p.path = Some(text("/s.S/M#"))),
             ("CONNECT", |p| p.method = Some(Method::CONNECT)),
             ("no :method", |p| p.method = None),
             ("no :scheme", |p| p.scheme = None),

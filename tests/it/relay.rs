@@ -577,6 +577,33 @@ async fn protocol_violations_are_refused() {
         Seen::Reset(PROTOCOL_ERROR)
     );
 
+    // A content-length with a sign, though the DATA has that many bytes:
+    // not a number in HTTP's grammar, and a backend may read it otherwise.
+    let mut raw = rig.raw().await;
+    raw.send(frame(
+        0x1,
+        0x4,
+        1,
+        &block(UNARY, &[(b"content-length", b"+5")]),
+    ))
+    .await;
+    raw.send(frame(0x0, 0x1, 1, &EMPTY)).await;
+    assert_eq!(
+        within("signed content-length", raw.outcome(1)).await,
+        Seen::Reset(PROTOCOL_ERROR)
+    );
+
+    // A fragment in `:path`: `Uri` would drop it, so the call would go on
+    // under a path the client never wrote.
+    let mut raw = rig.raw().await;
+    raw.send(frame(0x1, 0x4, 1, &block(b"/demo.v1.Echo/Unary#x", &[])))
+        .await;
+    raw.send(frame(0x0, 0x1, 1, &EMPTY)).await;
+    assert_eq!(
+        within("fragment", raw.outcome(1)).await,
+        Seen::Reset(PROTOCOL_ERROR)
+    );
+
     assert_eq!(
         rig.echo.calls.load(Ordering::SeqCst),
         calls,
