@@ -379,10 +379,12 @@ pub fn server(cfg: &config::Tls) -> Result<ServerTls, TlsError> {
 /// The earliest notAfter of the intermediate CAs a client sent above its
 /// leaf, following issuer names up to a trust anchor; `None` if there are
 /// none. A connection must not outlive its intermediate any more than its
-/// leaf. Every sent certificate with a matching name that is valid now
-/// counts, so an extra one can only shorten the connection; a cross-signed
-/// copy of an anchor (as some clients send, sometimes expired) is never
-/// reached.
+/// leaf. Which of the sent certificates webpki's path went through is not
+/// known here, so every branch of names is followed: each sent certificate
+/// valid now that names can reach from the leaf counts, and an extra one (a
+/// decoy carrying an intermediate's name) can only shorten the connection.
+/// A cross-signed copy of an anchor (as some clients send, sometimes
+/// expired) is never reached: the walk stops at an anchor's name.
 pub fn chain_not_after(chain: &[CertificateDer<'_>], anchors: &[Vec<u8>]) -> Option<SystemTime> {
     if chain.len() < 2 {
         return None;
@@ -393,22 +395,24 @@ pub fn chain_not_after(chain: &[CertificateDer<'_>], anchors: &[Vec<u8>]) -> Opt
         .collect();
     let mut used = vec![false; certs.len()];
     *used.first_mut()? = true;
-    let mut issuer = certs.first()?.issuer().as_raw();
+    // Issuer names still to follow; each certificate is taken once, so the
+    // walk ends.
+    let mut names = vec![certs.first()?.issuer().as_raw()];
     let mut earliest: Option<i64> = None;
-    while !anchors.iter().any(|a| a.as_slice() == issuer) {
-        let mut next = None;
+    while let Some(issuer) = names.pop() {
+        if anchors.iter().any(|a| a.as_slice() == issuer) {
+            continue;
+        }
         for (i, c) in certs.iter().enumerate() {
-            // One not valid now cannot be the one the chain was verified
-            // through (an expired predecessor sent along with its renewal).
+            // One not valid now cannot be on the path verified (an expired
+            // predecessor sent along with its renewal).
             if !used[i] && c.subject().as_raw() == issuer && c.validity().is_valid() {
                 used[i] = true;
                 let t = c.validity().not_after.timestamp();
                 earliest = Some(earliest.map_or(t, |e| e.min(t)));
-                next.get_or_insert(i);
+                names.push(c.issuer().as_raw());
             }
         }
-        let Some(i) = next else { break };
-        issuer = certs[i].issuer().as_raw();
     }
     earliest.map(|t| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64))
 }

@@ -929,6 +929,64 @@ fn the_chain_deadline_follows_issuer_names_up_to_an_anchor() {
     assert_eq!(ipcgate::tls::chain_not_after(&certs[..1], &anchors), None);
 }
 
+/// A decoy sent beside the chain, carrying an intermediate's name but
+/// issued elsewhere, must not lead the deadline's walk away from the real
+/// path: here root -> I0 (5 hours left) -> I1 -> leaf, the decoy named like
+/// I1. webpki verifies through I1 and I0, so I0's notAfter bounds the
+/// connection whichever order the certificates come in.
+#[test]
+fn a_decoy_beside_the_chain_cannot_hide_an_intermediates_expiry() {
+    let pki = Pki::new();
+    let root = root_issuer(&pki);
+    let (i0, i0_issuer) = intermediate(&root, &[0x75], Some(time::Duration::hours(5)));
+    let (_, _, chain, _) =
+        intermediate_and_client(&i0_issuer, &[0x76], "spiffe://test.local/alice", None);
+    let der = |pem: &str| {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+            .map(|c| c.unwrap())
+            .collect::<Vec<_>>()
+    };
+    let leaf_and_i1 = der(&chain);
+    let i0 = der(&i0).remove(0);
+    let now = OffsetDateTime::now_utc();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "sub CA [118]");
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.not_before = now - time::Duration::days(1);
+    p.not_after = now + time::Duration::days(300);
+    let elsewhere = rcgen::Issuer::new(
+        rcgen::CertificateParams::new(Vec::<String>::new()).unwrap(),
+        rcgen::KeyPair::generate().unwrap(),
+    );
+    let decoy = p
+        .signed_by(&rcgen::KeyPair::generate().unwrap(), &elsewhere)
+        .unwrap()
+        .der()
+        .clone();
+    let root_der = der(pki.ca.cert_pem());
+    let (_, root_cert) = x509_parser::parse_x509_certificate(&root_der[0]).unwrap();
+    let anchors = vec![root_cert.subject().as_raw().to_vec()];
+    let five_hours = std::time::SystemTime::now() + Duration::from_secs(5 * 3600);
+    let (leaf, i1) = (leaf_and_i1[0].clone(), leaf_and_i1[1].clone());
+    for (case, certs) in [
+        ("no decoy", vec![leaf.clone(), i1.clone(), i0.clone()]),
+        (
+            "the decoy first",
+            vec![leaf.clone(), decoy.clone(), i1.clone(), i0.clone()],
+        ),
+        (
+            "the decoy after I1",
+            vec![leaf.clone(), i1.clone(), decoy.clone(), i0.clone()],
+        ),
+        ("the decoy last", vec![leaf.clone(), i1, i0, decoy.clone()]),
+    ] {
+        let t = ipcgate::tls::chain_not_after(&certs, &anchors).unwrap();
+        assert!(t <= five_hours, "{case}: {t:?}");
+    }
+}
+
 /// Two CRLs from one CA, in either order: the newer one counts (webpki reads
 /// only the first whose issuer matches, so the older listed first hid the
 /// newer's revocations).
