@@ -290,7 +290,19 @@ pub fn load_crls(
             }
         }
     }
-    Ok((ders, infos))
+    // webpki checks a certificate against the first CRL that covers it. A
+    // CRL without an issuing distribution point covers all its issuer's
+    // certificates and a partition covers those naming no distribution
+    // point, so an older CRL listed first would hide a newer one's
+    // revocations: newest first, whatever the order of the files.
+    let mut order: Vec<usize> = (0..ders.len()).collect();
+    order.sort_by(|&a, &b| (kept[b].2, &kept[b].3).cmp(&(kept[a].2, &kept[a].3)));
+    let mut ders: Vec<_> = ders.into_iter().map(Some).collect();
+    let mut infos: Vec<_> = infos.into_iter().map(Some).collect();
+    Ok(order
+        .into_iter()
+        .filter_map(|i| Some((ders[i].take()?, infos[i].take()?)))
+        .unzip())
 }
 
 /// Builds the server config from `[tls]`.

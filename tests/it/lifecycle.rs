@@ -1020,6 +1020,58 @@ async fn of_two_crls_from_one_ca_the_newer_counts() {
     }
 }
 
+/// An older CRL covering all the CA's certificates and a newer partition,
+/// in either order: the newer one's revocation holds for a certificate that
+/// names no distribution point (both cover it, and webpki reads only the
+/// first that does).
+#[tokio::test]
+async fn an_older_full_crl_never_hides_a_newer_partitions_revocations() {
+    for order in [["full.crl", "part.crl"], ["part.crl", "full.crl"]] {
+        let pki = Pki::new();
+        let root = root_issuer(&pki);
+        let alice = pki.issue_spiffe("spiffe://test.local/alice");
+        let (_, cert) = x509_parser::parse_x509_certificate(alice.cert_der.as_ref()).unwrap();
+        let serial = cert.raw_serial().to_vec();
+        let files = vec![
+            (
+                "full.crl",
+                crl(
+                    &root,
+                    CrlSpec {
+                        n: 1,
+                        this_update: -time::Duration::hours(2),
+                        ..CrlSpec::default()
+                    },
+                ),
+            ),
+            (
+                "part.crl",
+                crl(
+                    &root,
+                    CrlSpec {
+                        serials: &[&serial],
+                        n: 2,
+                        this_update: -time::Duration::hours(1),
+                        idp: Some("http://crl.test/a"),
+                        ..CrlSpec::default()
+                    },
+                ),
+            ),
+        ];
+        let ca_pem = pki.ca.cert_pem().to_owned();
+        let h = start_with_tls(
+            pki,
+            format!("crl = [\"{}\", \"{}\"]", order[0], order[1]),
+            files,
+        )
+        .await;
+        assert!(
+            refused(&h, &alice.cert_pem, &alice.key_pem, &ca_pem).await,
+            "{order:?}: the newer partition's revocation was ignored"
+        );
+    }
+}
+
 /// Two CAs of one name, each with a CRL: webpki cannot tell the CRLs apart,
 /// so start-up is refused, naming the file.
 #[tokio::test]
