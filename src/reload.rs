@@ -360,13 +360,22 @@ pub struct TlsSource {
     metrics: Arc<Metrics>,
     /// Held for a whole reload or CRL check, as for [`PolicySource`]: a
     /// reload that read `ca.crl` before a revocation must not swap its
-    /// material in after one that read it after. It holds the CRLs (file,
-    /// issuer) found stale at the last check, so live connections are
-    /// re-verified when one more goes stale, not at every check.
-    reloading: Mutex<Vec<(PathBuf, String)>>,
+    /// material in after one that read it after. It holds what the last
+    /// check found, so live connections are re-verified when one more CRL
+    /// goes stale or a CA expires, not at every check.
+    reloading: Mutex<Held>,
     /// Tests: a hook inside a reload's window (see [`between`]).
     #[cfg(test)]
     between: Between,
+}
+
+/// What [`TlsSource`]'s last check found.
+#[derive(Default)]
+struct Held {
+    /// The CRLs (file, issuer) found stale.
+    stale: Vec<(PathBuf, String)>,
+    /// Whether a trusted CA had expired.
+    ca_expired: bool,
 }
 
 /// What a TLS reload did.
@@ -391,7 +400,7 @@ impl TlsSource {
     ) -> Result<TlsSource, crate::tls::TlsError> {
         let tls = crate::tls::server(&cfg)?;
         let s = TlsSource {
-            reloading: Mutex::new(Vec::new()),
+            reloading: Mutex::new(Held::default()),
             #[cfg(test)]
             between: Mutex::new(None),
             cfg,
@@ -473,7 +482,7 @@ impl TlsSource {
 
     /// `rechecked`: the live connections were just re-verified against the
     /// material in force.
-    fn check_crls_held(&self, stale_before: &mut Vec<(PathBuf, String)>, rechecked: bool) {
+    fn check_crls_held(&self, held: &mut Held, rechecked: bool) {
         let now = std::time::SystemTime::now();
         let current = self.current();
         let mut stale_now = Vec::new();
@@ -509,18 +518,29 @@ impl TlsSource {
                 );
             }
         }
-        let newly = stale_now.iter().any(|c| !stale_before.contains(c));
-        if newly && self.cfg.crl_expired_deny && !rechecked {
+        // The verifier refuses new paths to an expired CA as soon as it
+        // expires (`tls::pathlen`); its live connections go here.
+        let ca_expired = current.anchors_expire.is_some_and(|t| t < now);
+        if ca_expired {
+            warn!(
+                file = %self.cfg.client_ca.display(),
+                "a CA in the client_ca bundle has expired: its clients are refused; put its renewal in the bundle and reload"
+            );
+        }
+        let newly = stale_now.iter().any(|c| !held.stale.contains(c));
+        let newly_expired = ca_expired && !held.ca_expired;
+        if ((newly && self.cfg.crl_expired_deny) || newly_expired) && !rechecked {
             let closed = self.conns.recheck(&*current.verifier);
             if closed > 0 {
                 warn!(
                     closed,
-                    "closed connections whose CA's CRL is past its nextUpdate"
+                    "closed connections whose CA has expired or whose CA's CRL is past its nextUpdate"
                 );
             }
             self.count_closed(closed);
         }
-        *stale_before = stale_now;
+        held.stale = stale_now;
+        held.ca_expired = ca_expired;
     }
 
     fn count_closed(&self, closed: usize) {

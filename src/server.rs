@@ -368,6 +368,7 @@ fn failure_reason(e: &std::io::Error) -> &'static str {
             | CertificateError::ExpiredRevocationListContext { .. } => "crl_expired",
             CertificateError::UnknownRevocationStatus => "revocation_unknown",
             c if crate::tls::is_path_len(c) => "path_len",
+            c if crate::tls::is_anchor_expired(c) => "ca_expired",
             _ => "invalid_certificate",
         },
         Some(Error::PeerIncompatible(_)) => "incompatible",

@@ -17,7 +17,7 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 use crate::config;
 
 mod pathlen;
-pub(crate) use pathlen::{is_path_len, Limits};
+pub(crate) use pathlen::{is_anchor_expired, is_path_len, Limits};
 
 /// A TLS file that could not be used, with the path and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +95,9 @@ pub struct Roots {
     /// The subject names as x509-parser gives them (with the DER header,
     /// unlike webpki's anchors), to compare with the chains' issuer names.
     subjects: Vec<Vec<u8>>,
+    /// Each anchor's notAfter (seconds since the epoch), which webpki's
+    /// anchors do not keep either (`pathlen` holds paths to it).
+    not_after: Vec<u64>,
 }
 
 impl Roots {
@@ -118,9 +121,10 @@ impl Roots {
             store: RootCertStore::empty(),
             limits: Vec::new(),
             subjects: Vec::new(),
+            not_after: Vec::new(),
         };
         for (i, cert) in certs.into_iter().enumerate() {
-            let (limit, subject) =
+            let (limit, subject, not_after) =
                 check_ca(&cert).map_err(|m| format!("certificate #{} {m}", i + 1))?;
             if skip.contains(&i) {
                 continue;
@@ -131,6 +135,7 @@ impl Roots {
                 .map_err(|e| format!("certificate #{} is not a usable CA: {e}", i + 1))?;
             roots.limits.push(limit);
             roots.subjects.push(subject);
+            roots.not_after.push(not_after);
         }
         Ok(roots)
     }
@@ -142,6 +147,11 @@ impl Roots {
 
     pub(crate) fn limits(&self) -> &[Option<u32>] {
         &self.limits
+    }
+
+    /// Beside [`Roots::limits`]: each anchor's notAfter, in seconds.
+    pub(crate) fn not_after(&self) -> &[u64] {
+        &self.not_after
     }
 }
 
@@ -169,6 +179,10 @@ pub struct ServerTls {
     /// The trust anchors' subject names (DER), where [`chain_not_after`]
     /// stops.
     pub anchors: Vec<Vec<u8>>,
+    /// When the first trusted CA expires: from then on the verifier refuses
+    /// paths to it, and live connections are checked again
+    /// (`reload::TlsSource::check_crls`).
+    pub anchors_expire: Option<SystemTime>,
 }
 
 /// One loaded CRL.
@@ -326,7 +340,44 @@ pub fn server(cfg: &config::Tls) -> Result<ServerTls, TlsError> {
             "a CA in the client_ca bundle is revoked by its issuer's CRL: it is not trusted, and its clients are refused (remove it from the bundle)"
         );
     }
-    let trusted = Roots::but(cas, &revoked).map_err(|m| err(&cfg.client_ca, m))?;
+    // webpki keeps no validity for an anchor, so an expired CA would go on
+    // vouching for its clients (OpenSSL and Go refuse them).
+    let now = SystemTime::now();
+    let mut expired = Vec::new();
+    for (i, ca) in cas.iter().enumerate() {
+        if let Some((subject, not_after)) = expiry(ca).filter(|(_, t)| *t < now) {
+            tracing::error!(
+                target: "ipcgate::tls",
+                file = %cfg.client_ca.display(),
+                certificate = i + 1,
+                ca = %subject,
+                not_after = %rfc3339(not_after),
+                "a CA in the client_ca bundle has expired: it is not trusted, and its clients are refused (replace it with its renewal)"
+            );
+            expired.push((i, subject, not_after));
+        }
+    }
+    let skip: Vec<usize> = revoked
+        .iter()
+        .copied()
+        .chain(expired.iter().map(|e| e.0))
+        .collect();
+    let trusted = Roots::but(cas, &skip).map_err(|m| err(&cfg.client_ca, m))?;
+    if trusted.store.is_empty() && !expired.is_empty() {
+        let list: Vec<String> = expired
+            .iter()
+            .map(|(i, subject, t)| {
+                format!("certificate #{} ({subject}) expired {}", i + 1, rfc3339(*t))
+            })
+            .collect();
+        return Err(err(
+            &cfg.client_ca,
+            format!(
+                "no CA in the bundle can be trusted: {}; put the CA's renewed certificate in the bundle",
+                list.join(", ")
+            ),
+        ));
+    }
     let mut builder = WebPkiClientVerifier::builder_with_provider(
         Arc::new(trusted.store.clone()),
         provider.clone(),
@@ -384,6 +435,11 @@ pub fn server(cfg: &config::Tls) -> Result<ServerTls, TlsError> {
         verifier,
         by,
         crls,
+        anchors_expire: trusted
+            .not_after
+            .iter()
+            .min()
+            .map(|&t| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(t)),
         anchors: trusted.subjects,
     })
 }
@@ -498,9 +554,25 @@ fn first_uri_san(cert: &CertificateDer<'_>) -> Option<String> {
     })
 }
 
-/// Whether `cert` can be a trust anchor; its pathLenConstraint and subject
-/// name if so.
-fn check_ca(cert: &CertificateDer<'_>) -> Result<(Option<u32>, Vec<u8>), String> {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| format!("{t:?}"))
+}
+
+/// A certificate's subject (RFC 4514) and notAfter.
+fn expiry(cert: &CertificateDer<'_>) -> Option<(String, SystemTime)> {
+    let (_, c) = X509Certificate::from_der(cert.as_ref()).ok()?;
+    let t = c.validity().not_after.timestamp().max(0) as u64;
+    Some((
+        crate::identity::rfc4514(c.subject()),
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(t),
+    ))
+}
+
+/// Whether `cert` can be a trust anchor; its pathLenConstraint, subject name
+/// and notAfter (seconds since the epoch) if so.
+fn check_ca(cert: &CertificateDer<'_>) -> Result<(Option<u32>, Vec<u8>, u64), String> {
     let (_, c) =
         X509Certificate::from_der(cert.as_ref()).map_err(|e| format!("cannot be parsed: {e}"))?;
     let subject = crate::identity::rfc4514(c.subject());
@@ -520,5 +592,9 @@ fn check_ca(cert: &CertificateDer<'_>) -> Result<(Option<u32>, Vec<u8>), String>
             ));
         }
     }
-    Ok((bc.value.path_len_constraint, c.subject().as_raw().to_vec()))
+    Ok((
+        bc.value.path_len_constraint,
+        c.subject().as_raw().to_vec(),
+        c.validity().not_after.timestamp().max(0) as u64,
+    ))
 }

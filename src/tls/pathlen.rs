@@ -1,12 +1,15 @@
-//! The trust anchors' own path length constraints.
+//! The trust anchors' own path length constraints and validity.
 //!
 //! webpki keeps of an anchor only its subject, key and name constraints
 //! (RFC 5280 leaves anchor processing to the implementation), so a root's
-//! `pathlen:0` does not stop a chain through an intermediate CA under it.
-//! OpenSSL and Go's crypto/x509 honour it, and `ipcgate ca init` writes it:
-//! a root that says "no CAs under me" is taken at its word here too.
+//! `pathlen:0` does not stop a chain through an intermediate CA under it,
+//! and an expired root goes on vouching for its clients. OpenSSL and Go's
+//! crypto/x509 honour both, and `ipcgate ca init` writes a limit: a root
+//! that says "no CAs under me" is taken at its word here too, and one past
+//! its notAfter vouches for no one.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::WebPkiSupportedAlgorithms;
@@ -22,22 +25,25 @@ use webpki::{
 
 use super::Roots;
 
-/// All the anchors of a bundle in which at least one has a limit, and the
-/// search that takes only paths within their anchor's limit. Shared by the
-/// gateway's check of its clients and its clients' check of the gateway.
+/// All the anchors of a bundle with their limits and notAfters, and the
+/// search that takes only paths within their anchor's limit and to an anchor
+/// valid now. Shared by the gateway's check of its clients and its clients'
+/// check of the gateway.
 #[derive(Debug)]
 pub(crate) struct Limits {
     anchors: Vec<TrustAnchor<'static>>,
     /// The most intermediates allowed under each of `anchors`.
     limits: Vec<Option<usize>>,
+    /// Each of `anchors`' notAfter, in seconds since the epoch.
+    not_after: Vec<u64>,
+    any_limit: bool,
+    /// The earliest of `not_after`: until then no anchor has expired.
+    earliest: u64,
 }
 
 impl Limits {
-    /// `None` when no anchor carries a limit: nothing to check.
+    /// `None` for a bundle without anchors.
     pub(crate) fn of(roots: &Roots) -> Option<Limits> {
-        if roots.limits().iter().all(Option::is_none) {
-            return None;
-        }
         Some(Limits {
             anchors: roots.store().roots.clone(),
             limits: roots
@@ -45,26 +51,38 @@ impl Limits {
                 .iter()
                 .map(|n| n.map(|n| usize::try_from(n).unwrap_or(usize::MAX)))
                 .collect(),
+            not_after: roots.not_after().to_vec(),
+            any_limit: roots.limits().iter().any(Option::is_some),
+            earliest: *roots.not_after().iter().min()?,
         })
     }
 
-    /// The limit of the anchor `path` ends at, if it has one. By identity,
-    /// not by name and key: the old `pathlen:0` root beside its re-certified
-    /// copy without a limit (a migration) are two anchors with two limits.
-    fn limit(&self, path: &VerifiedPath<'_>) -> Option<usize> {
+    /// The index of the anchor `path` ends at. By identity, not by name and
+    /// key: the old `pathlen:0` root beside its re-certified copy without a
+    /// limit (a migration) are two anchors with two limits, and a renewed
+    /// root keeps its name and key but not its predecessor's notAfter.
+    fn anchor(&self, path: &VerifiedPath<'_>) -> Option<usize> {
         let a = path.anchor();
         // webpki hands back an item of the slice `verify` gave it.
         let i = self.anchors.iter().position(|b| std::ptr::eq(a, b));
         debug_assert!(i.is_some(), "a path ends at an anchor not ours");
-        self.limits[i?]
+        i
+    }
+
+    /// Whether a path the first search found can still be turned down: one
+    /// through intermediates when an anchor has a limit, or any path once an
+    /// anchor has expired. Otherwise there is nothing to search for.
+    pub(crate) fn needed(&self, intermediates: &[CertificateDer<'_>], now: UnixTime) -> bool {
+        (self.any_limit && !intermediates.is_empty()) || now.as_secs() > self.earliest
     }
 
     /// A second path search, after a verifier found one path: this one takes
-    /// only paths within their anchor's limit. Both passing proves one path
-    /// meets every rule at once (webpki tries the next path when one is
-    /// turned down, so a longer path beside a valid short one does no harm).
-    /// With nothing sent above the leaf no path has an intermediate, so that
-    /// passes without a search.
+    /// only paths within their anchor's limit, to an anchor valid now. Both
+    /// passing proves one path meets every rule at once (webpki tries the
+    /// next path when one is turned down, so a longer path beside a valid
+    /// short one, or a path to an expired root beside one to its renewal,
+    /// does no harm). Skipped when it cannot turn anything down
+    /// ([`Limits::needed`]).
     pub(crate) fn verify(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -74,20 +92,33 @@ impl Limits {
         revocation: Option<RevocationOptions<'_>>,
         algs: &[&dyn SignatureVerificationAlgorithm],
     ) -> Result<(), rustls::Error> {
-        if intermediates.is_empty() {
+        if !self.needed(intermediates, now) {
             return Ok(());
         }
         let cert = EndEntityCert::try_from(end_entity).map_err(refused)?;
         let too_long = std::cell::Cell::new(false);
+        let expired = std::cell::Cell::new(None);
         // Every intermediate counts, a self-issued one (a root key's rollover
         // link) too: as in Go's crypto/x509, stricter than RFC 5280 and
         // OpenSSL, which skip those.
-        let within = |path: &VerifiedPath<'_>| match self.limit(path) {
-            Some(n) if path.intermediate_certificates().count() > n => {
-                too_long.set(true);
-                Err(webpki::Error::PathLenConstraintViolated)
+        let within = |path: &VerifiedPath<'_>| {
+            let Some(i) = self.anchor(path) else {
+                return Ok(());
+            };
+            if now.as_secs() > self.not_after[i] {
+                expired.set(Some(self.not_after[i]));
+                return Err(webpki::Error::CertExpired {
+                    time: now,
+                    not_after: UnixTime::since_unix_epoch(Duration::from_secs(self.not_after[i])),
+                });
             }
-            _ => Ok(()),
+            match self.limits[i] {
+                Some(n) if path.intermediate_certificates().count() > n => {
+                    too_long.set(true);
+                    Err(webpki::Error::PathLenConstraintViolated)
+                }
+                _ => Ok(()),
+            }
         };
         match cert.verify_for_usage(
             algs,
@@ -103,8 +134,41 @@ impl Limits {
             // length is why, whatever error webpki ranks higher (an expired
             // cross-signed copy sent along, say).
             Err(_) if too_long.get() => Err(refused(webpki::Error::PathLenConstraintViolated)),
+            Err(_) if expired.get().is_some() => Err(rustls::Error::InvalidCertificate(
+                CertificateError::Other(OtherError(Arc::new(AnchorExpired {
+                    not_after: expired.get().unwrap_or_default(),
+                }))),
+            )),
             Err(e) => Err(refused(e)),
         }
+    }
+}
+
+/// A path to an anchor past its notAfter, and no other path.
+#[derive(Debug)]
+pub(crate) struct AnchorExpired {
+    not_after: u64,
+}
+
+impl std::fmt::Display for AnchorExpired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = std::time::UNIX_EPOCH + Duration::from_secs(self.not_after);
+        write!(
+            f,
+            "the CA certificate the chain leads to expired {}: it vouches for no one (trust its renewal instead)",
+            super::rfc3339(t)
+        )
+    }
+}
+
+impl std::error::Error for AnchorExpired {}
+
+/// The error a path to an expired anchor is refused with; `server` names it
+/// in the handshake metric.
+pub(crate) fn is_anchor_expired(e: &CertificateError) -> bool {
+    match e {
+        CertificateError::Other(OtherError(o)) => o.downcast_ref::<AnchorExpired>().is_some(),
+        _ => false,
     }
 }
 
@@ -112,8 +176,9 @@ fn refused(e: webpki::Error) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
 }
 
-/// rustls's verifier, then, for a client that sent intermediates, a second
-/// path search ([`Limits::verify`]) with the same anchors, CRLs and policies.
+/// rustls's verifier, then, when it can turn down the path found
+/// ([`Limits::needed`]), a second path search ([`Limits::verify`]) with the
+/// same anchors, CRLs and policies.
 #[derive(Debug)]
 pub(crate) struct PathLen {
     inner: Arc<dyn ClientCertVerifier>,
@@ -137,9 +202,8 @@ pub(crate) fn is_path_len(e: &CertificateError) -> bool {
 }
 
 impl PathLen {
-    /// `inner` unchanged when no anchor of `roots` (the ones `inner` trusts)
-    /// carries a limit. `crls` are the ones `inner` checks, with the same
-    /// policies.
+    /// `inner` unchanged for a bundle without anchors. `crls` are the ones
+    /// `inner` checks, with the same policies.
     pub(crate) fn wrap(
         inner: Arc<dyn ClientCertVerifier>,
         roots: &Roots,
@@ -196,6 +260,9 @@ impl ClientCertVerifier for PathLen {
         let verified = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
+        if !self.limits.needed(intermediates, now) {
+            return Ok(verified);
+        }
         let crls: Vec<&CertRevocationList<'_>> = self.crls.iter().collect();
         let revocation = RevocationOptionsBuilder::new(&crls).ok().map(|b| {
             b.with_depth(RevocationCheckDepth::Chain)

@@ -595,6 +595,99 @@ async fn a_crl_going_stale_closes_live_connections_unless_allowed() {
     }
 }
 
+/// The first certificate of a PEM chain: a client that sends its leaf alone.
+fn leaf_of(chain: &str) -> String {
+    let end = "-----END CERTIFICATE-----";
+    let at = chain.find(end).unwrap() + end.len();
+    format!("{}\n", &chain[..at])
+}
+
+/// webpki keeps no validity for a trust anchor, so a CA left in the bundle
+/// past its notAfter went on vouching for its clients. It is dropped at load
+/// (its clients refused, the others served); a bundle of nothing else is
+/// refused at start-up, naming the file.
+#[tokio::test]
+async fn an_expired_ca_in_the_bundle_vouches_for_no_one() {
+    let pki = Pki::new();
+    let root = root_issuer(&pki);
+    let (old_ca, _, chain, key) = intermediate_and_client(
+        &root,
+        &[0x77],
+        "spiffe://test.local/alice",
+        Some(-time::Duration::days(1)),
+    );
+    let bundle = format!("{}{old_ca}", pki.ca.cert_pem());
+    let h = start_with_tls(pki, "", vec![("ca.pem", bundle.clone())]).await;
+    assert!(
+        refused(&h, &leaf_of(&chain), &key, &bundle).await,
+        "a client of an expired CA in the bundle was served"
+    );
+    h.alice().unary(req(b"x")).await.unwrap();
+
+    let alone = Pki::new();
+    std::fs::write(alone.path("ca.pem"), &old_ca).unwrap();
+    let e = startup_error(&alone, "")
+        .await
+        .expect("a bundle of an expired CA alone was accepted");
+    assert!(
+        e.contains("ca.pem") && e.contains("expired") && e.contains("certificate #1"),
+        "{e}"
+    );
+}
+
+/// A CA that expires while the gateway runs: from then on the verifier
+/// refuses paths to it (`reason="ca_expired"`), and the periodic check closes
+/// the connections it vouched for. Clients of the other CA go on.
+#[tokio::test]
+async fn a_ca_expiring_while_the_gateway_runs_refuses_its_clients_from_then_on() {
+    let pki = Pki::new();
+    let root = root_issuer(&pki);
+    let now = OffsetDateTime::now_utc();
+    // Room for the harness and the first call on a loaded machine.
+    let (soon_ca, _, chain, key) = intermediate_and_client(
+        &root,
+        &[0x78],
+        "spiffe://test.local/alice",
+        Some(time::Duration::seconds(6)),
+    );
+    let bundle = format!("{}{soon_ca}", pki.ca.cert_pem());
+    let h = start_with_tls(pki, "", vec![("ca.pem", bundle.clone())]).await;
+    let leaf = leaf_of(&chain);
+    let mut live = h.client(client_config(&leaf, &key, &bundle));
+    live.unary(req(b"fresh")).await.unwrap();
+    // Past notAfter (whole seconds), however long the start took.
+    let past = (now + time::Duration::seconds(7) - OffsetDateTime::now_utc())
+        .try_into()
+        .unwrap_or(Duration::ZERO);
+    tokio::time::sleep(past).await;
+    for sent in [leaf.clone(), chain.clone()] {
+        assert!(
+            refused(&h, &sent, &key, &bundle).await,
+            "a client of an expired CA was served"
+        );
+    }
+    let hh = &h;
+    eventually("refusals counted", || {
+        handshakes(hh, "failed", "ca_expired") >= 2
+    })
+    .await;
+    // The periodic check, without waiting its minute; twice, as it runs.
+    let tls = h.reloader.tls.clone();
+    tokio::task::spawn_blocking(move || {
+        tls.check_crls();
+        tls.check_crls();
+    })
+    .await
+    .unwrap();
+    eventually("connection closed", || {
+        closed(hh, "no_longer_verifies") == 1
+    })
+    .await;
+    assert!(live.unary(req(b"late")).await.is_err());
+    h.alice().unary(req(b"x")).await.unwrap();
+    assert_eq!(closed(&h, "no_longer_verifies"), 1);
+}
+
 /// A harness over `pki` with `tls_keys` in its `[tls]` table and `files`
 /// (CRLs, a bundle) written first.
 async fn start_with_tls(
