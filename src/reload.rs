@@ -435,7 +435,13 @@ impl TlsSource {
     /// and verifies itself against it.
     pub fn reload(&self) -> TlsReport {
         let mut stale = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
-        match crate::tls::server(&self.cfg) {
+        let loaded = crate::tls::server(&self.cfg).and_then(|tls| {
+            match crate::tls::older_crl(&self.current().crls, &tls.crls) {
+                None => Ok(tls),
+                Some((new, old)) => Err(crate::tls::TlsError::older_crl(new, old)),
+            }
+        });
+        match loaded {
             Ok(tls) => {
                 #[cfg(test)]
                 between(&self.between);

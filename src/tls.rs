@@ -27,6 +27,29 @@ pub struct TlsError {
     pub msg: String,
 }
 
+impl TlsError {
+    /// A reload's CRL `new` is older than `old`, the one in force for the
+    /// same CA and scope.
+    pub fn older_crl(new: &CrlInfo, old: &CrlInfo) -> TlsError {
+        let num = |i: &CrlInfo| i.age.1.as_ref().map_or("none".into(), ToString::to_string);
+        let at = |i: &CrlInfo| {
+            rfc3339(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(i.age.0.max(0) as u64))
+        };
+        err(
+            &new.path,
+            format!(
+                "this CRL from ({}) is older than the one in force (thisUpdate {}, CRL number {}, against {} and {} from {}): loading it would let certificates revoked since back in; put the CA's current CRL there (`ipcgate crl --ca-dir ...` re-issues it)",
+                new.issuer,
+                at(new),
+                num(new),
+                at(old),
+                num(old),
+                old.path.display()
+            ),
+        )
+    }
+}
+
 fn err(path: &Path, msg: impl Into<String>) -> TlsError {
     TlsError {
         path: path.to_owned(),
@@ -192,6 +215,11 @@ pub struct CrlInfo {
     pub issuer: String,
     pub next_update: Option<SystemTime>,
     pub revoked: usize,
+    /// Its issuer's name and issuing distribution point: CRLs of one scope
+    /// supersede one another.
+    scope: Vec<u8>,
+    /// thisUpdate (seconds) and CRL number: which of two is newer.
+    age: (i64, Option<x509_parser::num_bigint::BigUint>),
 }
 
 impl CrlInfo {
@@ -199,6 +227,18 @@ impl CrlInfo {
     pub fn is_stale(&self, now: SystemTime) -> bool {
         self.next_update.is_some_and(|t| t < now)
     }
+}
+
+/// The first of `new` that is older than the CRL of its scope in `old`,
+/// with that one: a reload must not bring back a CRL from before a
+/// revocation (a restored backup, a stale copy pushed again), which would
+/// let the revoked certificates in again.
+pub fn older_crl<'a>(old: &'a [CrlInfo], new: &'a [CrlInfo]) -> Option<(&'a CrlInfo, &'a CrlInfo)> {
+    new.iter().find_map(|n| {
+        old.iter()
+            .find(|o| o.scope == n.scope && n.age < o.age)
+            .map(|o| (n, o))
+    })
 }
 
 /// Reads CRLs (PEM `X509 CRL` blocks, or one DER CRL) and checks each is signed
@@ -255,11 +295,16 @@ pub fn load_crls(
             let next_update = parsed.next_update().map(|t| {
                 SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(t.timestamp().max(0) as u64)
             });
-            let info = CrlInfo {
+            let mut info = CrlInfo {
                 path: path.clone(),
                 issuer,
                 next_update,
                 revoked: parsed.iter_revoked_certificates().count(),
+                scope: Vec::new(),
+                age: (
+                    parsed.last_update().timestamp(),
+                    parsed.crl_number().cloned(),
+                ),
             };
             // Two CRLs of one CA but different issuing distribution points
             // are partitions, each authoritative for its own certificates:
@@ -270,6 +315,7 @@ pub fn load_crls(
             }) {
                 name.extend_from_slice(idp.value);
             }
+            info.scope.clone_from(&name);
             let this_update = parsed.last_update().timestamp();
             let number = parsed.crl_number().cloned();
             let Some(i) = kept.iter().position(|k| k.1 == name) else {

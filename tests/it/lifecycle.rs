@@ -312,6 +312,63 @@ async fn revocation_refuses_new_handshakes_and_closes_live_connections() {
     assert_eq!(closed(&h, "no_longer_verifies"), 1);
 }
 
+/// A CRL put back from before a revocation (a restored backup, a stale copy
+/// pushed again), or a file that is not a CRL, is refused at reload: the
+/// revocation stays in force, and the error names the file.
+#[tokio::test]
+async fn a_reload_never_brings_back_a_crl_from_before_a_revocation() {
+    let h = Harness::start_with(with_crl()).await;
+    let alice_cfg = h.pki.saved_spiffe("spiffe://test.local/alice", "alice");
+    h.client(alice_cfg.clone())
+        .unary(req(b"before"))
+        .await
+        .unwrap();
+    let dir = h.pki.dir.path().to_str().unwrap().to_owned();
+    std::fs::copy(h.pki.path("ca.crl"), h.pki.path("before.crl")).unwrap();
+    ipcgate_ok(&[
+        "cert",
+        "revoke",
+        "--ca-dir",
+        &dir,
+        "--cert",
+        &format!("{dir}/alice.pem"),
+    ]);
+    let tls = h.reloader.tls.clone();
+    let reload = || {
+        let tls = tls.clone();
+        async move {
+            tokio::task::spawn_blocking(move || tls.reload())
+                .await
+                .unwrap()
+        }
+    };
+    assert!(reload().await.ok);
+    let revoked = || async {
+        let e = ipcgate::client::probe(&h.gw_sock, "localhost", alice_cfg.clone())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("CertificateRevoked"), "{e}");
+    };
+    revoked().await;
+    for (case, bytes) in [
+        (
+            "the CRL from before",
+            std::fs::read(h.pki.path("before.crl")).unwrap(),
+        ),
+        ("not a CRL", b"not a CRL".to_vec()),
+    ] {
+        std::fs::write(h.pki.path("ca.crl"), bytes).unwrap();
+        let r = reload().await;
+        assert!(!r.ok, "{case}: reloaded");
+        let e = r.error.unwrap_or_default();
+        assert!(e.contains("ca.crl"), "{case}: {e}");
+        if case == "the CRL from before" {
+            assert!(e.contains("older than the one in force"), "{e}");
+        }
+        revoked().await;
+    }
+}
+
 /// A client that holds back its half of the handshake until a revocation has
 /// been reloaded finishes it against the verifier it began with; the reload's
 /// re-check of live connections ran before it registered. It must still get
