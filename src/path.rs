@@ -4,18 +4,27 @@
 //! If the two could disagree (`/svc/M` vs `svc/M`, `//svc/M`, `/svc/../admin/M`,
 //! `/svc%2FM`) a deny rule could be bypassed — grpc-go's CVE-2026-33186 was exactly
 //! that. So anything not canonical is refused before policy runs.
+//!
+//! Canonical also means the characters of IDL names alone (letters, digits,
+//! `_`, and `.` between a service's parts), plus `-`: punctuation such as
+//! `;` (path parameters, which Servlet containers strip), `\`, `:` or `@`
+//! is something some backend's router would read its own way.
 
-/// Bytes a path may hold without a closer look: visible ASCII but `/`, `.`,
-/// `%`, `?` and `#`.
+/// Bytes a path may hold without a closer look: ASCII letters, digits, `_`
+/// and `-`.
 const PLAIN: [bool; 256] = {
     let mut t = [false; 256];
-    let mut c = b'!';
-    while c <= b'~' {
-        t[c as usize] = !matches!(c, b'/' | b'.' | b'%' | b'?' | b'#');
+    let mut c = 0u8;
+    while c < 128 {
+        t[c as usize] = c.is_ascii_alphanumeric() || c == b'_' || c == b'-';
         c += 1;
     }
     t
 };
+
+/// Why a path with a byte outside [`PLAIN`] (but `/` and `.`) is refused.
+const NOT_PLAIN: &str =
+    "path must hold only letters, digits, '_', '-' and '.' (no '%', '?', '#' or other punctuation)";
 
 /// Splits a canonical `/Service/Method` path, or says why it is not one.
 ///
@@ -51,10 +60,10 @@ pub fn split(path: &str) -> Result<(&str, &str), &'static str> {
     if dots {
         return Err("path must not contain '..'");
     }
-    // '%' escapes, a query or fragment, and anything outside visible ASCII would let
-    // two spellings name one method.
+    // '%' escapes, a query or fragment, and other punctuation would let two
+    // spellings name one method, to some backend.
     if bad {
-        return Err("path must be plain visible ASCII without '%', '?' or '#'");
+        return Err(NOT_PLAIN);
     }
     Ok((service, method))
 }
@@ -83,9 +92,9 @@ mod tests {
         }
         if !path
             .bytes()
-            .all(|b| b.is_ascii_graphic() && !matches!(b, b'%' | b'?' | b'#'))
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/'))
         {
-            return Err("path must be plain visible ASCII without '%', '?' or '#'");
+            return Err(NOT_PLAIN);
         }
         Ok((service, method))
     }
@@ -94,7 +103,9 @@ mod tests {
     fn one_pass_agrees_with_the_rules_written_as_separate_scans() {
         // Every path of up to 5 characters from an alphabet of each kind of
         // byte the rules look at, and longer random ones.
-        let alphabet = ["/", ".", "a", "%", "?", "#", " ", "\u{e4}", "~", "\u{7f}"];
+        let alphabet = [
+            "/", ".", "a", "Z", "0", "_", "-", "%", "?", "#", " ", "\u{e4}", "~", ";", "\u{7f}",
+        ];
         let mut paths = vec![String::new()];
         let mut layer = vec![String::new()];
         for _ in 0..5 {
@@ -145,6 +156,14 @@ mod tests {
             "/demo.v1.Echo/Unary#x",
             "/demo.v1.Echo/Un ary",
             "/demo.v1.Echo/Unäry",
+            "/demo.v1.Echo/Unary;x=1",
+            "/demo.v1.Echo/Unary\\",
+            "/demo.v1.Echo:443/Unary",
+            "/demo.v1.Echo/Un@ary",
+            "/demo.v1.Echo/Un,ary",
+            "/demo.v1.Echo/Un=ary",
+            "/demo.v1.Echo/Unary~",
+            "/demo.v1.Echo/Un!ary",
             "/",
             "",
             "*",

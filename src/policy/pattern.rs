@@ -96,6 +96,6 @@ pub fn check_path(p: &str) -> Result<(), String> {
         return Ok(());
     }
     Err(format!(
-        "{p:?} can never match: request paths are \"/package.Service/Method\", two segments of plain visible ASCII without '%', '?', '#' or '..' (write the full method, \"/package.Service/*\" for a service, or \"*/Method\")"
+        "{p:?} can never match: request paths are \"/package.Service/Method\", two segments of letters, digits, '_', '-' and '.' (no '..', '%', '?', '#' or other punctuation; write the full method, \"/package.Service/*\" for a service, or \"*/Method\")"
     ))
 }
