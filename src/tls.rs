@@ -631,12 +631,19 @@ fn check_ca(cert: &CertificateDer<'_>) -> Result<(Option<u32>, Vec<u8>, u64), St
             "({subject}) is not a CA certificate (no basicConstraints CA:TRUE); a trust bundle holds only CA certificates — remove it, or use the CA that issued it"
         ));
     };
-    if let Ok(Some(ku)) = c.key_usage() {
-        if !ku.value.key_cert_sign() {
+    // One whose key usage cannot be read is refused, not taken as having none.
+    match c.key_usage() {
+        Err(e) => {
+            return Err(format!(
+                "({subject}) has a key usage extension that cannot be parsed: {e}"
+            ))
+        }
+        Ok(Some(ku)) if !ku.value.key_cert_sign() => {
             return Err(format!(
                 "({subject}) is a CA certificate without the keyCertSign key usage"
-            ));
+            ))
         }
+        Ok(_) => {}
     }
     Ok((
         bc.value.path_len_constraint,

@@ -295,6 +295,32 @@ async fn a_ca_without_key_cert_sign_in_the_bundle_is_refused() {
     );
 }
 
+/// A CA whose key usage extension cannot be parsed is refused, not taken as
+/// having none (which would skip the keyCertSign check).
+#[tokio::test]
+async fn a_ca_with_an_unreadable_key_usage_in_the_bundle_is_refused() {
+    let pki = Pki::new();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "garbled CA");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    // keyUsage (2.5.29.15) whose content is an INTEGER, not a BIT STRING.
+    params
+        .custom_extensions
+        .push(rcgen::CustomExtension::from_oid_content(
+            &[2, 5, 29, 15],
+            vec![0x02, 0x01, 0x05],
+        ));
+    let garbled = params.self_signed(&key).unwrap();
+    let e = bundle_error(&pki, &garbled.pem()).await;
+    assert!(
+        e.contains("bundle.pem") && e.contains("certificate #2") && e.contains("key usage"),
+        "{e}"
+    );
+}
+
 #[tokio::test]
 async fn tls12_client_is_refused() {
     let h = Harness::start().await;
