@@ -326,8 +326,11 @@ impl Ca {
             {
                 return Err(CaError::Invalid(format!("{name:?} is not a DNS name")));
             }
+            // In lowercase: DNS ignores case, but policy compares names as
+            // written, so `ADMIN.example.org` would dodge a deny rule on
+            // `admin.example.org`.
             let dns = name
-                .clone()
+                .to_ascii_lowercase()
                 .try_into()
                 .map_err(|_| CaError::Invalid(format!("{name:?} is not a DNS name")))?;
             params.subject_alt_names.push(SanType::DnsName(dns));

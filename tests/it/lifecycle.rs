@@ -1328,6 +1328,12 @@ fn the_ca_refuses_spiffe_ids_the_spec_forbids() {
     ] {
         dns(good).unwrap_or_else(|e| panic!("{good}: {e}"));
     }
+    // Written in lowercase: DNS ignores case but policy compares names as
+    // written, so `ADMIN.example.org` would dodge a deny rule on
+    // `admin.example.org`.
+    let issued = dns("GW-1.Example.ORG").unwrap();
+    let peer = ipcgate::identity::Peer::new(&[issued.cert_der], None, None).unwrap();
+    assert_eq!(peer.dns, ["gw-1.example.org"]);
 }
 
 /// Why a gateway over `pki` with `tls_keys` in its `[tls]` table does not
