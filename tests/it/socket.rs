@@ -27,6 +27,40 @@ async fn socket_gets_the_configured_mode_and_is_removed_on_drop() {
     assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
 }
 
+/// `group` gives the socket that group (the tests run as root, so any gid
+/// will do), with the mode's group bits.
+#[tokio::test]
+async fn socket_gets_the_configured_group() {
+    use std::os::unix::fs::MetadataExt;
+    let d = tmp();
+    let p = d.path().join("gw.sock");
+    let uds = Uds::bind(&p, 0o660, Some(4242)).unwrap();
+    let meta = std::fs::symlink_metadata(&p).unwrap();
+    assert_eq!(meta.gid(), 4242);
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    drop(uds);
+}
+
+/// A socket that another process has put at the path since (the gateway's
+/// was moved away) is not the gateway's to remove when it stops.
+#[tokio::test]
+async fn a_socket_replaced_since_is_left_alone_at_shutdown() {
+    let d = tmp();
+    let p = d.path().join("gw.sock");
+    let uds = Uds::bind(&p, 0o600, None).unwrap();
+    std::fs::rename(&p, d.path().join("moved.sock")).unwrap();
+    let other = std::os::unix::net::UnixListener::bind(&p).unwrap();
+    drop(uds);
+    assert!(
+        std::fs::symlink_metadata(&p)
+            .unwrap()
+            .file_type()
+            .is_socket(),
+        "another process's socket was removed"
+    );
+    drop(other);
+}
+
 #[tokio::test]
 async fn stale_socket_from_a_dead_gateway_is_replaced() {
     let d = tmp();
