@@ -312,6 +312,43 @@ async fn revocation_refuses_new_handshakes_and_closes_live_connections() {
     assert_eq!(closed(&h, "no_longer_verifies"), 1);
 }
 
+/// A CA taken out of `client_ca` at reload: the connections it vouched for
+/// are closed, its clients refused from then on; the other CA's go on.
+#[tokio::test]
+async fn a_ca_taken_out_of_the_bundle_at_reload_closes_its_clients() {
+    let pki = Pki::new();
+    let second = new_ca("second CA", Duration::from_secs(3600));
+    let bob = second
+        .issue(&LeafSpec {
+            spiffe: vec!["spiffe://test.local/alice".into()],
+            client: true,
+            ..Default::default()
+        })
+        .unwrap();
+    let root_pem = pki.ca.cert_pem().to_owned();
+    let bundle = format!("{root_pem}{}", second.cert_pem());
+    let h = start_with_tls(pki, "", vec![("ca.pem", bundle.clone())]).await;
+    let mut live = h.client(client_config(&bob.cert_pem, &bob.key_pem, &bundle));
+    live.unary(req(b"before")).await.unwrap();
+    let mut alice = h.alice();
+    alice.unary(req(b"before")).await.unwrap();
+    std::fs::write(h.pki.path("ca.pem"), &root_pem).unwrap();
+    let tls = h.reloader.tls.clone();
+    let r = tokio::task::spawn_blocking(move || tls.reload())
+        .await
+        .unwrap();
+    assert!(r.ok, "{r:?}");
+    let hh = &h;
+    eventually("its connection closed", || {
+        closed(hh, "no_longer_verifies") == 1
+    })
+    .await;
+    assert!(live.unary(req(b"after")).await.is_err());
+    assert!(refused(&h, &bob.cert_pem, &bob.key_pem, &bundle).await);
+    alice.unary(req(b"after")).await.unwrap();
+    assert_eq!(closed(&h, "no_longer_verifies"), 1);
+}
+
 /// A CRL put back from before a revocation (a restored backup, a stale copy
 /// pushed again), or a file that is not a CRL, is refused at reload: the
 /// revocation stays in force, and the error names the file.

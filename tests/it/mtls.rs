@@ -84,6 +84,21 @@ async fn certificate_from_another_ca_is_refused() {
     refused(&h, &[("unknown_issuer", 1)]).await;
 }
 
+/// The CA's own certificate and key, presented as a client's: a CA
+/// certificate is no end entity (webpki's CaUsedAsEndEntity), whatever
+/// names a policy might match in its subject.
+#[tokio::test]
+async fn the_cas_own_certificate_is_refused_as_a_client_certificate() {
+    let h = Harness::start().await;
+    let ca_pem = h.pki.ca.cert_pem().to_owned();
+    let ca_key = std::fs::read_to_string(h.pki.path("ca.key")).unwrap();
+    let e = probe(&h, client_config(&ca_pem, &ca_key, &ca_pem))
+        .await
+        .unwrap_err();
+    assert!(e.contains("CertificateUnknown"), "{e}");
+    refused(&h, &[("invalid_certificate", 1)]).await;
+}
+
 #[tokio::test]
 async fn expired_and_not_yet_valid_certificates_are_refused() {
     let h = Harness::start().await;
