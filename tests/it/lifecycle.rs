@@ -1891,6 +1891,17 @@ fn lifetimes_are_bounded() {
     assert!(e.to_string().contains("stale"), "{e}");
     assert!(ca.reissue_crl(d.path(), huge).is_err());
     ca.reissue_crl(d.path(), Duration::from_secs(3600)).unwrap();
+    // An expired CA signs nothing.
+    let brief = new_ca("brief", Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(3));
+    let Err(e) = brief.issue(&LeafSpec {
+        spiffe: vec!["spiffe://t/a".into()],
+        client: true,
+        ..Default::default()
+    }) else {
+        panic!("an expired CA signed");
+    };
+    assert!(e.to_string().contains("expired"), "{e}");
 }
 
 /// `sudo ipcgate cert renew --new-key` on a key the gateway's account reads
