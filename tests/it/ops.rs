@@ -587,8 +587,12 @@ fn a_reopen_asked_while_the_audit_queue_is_full_is_kept() {
     while dropped.get() == before {
         auditor.submit(event("/a.B/Before"));
     }
-    auditor.reopen();
+    // logrotate's order: move the file, then ask for the reopen. Asked
+    // before the move, the reopen could be taken before it too (by a writer
+    // that was only waiting for a core, not stuck in its write), and would
+    // open the old file again.
     std::fs::rename(&path, d.path().join("audit.jsonl.1")).unwrap();
+    auditor.reopen();
     // The reader catches up: the writer unblocks and drains the queue. A
     // flush answered means every event queued so far is written, however
     // long the writer waited for a core on a loaded machine.
