@@ -470,6 +470,94 @@ async fn request_trailers_from_clients_are_not_forwarded() {
     );
 }
 
+/// The backend receives exactly the path the policy judged, call after call
+/// on one connection: denied calls in between, a repaired authority, and
+/// the relay's reuse of the last call's URI never hand it another one.
+#[tokio::test]
+async fn the_backend_receives_the_path_the_policy_judged() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use std::sync::{Arc, Mutex};
+    use tokio::io::AsyncWriteExt;
+    let mut h = Harness::start().await;
+    h.stop_backend();
+    let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let listener = tokio::net::UnixListener::bind(&h.backend_sock).unwrap();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let record = record.clone();
+                        async move {
+                            record.lock().unwrap().push((
+                                req.uri().path().to_owned(),
+                                req.uri()
+                                    .authority()
+                                    .map(ToString::to_string)
+                                    .unwrap_or_default(),
+                            ));
+                            Ok::<_, hyper::Error>(
+                                http::Response::builder()
+                                    .header("content-type", "application/grpc")
+                                    .header("grpc-status", "0")
+                                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let mut f = Frames::open(alice_tls(&h).await, &[]).await;
+    // Denied (Secret) and unrouted (other.v1.Svc) calls are answered by the
+    // gateway and must not reach the backend.
+    let calls: [(&[u8], &[u8]); 7] = [
+        (b"/demo.v1.Echo/Unary", b"localhost"),
+        (b"/demo.v1.Echo/Secret", b"localhost"),
+        (b"/demo.v1.Echo/Unary", b"localhost"),
+        (b"/demo.v1.Echo/ServerStream", b"localhost"),
+        (b"/other.v1.Svc/Get", b"localhost"),
+        (b"/demo.v1.Echo/Unary", b"/run/app.sock"),
+        (b"/demo.v1.Echo/ClientStream", b"other.example"),
+    ];
+    for (i, (path, authority)) in calls.iter().enumerate() {
+        let id = 1 + 2 * u32::try_from(i).unwrap();
+        f.io.write_all(&frame(0x1, 0x4, id, &block_for(path, authority, &[])))
+            .await
+            .unwrap();
+        f.io.write_all(&frame(0x0, 0x1, id, &[0, 0, 0, 0, 0]))
+            .await
+            .unwrap();
+        within("the call's end", async {
+            loop {
+                match f.next().await {
+                    Some((0x0 | 0x1, flags, s, _)) if s == id && flags & 0x1 != 0 => return,
+                    Some((0x3, _, s, p)) if s == id => panic!("stream {id} reset: {p:?}"),
+                    None => panic!("connection closed"),
+                    Some(_) => {}
+                }
+            }
+        })
+        .await;
+    }
+    let want: Vec<(String, String)> = [
+        ("/demo.v1.Echo/Unary", "localhost"),
+        ("/demo.v1.Echo/Unary", "localhost"),
+        ("/demo.v1.Echo/ServerStream", "localhost"),
+        ("/demo.v1.Echo/Unary", "localhost"),
+        ("/demo.v1.Echo/ClientStream", "other.example"),
+    ]
+    .iter()
+    .map(|(p, a)| ((*p).to_owned(), (*a).to_owned()))
+    .collect();
+    assert_eq!(*seen.lock().unwrap(), want);
+}
+
 /// Socket-path `:authority` values (what gRPC C-core and Netty send by
 /// default) through the whole gateway, on a connection's first stream and
 /// after it: answered by default, reset as malformed with
