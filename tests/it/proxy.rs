@@ -395,49 +395,8 @@ async fn a_client_that_stops_reading_cannot_stall_others_on_the_shared_backend_c
 /// A raw HTTP/2 backend that records whether a request arrived with trailers.
 #[tokio::test]
 async fn request_trailers_from_clients_are_not_forwarded() {
-    use http_body_util::BodyExt;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use std::sync::atomic::AtomicBool;
-    use std::sync::Arc;
-
-    let h = Harness::start().await;
-    // Replace the tonic backend with a recording one on the same socket.
-    let mut h = h;
-    h.stop_backend();
-    let saw_trailers = Arc::new(AtomicBool::new(false));
-    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let listener = tokio::net::UnixListener::bind(&h.backend_sock).unwrap();
-    let (st, rq) = (saw_trailers.clone(), requests.clone());
-    tokio::spawn(async move {
-        loop {
-            let (s, _) = listener.accept().await.unwrap();
-            let (st, rq) = (st.clone(), rq.clone());
-            tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let (st, rq) = (st.clone(), rq.clone());
-                        async move {
-                            let body = req.into_body().collect().await?;
-                            rq.fetch_add(1, Ordering::SeqCst);
-                            if body.trailers().is_some() {
-                                st.store(true, Ordering::SeqCst);
-                            }
-                            Ok::<_, hyper::Error>(
-                                http::Response::builder()
-                                    .header("content-type", "application/grpc")
-                                    .header("grpc-status", "0")
-                                    .body(http_body_util::Empty::<bytes::Bytes>::new())
-                                    .unwrap(),
-                            )
-                        }
-                    });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-
+    let mut h = Harness::start().await;
+    let seen = recording_backend(&mut h);
     // A client sending a message followed by trailers.
     let (mut tx, _conn) = crate::common::alice_h2(&h).await;
     let (mut body_tx, body) =
@@ -463,24 +422,26 @@ async fn request_trailers_from_clients_are_not_forwarded() {
         .unwrap()
         .unwrap();
     assert_eq!(resp.headers().get("grpc-status").unwrap(), "0");
-    assert_eq!(requests.load(Ordering::SeqCst), 1);
-    assert!(
-        !saw_trailers.load(Ordering::SeqCst),
-        "request trailers reached the backend"
-    );
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1);
+    assert!(!seen[0].trailers, "request trailers reached the backend");
 }
 
-/// The backend receives exactly the path the policy judged, call after call
-/// on one connection: denied calls in between, a repaired authority, and
-/// the relay's reuse of the last call's URI never hand it another one.
-#[tokio::test]
-async fn the_backend_receives_the_path_the_policy_judged() {
+/// What [`recording_backend`] saw of one request.
+struct Recorded {
+    path: String,
+    authority: String,
+    /// Trailers followed the body.
+    trailers: bool,
+}
+
+/// Puts a hyper HTTP/2 backend in place of the harness's tonic one: it
+/// records each request and answers it with an empty OK.
+fn recording_backend(h: &mut Harness) -> std::sync::Arc<std::sync::Mutex<Vec<Recorded>>> {
+    use http_body_util::BodyExt;
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    use std::sync::{Arc, Mutex};
-    use tokio::io::AsyncWriteExt;
-    let mut h = Harness::start().await;
     h.stop_backend();
-    let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<Recorded>>> = Default::default();
     let listener = tokio::net::UnixListener::bind(&h.backend_sock).unwrap();
     let record = seen.clone();
     tokio::spawn(async move {
@@ -491,13 +452,18 @@ async fn the_backend_receives_the_path_the_policy_judged() {
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let record = record.clone();
                         async move {
-                            record.lock().unwrap().push((
-                                req.uri().path().to_owned(),
-                                req.uri()
-                                    .authority()
-                                    .map(ToString::to_string)
-                                    .unwrap_or_default(),
-                            ));
+                            let path = req.uri().path().to_owned();
+                            let authority = req
+                                .uri()
+                                .authority()
+                                .map(ToString::to_string)
+                                .unwrap_or_default();
+                            let body = req.into_body().collect().await?;
+                            record.lock().unwrap().push(Recorded {
+                                path,
+                                authority,
+                                trailers: body.trailers().is_some(),
+                            });
                             Ok::<_, hyper::Error>(
                                 http::Response::builder()
                                     .header("content-type", "application/grpc")
@@ -513,6 +479,17 @@ async fn the_backend_receives_the_path_the_policy_judged() {
             });
         }
     });
+    seen
+}
+
+/// The backend receives exactly the path the policy judged, call after call
+/// on one connection: denied calls in between, a repaired authority, and
+/// the relay's reuse of the last call's URI never hand it another one.
+#[tokio::test]
+async fn the_backend_receives_the_path_the_policy_judged() {
+    use tokio::io::AsyncWriteExt;
+    let mut h = Harness::start().await;
+    let seen = recording_backend(&mut h);
     let mut f = Frames::open(alice_tls(&h).await, &[]).await;
     // Denied (Secret) and unrouted (other.v1.Svc) calls are answered by the
     // gateway and must not reach the backend.
@@ -555,7 +532,13 @@ async fn the_backend_receives_the_path_the_policy_judged() {
     .iter()
     .map(|(p, a)| ((*p).to_owned(), (*a).to_owned()))
     .collect();
-    assert_eq!(*seen.lock().unwrap(), want);
+    let got: Vec<(String, String)> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| (r.path.clone(), r.authority.clone()))
+        .collect();
+    assert_eq!(got, want);
 }
 
 /// Socket-path `:authority` values (what gRPC C-core and Netty send by
