@@ -130,7 +130,8 @@ pub fn config_from_files(
 /// SPIFFE ID, and/or the pinned fingerprint — every check given must pass.
 struct GatewayVerifier {
     roots: Option<Arc<RootCertStore>>,
-    /// The limits of `roots`, if any has one.
+    /// What webpki does not keep of `roots`' anchors: path length limits
+    /// and validity.
     path_len: Option<tls::Limits>,
     spiffe_id: Option<String>,
     sha256: Option<[u8; 32]>,

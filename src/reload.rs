@@ -374,8 +374,8 @@ pub struct TlsSource {
 struct Held {
     /// The CRLs (file, issuer) found stale.
     stale: Vec<(PathBuf, String)>,
-    /// Whether a trusted CA had expired.
-    ca_expired: bool,
+    /// How many trusted CAs had expired.
+    cas_expired: usize,
 }
 
 /// What a TLS reload did.
@@ -478,7 +478,8 @@ impl TlsSource {
 
     /// Publishes each CRL's next-update and warns about stale ones; with
     /// `crl_expired = "deny"`, closes the live connections a stale CRL now
-    /// refuses, as it refuses new handshakes.
+    /// refuses, as it refuses new handshakes. Closes those of a CA that has
+    /// expired since the last check too.
     ///
     /// Blocking: a re-check verifies every live client chain again.
     pub fn check_crls(&self) {
@@ -525,16 +526,20 @@ impl TlsSource {
             }
         }
         // The verifier refuses new paths to an expired CA as soon as it
-        // expires (`tls::pathlen`); its live connections go here.
-        let ca_expired = current.anchors_expire.is_some_and(|t| t < now);
-        if ca_expired {
+        // expires (`tls::pathlen`, in whole seconds as here); its live
+        // connections go here, once for each CA that expires.
+        let secs = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let cas_expired = current.anchors_expire.iter().filter(|&&t| secs > t).count();
+        if cas_expired > 0 {
             warn!(
                 file = %self.cfg.client_ca.display(),
                 "a CA in the client_ca bundle has expired: its clients are refused; put its renewal in the bundle and reload"
             );
         }
         let newly = stale_now.iter().any(|c| !held.stale.contains(c));
-        let newly_expired = ca_expired && !held.ca_expired;
+        let newly_expired = cas_expired > held.cas_expired;
         if ((newly && self.cfg.crl_expired_deny) || newly_expired) && !rechecked {
             let closed = self.conns.recheck(&*current.verifier);
             if closed > 0 {
@@ -546,7 +551,7 @@ impl TlsSource {
             self.count_closed(closed);
         }
         held.stale = stale_now;
-        held.ca_expired = ca_expired;
+        held.cas_expired = cas_expired;
     }
 
     fn count_closed(&self, closed: usize) {

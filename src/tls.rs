@@ -202,10 +202,11 @@ pub struct ServerTls {
     /// The trust anchors' subject names (DER), where [`chain_not_after`]
     /// stops.
     pub anchors: Vec<Vec<u8>>,
-    /// When the first trusted CA expires: from then on the verifier refuses
-    /// paths to it, and live connections are checked again
+    /// Each trusted CA's notAfter, in seconds since the epoch. Past one (in
+    /// whole seconds, as webpki compares), the verifier refuses paths to
+    /// that CA, and the next periodic check re-verifies live connections
     /// (`reload::TlsSource::check_crls`).
-    pub anchors_expire: Option<SystemTime>,
+    pub anchors_expire: Vec<u64>,
 }
 
 /// One loaded CRL.
@@ -391,7 +392,15 @@ pub fn server(cfg: &config::Tls) -> Result<ServerTls, TlsError> {
     let now = SystemTime::now();
     let mut expired = Vec::new();
     for (i, ca) in cas.iter().enumerate() {
-        if let Some((subject, not_after)) = expiry(ca).filter(|(_, t)| *t < now) {
+        // In whole seconds, as webpki compares.
+        let past = |t: &SystemTime| {
+            let secs = |t: &SystemTime| {
+                t.duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+            };
+            secs(&now) > secs(t)
+        };
+        if let Some((subject, not_after)) = expiry(ca).filter(|(_, t)| past(t)) {
             tracing::error!(
                 target: "ipcgate::tls",
                 file = %cfg.client_ca.display(),
@@ -481,11 +490,7 @@ pub fn server(cfg: &config::Tls) -> Result<ServerTls, TlsError> {
         verifier,
         by,
         crls,
-        anchors_expire: trusted
-            .not_after
-            .iter()
-            .min()
-            .map(|&t| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(t)),
+        anchors_expire: trusted.not_after.clone(),
         anchors: trusted.subjects,
     })
 }

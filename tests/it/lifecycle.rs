@@ -729,57 +729,75 @@ async fn an_expired_ca_in_the_bundle_vouches_for_no_one() {
     );
 }
 
-/// A CA that expires while the gateway runs: from then on the verifier
-/// refuses paths to it (`reason="ca_expired"`), and the periodic check closes
-/// the connections it vouched for. Clients of the other CA go on.
+/// Two CAs that expire while the gateway runs, three seconds apart: from
+/// each one's notAfter the verifier refuses paths to it
+/// (`reason="ca_expired"`), and the next periodic check closes the
+/// connections it vouched for, the second CA's as well as the first's.
+/// Clients of the root go on.
 #[tokio::test]
-async fn a_ca_expiring_while_the_gateway_runs_refuses_its_clients_from_then_on() {
+async fn cas_expiring_while_the_gateway_runs_refuse_their_clients_from_then_on() {
     let pki = Pki::new();
     let root = root_issuer(&pki);
     let now = OffsetDateTime::now_utc();
-    // Room for the harness and the first call on a loaded machine.
-    let (soon_ca, _, chain, key) = intermediate_and_client(
-        &root,
-        &[0x78],
-        "spiffe://test.local/alice",
-        Some(time::Duration::seconds(6)),
-    );
-    let bundle = format!("{}{soon_ca}", pki.ca.cert_pem());
+    // Room for the harness and the first calls on a loaded machine.
+    let cas: Vec<_> = [(0x78u8, 6i64), (0x79, 9)]
+        .into_iter()
+        .map(|(serial, secs)| {
+            intermediate_and_client(
+                &root,
+                &[serial],
+                "spiffe://test.local/alice",
+                Some(time::Duration::seconds(secs)),
+            )
+        })
+        .collect();
+    let bundle = format!("{}{}{}", pki.ca.cert_pem(), cas[0].0, cas[1].0);
     let h = start_with_tls(pki, "", vec![("ca.pem", bundle.clone())]).await;
-    let leaf = leaf_of(&chain);
-    let mut live = h.client(client_config(&leaf, &key, &bundle));
-    live.unary(req(b"fresh")).await.unwrap();
-    // Past notAfter (whole seconds), however long the start took.
-    let past = (now + time::Duration::seconds(7) - OffsetDateTime::now_utc())
-        .try_into()
-        .unwrap_or(Duration::ZERO);
-    tokio::time::sleep(past).await;
-    for sent in [leaf.clone(), chain.clone()] {
-        assert!(
-            refused(&h, &sent, &key, &bundle).await,
-            "a client of an expired CA was served"
-        );
+    let mut live = Vec::new();
+    for (_, _, chain, key) in &cas {
+        let mut c = h.client(client_config(&leaf_of(chain), key, &bundle));
+        c.unary(req(b"fresh")).await.unwrap();
+        live.push(c);
     }
-    let hh = &h;
-    eventually("refusals counted", || {
-        handshakes(hh, "failed", "ca_expired") >= 2
-    })
-    .await;
-    // The periodic check, without waiting its minute; twice, as it runs.
     let tls = h.reloader.tls.clone();
-    tokio::task::spawn_blocking(move || {
-        tls.check_crls();
-        tls.check_crls();
-    })
-    .await
-    .unwrap();
-    eventually("connection closed", || {
-        closed(hh, "no_longer_verifies") == 1
-    })
-    .await;
-    assert!(live.unary(req(b"late")).await.is_err());
-    h.alice().unary(req(b"x")).await.unwrap();
-    assert_eq!(closed(&h, "no_longer_verifies"), 1);
+    let hh = &h;
+    for (i, secs) in [(0usize, 7i64), (1, 10)] {
+        // Past this CA's notAfter (whole seconds), however long the start took.
+        let past = (now + time::Duration::seconds(secs) - OffsetDateTime::now_utc())
+            .try_into()
+            .unwrap_or(Duration::ZERO);
+        tokio::time::sleep(past).await;
+        let (_, _, chain, key) = &cas[i];
+        for sent in [leaf_of(chain), chain.clone()] {
+            assert!(
+                refused(&h, &sent, key, &bundle).await,
+                "a client of expired CA #{i} was served"
+            );
+        }
+        let refusals = 2 * (i as u64 + 1);
+        eventually("refusals counted", || {
+            handshakes(hh, "failed", "ca_expired") >= refusals
+        })
+        .await;
+        // The periodic check, without waiting its minute; twice, as it runs.
+        let tls = tls.clone();
+        tokio::task::spawn_blocking(move || {
+            tls.check_crls();
+            tls.check_crls();
+        })
+        .await
+        .unwrap();
+        eventually("its connection closed", || {
+            closed(hh, "no_longer_verifies") == i as u64 + 1
+        })
+        .await;
+        assert!(live[i].unary(req(b"late")).await.is_err());
+        if i == 0 {
+            live[1].unary(req(b"still valid")).await.unwrap();
+        }
+        h.alice().unary(req(b"x")).await.unwrap();
+    }
+    assert_eq!(closed(&h, "no_longer_verifies"), 2);
 }
 
 /// A harness over `pki` with `tls_keys` in its `[tls]` table and `files`
