@@ -221,6 +221,8 @@ pub struct CrlInfo {
     scope: Vec<u8>,
     /// thisUpdate (seconds) and CRL number: which of two is newer.
     age: (i64, Option<x509_parser::num_bigint::BigUint>),
+    /// It has an issuing distribution point.
+    partition: bool,
 }
 
 impl CrlInfo {
@@ -246,14 +248,17 @@ pub fn older_crl<'a>(old: &'a [CrlInfo], new: &'a [CrlInfo]) -> Option<(&'a CrlI
 /// by a CA in the trust bundle — a CRL nobody can verify would otherwise be
 /// silently useless.
 ///
-/// Of two CRLs from the same CA only the newer is kept (by thisUpdate, then
-/// CRL number), with a warning: webpki consults the first CRL whose issuer
-/// name matches, so an older one listed first (`crl = ["old.crl",
-/// "new.crl"]`, or `cat old new`) would hide every revocation the newer adds.
+/// Of two CRLs from the same CA and of the same scope (issuing distribution
+/// point) only the newer is kept (by thisUpdate, then CRL number), with a
+/// warning: webpki consults the first CRL that covers a certificate, so an
+/// older one listed first (`crl = ["old.crl", "new.crl"]`, or `cat old new`)
+/// would hide every revocation the newer adds.
 ///
 /// # Errors
-/// Unreadable or unparsable file, a CRL from outside the bundle, or CRLs
-/// from two CAs of the same name (webpki cannot tell their CRLs apart).
+/// Unreadable or unparsable file, a CRL from outside the bundle, CRLs from
+/// two CAs of the same name (webpki cannot tell their CRLs apart), or a full
+/// CRL beside a partition of the same CA (no order of the two is right for
+/// every certificate).
 pub fn load_crls(
     paths: &[PathBuf],
     cas: &[CertificateDer<'static>],
@@ -306,6 +311,7 @@ pub fn load_crls(
                     parsed.last_update().timestamp(),
                     parsed.crl_number().cloned(),
                 ),
+                partition: false,
             };
             // Two CRLs of one CA but different issuing distribution points
             // are partitions, each authoritative for its own certificates:
@@ -315,8 +321,14 @@ pub fn load_crls(
                 e.oid == x509_parser::oid_registry::OID_X509_EXT_ISSUER_DISTRIBUTION_POINT
             }) {
                 name.extend_from_slice(idp.value);
+                info.partition = true;
             }
+            // By the signer's key too: two CAs of one name (a replacement
+            // made beside the old one) are not one CRL's old and new.
             info.scope.clone_from(&name);
+            if let Ok((_, c)) = X509Certificate::from_der(cas[signer].as_ref()) {
+                info.scope.extend_from_slice(c.public_key().raw);
+            }
             let this_update = parsed.last_update().timestamp();
             let number = parsed.crl_number().cloned();
             let Some(i) = kept.iter().position(|k| k.1 == name) else {
@@ -352,18 +364,28 @@ pub fn load_crls(
         }
     }
     // webpki checks a certificate against the first CRL that covers it. A
-    // CRL without an issuing distribution point covers all its issuer's
-    // certificates and a partition covers those naming no distribution
-    // point, so an older CRL listed first would hide a newer one's
-    // revocations: newest first, whatever the order of the files.
-    let mut order: Vec<usize> = (0..ders.len()).collect();
-    order.sort_by(|&a, &b| (kept[b].2, &kept[b].3).cmp(&(kept[a].2, &kept[a].3)));
-    let mut ders: Vec<_> = ders.into_iter().map(Some).collect();
-    let mut infos: Vec<_> = infos.into_iter().map(Some).collect();
-    Ok(order
-        .into_iter()
-        .filter_map(|i| Some((ders[i].take()?, infos[i].take()?)))
-        .unzip())
+    // full CRL (no issuing distribution point) covers all its issuer's
+    // certificates, and webpki lets a partition cover those that name no
+    // distribution point. So of a full CRL and a partition of one CA, the
+    // one listed first would hide the other's revocations, whichever is
+    // newer: no order is right for every certificate.
+    for (i, full) in infos.iter().enumerate() {
+        let partition = infos
+            .iter()
+            .enumerate()
+            .find(|&(j, p)| p.partition && !full.partition && kept[j].0 == kept[i].0);
+        if let Some((_, p)) = partition {
+            return Err(err(
+                &p.path,
+                format!(
+                    "a partition (a CRL with an issuing distribution point) of the CA ({}) that {} holds a full CRL of: webpki consults only the first CRL that covers a certificate, so one would hide the other's revocations; list either the CA's full CRL or its partitions",
+                    p.issuer,
+                    full.path.display()
+                ),
+            ));
+        }
+    }
+    Ok((ders, infos))
 }
 
 /// Builds the server config from `[tls]`.

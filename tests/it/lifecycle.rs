@@ -404,6 +404,23 @@ async fn a_reload_never_brings_back_a_crl_from_before_a_revocation() {
         }
         revoked().await;
     }
+    // A replacement CA of the same name, whose CRL is older than the old
+    // CA's: another CA's CRL, not the old one's brought back.
+    let twin = new_ca("test CA", Duration::from_secs(3600));
+    let twin_dir = tempfile::tempdir().unwrap();
+    twin.save(twin_dir.path(), false).unwrap();
+    let twin_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(twin_dir.path().join("ca.key")).unwrap())
+            .unwrap();
+    let twin_issuer = rcgen::Issuer::from_ca_cert_pem(twin.cert_pem(), twin_key).unwrap();
+    std::fs::write(h.pki.path("ca.pem"), twin.cert_pem()).unwrap();
+    std::fs::write(
+        h.pki.path("ca.crl"),
+        crl_of(&twin_issuer, &[], time::Duration::hours(3), 1),
+    )
+    .unwrap();
+    let r = reload().await;
+    assert!(r.ok, "the replacement CA's CRL was refused: {r:?}");
 }
 
 /// A client that holds back its half of the handshake until a revocation has
@@ -1197,22 +1214,6 @@ fn a_decoy_beside_the_chain_cannot_hide_an_intermediates_expiry() {
 /// newer's revocations).
 #[tokio::test]
 async fn of_two_crls_from_one_ca_the_newer_counts() {
-    the_newer_crl_revokes_in_either_order(None).await;
-}
-
-/// An older CRL covering all the CA's certificates and a newer partition,
-/// in either order: the newer one's revocation holds for a certificate that
-/// names no distribution point (both cover it, and webpki reads only the
-/// first that does).
-#[tokio::test]
-async fn an_older_full_crl_never_hides_a_newer_partitions_revocations() {
-    the_newer_crl_revokes_in_either_order(Some("http://crl.test/a")).await;
-}
-
-/// An older empty CRL and a newer one (of partition `idp`) revoking alice,
-/// listed in both orders: alice is refused, another certificate of hers
-/// served.
-async fn the_newer_crl_revokes_in_either_order(idp: Option<&str>) {
     for order in [["old.crl", "new.crl"], ["new.crl", "old.crl"]] {
         let pki = Pki::new();
         let root = root_issuer(&pki);
@@ -1223,16 +1224,7 @@ async fn the_newer_crl_revokes_in_either_order(idp: Option<&str>) {
             ("old.crl", crl_of(&root, &[], time::Duration::hours(2), 1)),
             (
                 "new.crl",
-                crl(
-                    &root,
-                    CrlSpec {
-                        serials: &[&serial],
-                        n: 2,
-                        this_update: -time::Duration::hours(1),
-                        idp,
-                        ..CrlSpec::default()
-                    },
-                ),
+                crl_of(&root, &[&serial], time::Duration::hours(1), 2),
             ),
         ];
         let ca_pem = pki.ca.cert_pem().to_owned();
@@ -1244,9 +1236,46 @@ async fn the_newer_crl_revokes_in_either_order(idp: Option<&str>) {
         .await;
         assert!(
             refused(&h, &alice.cert_pem, &alice.key_pem, &ca_pem).await,
-            "{idp:?} {order:?}: the newer CRL's revocation was ignored"
+            "{order:?}: the newer CRL's revocation was ignored"
         );
         h.alice().unary(req(b"x")).await.unwrap();
+    }
+}
+
+/// A full CRL and a partition of the same CA stop start-up, in either
+/// order. webpki consults only the first CRL that covers a certificate, and
+/// lets a partition cover one that names no distribution point: the full
+/// CRL listed first hid the partition's newer revocations, and the
+/// partition listed first would hide the full CRL's.
+#[tokio::test]
+async fn a_full_crl_beside_a_partition_of_the_same_ca_stops_startup() {
+    for order in [["full.crl", "part.crl"], ["part.crl", "full.crl"]] {
+        let pki = Pki::new();
+        let root = root_issuer(&pki);
+        std::fs::write(
+            pki.path("full.crl"),
+            crl_of(&root, &[], time::Duration::hours(2), 1),
+        )
+        .unwrap();
+        std::fs::write(
+            pki.path("part.crl"),
+            crl(
+                &root,
+                CrlSpec {
+                    n: 2,
+                    idp: Some("http://crl.test/a"),
+                    ..CrlSpec::default()
+                },
+            ),
+        )
+        .unwrap();
+        let e = startup_error(&pki, &format!("crl = [\"{}\", \"{}\"]", order[0], order[1]))
+            .await
+            .expect("a full CRL beside a partition was accepted");
+        assert!(
+            e.contains("part.crl") && e.contains("full.crl") && e.contains("partition"),
+            "{order:?}: {e}"
+        );
     }
 }
 
