@@ -1196,11 +1196,13 @@ where
             self.client_reset(id, Reason::PROTOCOL_ERROR);
             return Ok(());
         };
-        let content_length = match head.headers.get(http::header::CONTENT_LENGTH) {
-            None => None,
-            // Digits only: `parse` would take a sign (`+5`), which a
-            // backend may read otherwise.
-            Some(v) => match Some(v.as_bytes())
+        let mut lengths = head.headers.get_all(http::header::CONTENT_LENGTH).iter();
+        let content_length = match (lengths.next(), lengths.next()) {
+            (None, _) => None,
+            // One field, digits only: `parse` would take a sign (`+5`), and
+            // of two fields only the first would be checked here, while
+            // both would reach the backend.
+            (Some(v), None) => match Some(v.as_bytes())
                 .filter(|b| !b.is_empty() && b.iter().all(u8::is_ascii_digit))
                 .and_then(|b| std::str::from_utf8(b).ok()?.parse::<u64>().ok())
             {
@@ -1210,6 +1212,10 @@ where
                     return Ok(());
                 }
             },
+            (Some(_), Some(_)) => {
+                self.client_reset(id, Reason::PROTOCOL_ERROR);
+                return Ok(());
+            }
         };
         match self.host.decide(head) {
             Decision::Answer(resp) => {

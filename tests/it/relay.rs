@@ -593,6 +593,25 @@ async fn protocol_violations_are_refused() {
         Seen::Reset(PROTOCOL_ERROR)
     );
 
+    // Two content-length fields, the first right: only the first was
+    // checked, and both went on to the backend.
+    let mut raw = rig.raw().await;
+    raw.send(frame(
+        0x1,
+        0x4,
+        1,
+        &block(
+            UNARY,
+            &[(b"content-length", b"5"), (b"content-length", b"9")],
+        ),
+    ))
+    .await;
+    raw.send(frame(0x0, 0x1, 1, &EMPTY)).await;
+    assert_eq!(
+        within("two content-lengths", raw.outcome(1)).await,
+        Seen::Reset(PROTOCOL_ERROR)
+    );
+
     // A fragment in `:path`: `Uri` would drop it, so the call would go on
     // under a path the client never wrote.
     let mut raw = rig.raw().await;
