@@ -6,7 +6,7 @@
 //! that. So anything not canonical is refused before policy runs.
 //!
 //! Canonical also means the characters of IDL names alone (letters, digits,
-//! `_`, and `.` between a service's parts), plus `-`: punctuation such as
+//! `_`, and `.`, though never `..`), plus `-`: punctuation such as
 //! `;` (path parameters, which Servlet containers strip), `\`, `:` or `@`
 //! is something some backend's router would read its own way.
 
