@@ -102,8 +102,9 @@ impl Limits {
         // link) too: as in Go's crypto/x509, stricter than RFC 5280 and
         // OpenSSL, which skip those.
         let within = |path: &VerifiedPath<'_>| {
+            // Never expected (see `anchor`); if it were, closed, not open.
             let Some(i) = self.anchor(path) else {
-                return Ok(());
+                return Err(webpki::Error::UnknownIssuer);
             };
             if now.as_secs() > self.not_after[i] {
                 expired.set(Some(self.not_after[i]));
