@@ -32,9 +32,7 @@ impl TlsError {
     /// same CA and scope.
     pub fn older_crl(new: &CrlInfo, old: &CrlInfo) -> TlsError {
         let num = |i: &CrlInfo| i.age.1.as_ref().map_or("none".into(), ToString::to_string);
-        let at = |i: &CrlInfo| {
-            rfc3339(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(i.age.0.max(0) as u64))
-        };
+        let at = |i: &CrlInfo| rfc3339(i.age.0.max(0) as u64);
         err(
             &new.path,
             format!(
@@ -265,10 +263,10 @@ pub fn load_crls(
 ) -> Result<(Vec<CertificateRevocationListDer<'static>>, Vec<CrlInfo>), TlsError> {
     let mut ders: Vec<CertificateRevocationListDer<'static>> = Vec::new();
     let mut infos: Vec<CrlInfo> = Vec::new();
-    // Per kept CRL: its signer (index in `cas`), issuer name, thisUpdate and
-    // CRL number, to find a second CRL from the same CA.
-    type Number = Option<x509_parser::num_bigint::BigUint>;
-    let mut kept: Vec<(usize, Vec<u8>, i64, Number)> = Vec::new();
+    // Per kept CRL (beside `infos`): its signer (index in `cas`) and issuer
+    // name with its issuing distribution point, to find a second CRL of the
+    // same CA and scope.
+    let mut kept: Vec<(usize, Vec<u8>)> = Vec::new();
     for path in paths {
         let bytes = std::fs::read(path).map_err(|e| err(path, format!("cannot read CRL: {e}")))?;
         let mut found: Vec<CertificateRevocationListDer<'static>> =
@@ -329,10 +327,8 @@ pub fn load_crls(
             if let Ok((_, c)) = X509Certificate::from_der(cas[signer].as_ref()) {
                 info.scope.extend_from_slice(c.public_key().raw);
             }
-            let this_update = parsed.last_update().timestamp();
-            let number = parsed.crl_number().cloned();
             let Some(i) = kept.iter().position(|k| k.1 == name) else {
-                kept.push((signer, name, this_update, number));
+                kept.push((signer, name));
                 infos.push(info);
                 ders.push(crl);
                 continue;
@@ -343,7 +339,7 @@ pub fn load_crls(
                     format!("two CAs in the client_ca bundle are named ({}) and each has a CRL; webpki finds a CRL by its issuer's name, so one CA's clients would all be refused: give one of them another subject", info.issuer),
                 ));
             }
-            let newer = (this_update, &number) > (kept[i].2, &kept[i].3);
+            let newer = info.age > infos[i].age;
             let (old, new) = if newer {
                 (&infos[i], &info)
             } else {
@@ -357,7 +353,6 @@ pub fn load_crls(
                 "two CRLs from the same CA: the newer one is used, the older one ignored (list only the current CRL)"
             );
             if newer {
-                kept[i] = (signer, name, this_update, number);
                 infos[i] = info;
                 ders[i] = crl;
             }
@@ -411,18 +406,13 @@ pub fn server(cfg: &config::Tls) -> Result<ServerTls, TlsError> {
     }
     // webpki keeps no validity for an anchor, so an expired CA would go on
     // vouching for its clients (OpenSSL and Go refuse them).
-    let now = SystemTime::now();
+    // In whole seconds, as webpki compares.
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let mut expired = Vec::new();
     for (i, ca) in cas.iter().enumerate() {
-        // In whole seconds, as webpki compares.
-        let past = |t: &SystemTime| {
-            let secs = |t: &SystemTime| {
-                t.duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs())
-            };
-            secs(&now) > secs(t)
-        };
-        if let Some((subject, not_after)) = expiry(ca).filter(|(_, t)| past(t)) {
+        if let Some((subject, not_after)) = expiry(ca).filter(|&(_, t)| now > t) {
             tracing::error!(
                 target: "ipcgate::tls",
                 file = %cfg.client_ca.display(),
@@ -627,19 +617,21 @@ fn first_uri_san(cert: &CertificateDer<'_>) -> Option<String> {
     })
 }
 
-pub(crate) fn rfc3339(t: SystemTime) -> String {
+/// A time in seconds since the epoch, as RFC 3339.
+pub(crate) fn rfc3339(secs: u64) -> String {
+    let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
     time::OffsetDateTime::from(t)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| format!("{t:?}"))
 }
 
-/// A certificate's subject (RFC 4514) and notAfter.
-fn expiry(cert: &CertificateDer<'_>) -> Option<(String, SystemTime)> {
+/// A certificate's subject (RFC 4514) and notAfter (seconds since the
+/// epoch).
+fn expiry(cert: &CertificateDer<'_>) -> Option<(String, u64)> {
     let (_, c) = X509Certificate::from_der(cert.as_ref()).ok()?;
-    let t = c.validity().not_after.timestamp().max(0) as u64;
     Some((
         crate::identity::rfc4514(c.subject()),
-        SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(t),
+        c.validity().not_after.timestamp().max(0) as u64,
     ))
 }
 

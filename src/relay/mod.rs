@@ -2056,9 +2056,8 @@ fn request_head(
 /// Whether a request's `host` fields agree with its `:authority`: a `host`
 /// naming another entity makes the request malformed (RFC 9113 §8.3.1), and
 /// so do two. (A `host` is not forwarded either way: the backend gets
-/// `:authority` alone.) A compare per
-/// field, before the fields become a map (a lookup there cost ~140
-/// instructions a call).
+/// `:authority` alone.) A compare per field, before the fields become a map
+/// (a lookup there cost ~140 instructions a call).
 fn hosts_agree(authority: Option<&str>, fields: &[(HeaderName, HeaderValue)]) -> bool {
     let mut hosts = fields.iter().filter(|(n, _)| n == http::header::HOST);
     match hosts.next() {

@@ -153,11 +153,10 @@ pub(crate) struct AnchorExpired {
 
 impl std::fmt::Display for AnchorExpired {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let t = std::time::UNIX_EPOCH + Duration::from_secs(self.not_after);
         write!(
             f,
             "the CA certificate the chain leads to expired {}: it vouches for no one (trust its renewal instead)",
-            super::rfc3339(t)
+            super::rfc3339(self.not_after)
         )
     }
 }
