@@ -196,6 +196,10 @@ impl ServerCertVerifier for GatewayVerifier {
                         rustls::Error::InvalidCertificate(c) if tls::is_path_len(c) => refused(
                             "the gateway's chain goes through more intermediate CAs than its root's pathLenConstraint allows (PathLenConstraintViolated): the root must allow them, or the gateway's certificate must come from the root itself".into(),
                         ),
+                        // Its own words, not the Debug form rustls prints.
+                        rustls::Error::InvalidCertificate(
+                            c @ rustls::CertificateError::Other(o),
+                        ) if tls::is_anchor_expired(c) => refused(o.0.to_string()),
                         _ => e,
                     })?;
             }

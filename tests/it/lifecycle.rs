@@ -935,6 +935,11 @@ fn crl_of(
 /// to it. `ipcgate ca init` writes `pathlen:0`, which rules out intermediate
 /// CAs: a deployment with intermediates has a root like this instead.
 fn root_with_limit(pki: &Pki, limit: Option<u8>) -> String {
+    root_copy(pki, limit, None)
+}
+
+/// [`root_with_limit`], valid until `not_after` if given.
+fn root_copy(pki: &Pki, limit: Option<u8>, not_after: Option<OffsetDateTime>) -> String {
     let key =
         rcgen::KeyPair::from_pem(&std::fs::read_to_string(pki.path("ca.key")).unwrap()).unwrap();
     // The harness CA's name, as `Ca::generate` writes it.
@@ -949,6 +954,10 @@ fn root_with_limit(pki: &Pki, limit: Option<u8>) -> String {
         None => rcgen::BasicConstraints::Unconstrained,
         Some(n) => rcgen::BasicConstraints::Constrained(n),
     });
+    if let Some(t) = not_after {
+        p.not_before = t - time::Duration::days(30);
+        p.not_after = t;
+    }
     p.self_signed(&key).unwrap().pem()
 }
 
@@ -2397,6 +2406,48 @@ async fn clients_hold_a_root_path_length_limit_on_the_gateway() {
         } else {
             let e = got.expect_err(name).to_string();
             assert!(e.contains("pathLenConstraint allows"), "{name}: {e}");
+        }
+    }
+}
+
+/// `ipcgate call` and the library hold the gateway's CA to its notAfter
+/// too: a bundle whose only copy of the gateway's root has expired refuses
+/// the gateway; its renewal beside it (same name and key) is taken.
+#[tokio::test]
+async fn clients_refuse_a_gateway_whose_ca_has_expired() {
+    use rustls::pki_types::pem::PemObject;
+    let h = Harness::start().await;
+    let expired = root_copy(
+        &h.pki,
+        Some(0),
+        Some(OffsetDateTime::now_utc() - time::Duration::days(1)),
+    );
+    let alice = h.pki.issue_spiffe("spiffe://test.local/alice");
+    for (name, bundle, served) in [
+        ("the expired copy alone", expired.clone(), false),
+        (
+            "the expired copy, then its renewal",
+            format!("{expired}{}", h.pki.ca.cert_pem()),
+            true,
+        ),
+    ] {
+        let roots = ipcgate::tls::Roots::from_certs(
+            rustls::pki_types::CertificateDer::pem_slice_iter(bundle.as_bytes())
+                .map(Result::unwrap),
+        )
+        .unwrap();
+        let config = ipcgate::client::config(
+            vec![alice.cert_der.clone()],
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(alice.key_pem.as_bytes()).unwrap(),
+            roots,
+        )
+        .unwrap();
+        let got = ipcgate::client::probe(&h.gw_sock, "localhost", config).await;
+        if served {
+            got.unwrap_or_else(|e| panic!("{name}: {e}"));
+        } else {
+            let e = got.expect_err(name).to_string();
+            assert!(e.contains("vouches for no one"), "{name}: {e}");
         }
     }
 }
