@@ -562,66 +562,39 @@ async fn protocol_violations_are_refused() {
         Seen::Reset(PROTOCOL_ERROR)
     );
 
-    // DATA that disagrees with content-length.
-    let mut raw = rig.raw().await;
-    raw.send(frame(
-        0x1,
-        0x4,
-        1,
-        &block(UNARY, &[(b"content-length", b"9")]),
-    ))
-    .await;
-    raw.send(frame(0x0, 0x1, 1, &EMPTY)).await;
-    assert_eq!(
-        within("content-length", raw.outcome(1)).await,
-        Seen::Reset(PROTOCOL_ERROR)
-    );
-
-    // A content-length with a sign, though the DATA has that many bytes:
-    // not a number in HTTP's grammar, and a backend may read it otherwise.
-    let mut raw = rig.raw().await;
-    raw.send(frame(
-        0x1,
-        0x4,
-        1,
-        &block(UNARY, &[(b"content-length", b"+5")]),
-    ))
-    .await;
-    raw.send(frame(0x0, 0x1, 1, &EMPTY)).await;
-    assert_eq!(
-        within("signed content-length", raw.outcome(1)).await,
-        Seen::Reset(PROTOCOL_ERROR)
-    );
-
-    // Two content-length fields, the first right: only the first was
-    // checked, and both went on to the backend.
-    let mut raw = rig.raw().await;
-    raw.send(frame(
-        0x1,
-        0x4,
-        1,
-        &block(
-            UNARY,
-            &[(b"content-length", b"5"), (b"content-length", b"9")],
+    // Heads that are malformed only with their body in view: the HEADERS,
+    // then an empty message (5 bytes) ending the stream.
+    let cases: [(&str, Vec<u8>); 4] = [
+        // DATA that disagrees with content-length.
+        ("content-length", block(UNARY, &[(b"content-length", b"9")])),
+        // A sign, though the DATA has that many bytes: not a number in
+        // HTTP's grammar, and a backend may read it otherwise.
+        (
+            "signed content-length",
+            block(UNARY, &[(b"content-length", b"+5")]),
         ),
-    ))
-    .await;
-    raw.send(frame(0x0, 0x1, 1, &EMPTY)).await;
-    assert_eq!(
-        within("two content-lengths", raw.outcome(1)).await,
-        Seen::Reset(PROTOCOL_ERROR)
-    );
-
-    // A fragment in `:path`: `Uri` would drop it, so the call would go on
-    // under a path the client never wrote.
-    let mut raw = rig.raw().await;
-    raw.send(frame(0x1, 0x4, 1, &block(b"/demo.v1.Echo/Unary#x", &[])))
-        .await;
-    raw.send(frame(0x0, 0x1, 1, &EMPTY)).await;
-    assert_eq!(
-        within("fragment", raw.outcome(1)).await,
-        Seen::Reset(PROTOCOL_ERROR)
-    );
+        // Two fields, the first right: only the first was checked, and both
+        // went on to the backend.
+        (
+            "two content-lengths",
+            block(
+                UNARY,
+                &[(b"content-length", b"5"), (b"content-length", b"9")],
+            ),
+        ),
+        // A fragment in `:path`: `Uri` would drop it, so the call would go
+        // on under a path the client never wrote.
+        ("fragment", block(b"/demo.v1.Echo/Unary#x", &[])),
+    ];
+    for (what, head) in cases {
+        let mut raw = rig.raw().await;
+        raw.send(frame(0x1, 0x4, 1, &head)).await;
+        raw.send(frame(0x0, 0x1, 1, &EMPTY)).await;
+        assert_eq!(
+            within(what, raw.outcome(1)).await,
+            Seen::Reset(PROTOCOL_ERROR)
+        );
+    }
 
     assert_eq!(
         rig.echo.calls.load(Ordering::SeqCst),
