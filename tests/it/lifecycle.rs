@@ -2355,7 +2355,6 @@ async fn a_root_path_length_limit_refuses_longer_chains() {
 /// is refused under `pathlen:0`, and served under `pathlen:1` or none.
 #[tokio::test]
 async fn clients_hold_a_root_path_length_limit_on_the_gateway() {
-    use rustls::pki_types::pem::PemObject;
     let pki = Pki::new();
     let (sub_cert, sub) = intermediate(&root_issuer(&pki), &[0x91], None);
     let mut leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
@@ -2389,17 +2388,7 @@ async fn clients_hold_a_root_path_length_limit_on_the_gateway() {
     let h = Harness::start_in(pki, Opts::default()).await;
     let alice = h.pki.issue_spiffe("spiffe://test.local/alice");
     for (name, bundle, served) in bundles {
-        let roots = ipcgate::tls::Roots::from_certs(
-            rustls::pki_types::CertificateDer::pem_slice_iter(bundle.as_bytes())
-                .map(Result::unwrap),
-        )
-        .unwrap();
-        let config = ipcgate::client::config(
-            vec![alice.cert_der.clone()],
-            rustls::pki_types::PrivateKeyDer::from_pem_slice(alice.key_pem.as_bytes()).unwrap(),
-            roots,
-        )
-        .unwrap();
+        let config = client_config(&alice.cert_pem, &alice.key_pem, &bundle);
         let got = ipcgate::client::probe(&h.gw_sock, "localhost", config).await;
         if served {
             got.unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -2415,7 +2404,6 @@ async fn clients_hold_a_root_path_length_limit_on_the_gateway() {
 /// the gateway; its renewal beside it (same name and key) is taken.
 #[tokio::test]
 async fn clients_refuse_a_gateway_whose_ca_has_expired() {
-    use rustls::pki_types::pem::PemObject;
     let h = Harness::start().await;
     let expired = root_copy(
         &h.pki,
@@ -2431,17 +2419,7 @@ async fn clients_refuse_a_gateway_whose_ca_has_expired() {
             true,
         ),
     ] {
-        let roots = ipcgate::tls::Roots::from_certs(
-            rustls::pki_types::CertificateDer::pem_slice_iter(bundle.as_bytes())
-                .map(Result::unwrap),
-        )
-        .unwrap();
-        let config = ipcgate::client::config(
-            vec![alice.cert_der.clone()],
-            rustls::pki_types::PrivateKeyDer::from_pem_slice(alice.key_pem.as_bytes()).unwrap(),
-            roots,
-        )
-        .unwrap();
+        let config = client_config(&alice.cert_pem, &alice.key_pem, &bundle);
         let got = ipcgate::client::probe(&h.gw_sock, "localhost", config).await;
         if served {
             got.unwrap_or_else(|e| panic!("{name}: {e}"));
